@@ -1,0 +1,113 @@
+//! Max, average and global-average pooling over NHWC tensors.
+//!
+//! Each output pixel reduces whole channel rows at once (contiguous in NHWC), so the inner
+//! loops run over `channels` and vectorise.
+
+use super::geometry::PoolGeometry;
+use crate::error::{Error, Result};
+
+fn check(g: &PoolGeometry, input: &[f32], output: &[f32], what: &str) -> Result<()> {
+    if input.len() != g.input_len() || output.len() != g.output_len() {
+        return Err(Error::shape(
+            what,
+            format!("input of {} and output of {} elements", g.input_len(), g.output_len()),
+            format!("input of {} and output of {}", input.len(), output.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Calls `f(out_row, in_row)` for every input row under every output window, after `init`
+/// on each output row, then `finish(out_row, taps)`.
+fn for_each_window(
+    input: &[f32],
+    g: &PoolGeometry,
+    output: &mut [f32],
+    init: f32,
+    reduce: impl Fn(&mut [f32], &[f32]),
+    finish: impl Fn(&mut [f32], usize),
+) {
+    let [ih, iw] = g.in_hw;
+    let [oh, ow] = g.out_hw;
+    let [kh, kw] = g.window.kernel;
+    let [sh, sw] = g.window.stride;
+    let c = g.channels;
+    if c == 0 {
+        return;
+    }
+    for (p, out) in output.chunks_exact_mut(c).enumerate() {
+        let n = p / (oh * ow);
+        let oy = (p / ow) % oh;
+        let ox = p % ow;
+        let y0 = (oy * sh).saturating_sub(g.pad.top);
+        let y1 = (oy * sh + kh).saturating_sub(g.pad.top).min(ih);
+        let x0 = (ox * sw).saturating_sub(g.pad.left);
+        let x1 = (ox * sw + kw).saturating_sub(g.pad.left).min(iw);
+        out.fill(init);
+        for iy in y0..y1 {
+            for ix in x0..x1 {
+                let at = ((n * ih + iy) * iw + ix) * c;
+                reduce(out, &input[at..at + c]);
+            }
+        }
+        finish(out, (y1.saturating_sub(y0)) * (x1.saturating_sub(x0)));
+    }
+}
+
+/// Max pooling. Padding cells never win (Keras pads with `-inf`); a NaN input is skipped like
+/// `f32::max` does.
+pub fn max_pool2d(input: &[f32], g: &PoolGeometry, output: &mut [f32]) -> Result<()> {
+    check(g, input, output, "max_pool2d kernel")?;
+    for_each_window(
+        input,
+        g,
+        output,
+        f32::NEG_INFINITY,
+        |o, x| o.iter_mut().zip(x).for_each(|(o, &x)| *o = o.max(x)),
+        |_, _| {},
+    );
+    Ok(())
+}
+
+/// Average pooling: each window's sum divided by the number of *real* (non-padding) elements
+/// under it, as Keras' `AveragePooling2D(padding='same')` does.
+pub fn avg_pool2d(input: &[f32], g: &PoolGeometry, output: &mut [f32]) -> Result<()> {
+    check(g, input, output, "avg_pool2d kernel")?;
+    for_each_window(
+        input,
+        g,
+        output,
+        0.0,
+        |o, x| o.iter_mut().zip(x).for_each(|(o, &x)| *o += x),
+        |o, count| {
+            let inv = 1.0 / count as f32;
+            o.iter_mut().for_each(|v| *v *= inv);
+        },
+    );
+    Ok(())
+}
+
+/// Global average pooling: `(n, h, w, c)` NHWC to `(n, c)`.
+pub fn global_avg_pool(input: &[f32], shape: [usize; 4], output: &mut [f32]) -> Result<()> {
+    let [n, h, w, c] = shape;
+    let want_in = crate::error::checked_product("global_avg_pool kernel", &shape)?;
+    if input.len() != want_in || output.len() != n * c || h * w == 0 {
+        return Err(Error::shape(
+            "global_avg_pool kernel",
+            format!("a non-empty input of {want_in} and an output of {} elements", n * c),
+            format!("input of {} ({h}x{w} pixels) and output of {}", input.len(), output.len()),
+        ));
+    }
+    if c == 0 {
+        return Ok(());
+    }
+    let inv = 1.0 / (h * w) as f32;
+    for (image, out) in input.chunks_exact(h * w * c).zip(output.chunks_exact_mut(c)) {
+        out.fill(0.0);
+        for px in image.chunks_exact(c) {
+            out.iter_mut().zip(px).for_each(|(o, &x)| *o += x);
+        }
+        out.iter_mut().for_each(|v| *v *= inv);
+    }
+    Ok(())
+}

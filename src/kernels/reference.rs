@@ -1,0 +1,99 @@
+//! Plain direct-loop implementations of every kernel: the oracle the fast paths are tested
+//! against, and the baseline the benches compare them with. Clarity over speed.
+
+use super::geometry::{ConvGeometry, PoolGeometry};
+
+/// Row-major `C[m x n] = A[m x k] B[k x n]`, triple loop.
+pub fn gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for p in 0..k {
+                acc += a[i * k + p] * b[p * n + j];
+            }
+            c[i * n + j] = acc;
+        }
+    }
+}
+
+/// Direct NHWC convolution with an HWIO kernel: for every output element, a sum over the
+/// window taps that fall inside the input (padding taps contribute zero), plus the bias.
+pub fn conv2d(input: &[f32], g: &ConvGeometry, kernel: &[f32], bias: Option<&[f32]>, output: &mut [f32]) {
+    let [ih, iw] = g.in_hw;
+    let [oh, ow] = g.out_hw;
+    let [kh, kw] = g.window.kernel;
+    let [sh, sw] = g.window.stride;
+    let [dh, dw] = g.window.dilation;
+    let (ci, co) = (g.in_channels, g.out_channels);
+    for n in 0..g.batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for o in 0..co {
+                    let mut acc = bias.map_or(0.0, |b| b[o]);
+                    for ky in 0..kh {
+                        let iy = (oy * sh + ky * dh) as isize - g.pad.top as isize;
+                        if iy < 0 || iy >= ih as isize {
+                            continue;
+                        }
+                        for kx in 0..kw {
+                            let ix = (ox * sw + kx * dw) as isize - g.pad.left as isize;
+                            if ix < 0 || ix >= iw as isize {
+                                continue;
+                            }
+                            for c in 0..ci {
+                                let x = input[((n * ih + iy as usize) * iw + ix as usize) * ci + c];
+                                let w = kernel[((ky * kw + kx) * ci + c) * co + o];
+                                acc += x * w;
+                            }
+                        }
+                    }
+                    output[((n * oh + oy) * ow + ox) * co + o] = acc;
+                }
+            }
+        }
+    }
+}
+
+/// Visits the input values under one pooling window (padding cells are skipped).
+fn pool_window(input: &[f32], g: &PoolGeometry, n: usize, oy: usize, ox: usize, c: usize, mut f: impl FnMut(f32)) {
+    let [ih, iw] = g.in_hw;
+    for ky in 0..g.window.kernel[0] {
+        let iy = (oy * g.window.stride[0] + ky) as isize - g.pad.top as isize;
+        if iy < 0 || iy >= ih as isize {
+            continue;
+        }
+        for kx in 0..g.window.kernel[1] {
+            let ix = (ox * g.window.stride[1] + kx) as isize - g.pad.left as isize;
+            if ix < 0 || ix >= iw as isize {
+                continue;
+            }
+            f(input[((n * ih + iy as usize) * iw + ix as usize) * g.channels + c]);
+        }
+    }
+}
+
+fn pool(input: &[f32], g: &PoolGeometry, output: &mut [f32], reduce: impl Fn(&[f32]) -> f32) {
+    let [oh, ow] = g.out_hw;
+    let mut taps = Vec::new();
+    for n in 0..g.batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for c in 0..g.channels {
+                    taps.clear();
+                    pool_window(input, g, n, oy, ox, c, |v| taps.push(v));
+                    output[((n * oh + oy) * ow + ox) * g.channels + c] = reduce(&taps);
+                }
+            }
+        }
+    }
+}
+
+/// Max pooling; padding never wins (Keras pads with -inf).
+pub fn max_pool2d(input: &[f32], g: &PoolGeometry, output: &mut [f32]) {
+    pool(input, g, output, |t| t.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+}
+
+/// Average pooling over the real (non-padding) elements of each window, as Keras does.
+pub fn avg_pool2d(input: &[f32], g: &PoolGeometry, output: &mut [f32]) {
+    pool(input, g, output, |t| t.iter().sum::<f32>() / t.len() as f32);
+}

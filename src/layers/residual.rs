@@ -1,0 +1,142 @@
+use ndarray::ArrayViewD;
+
+use super::{Activation, Layer, LayerPath, ParamCount, ParamKind, ParamVisitor, Sequential, SummaryRow, Tap, Tensor};
+use crate::error::{Error, Result, ShapeFmt};
+
+const NAME: &str = "Residual";
+
+/// `act(main(x) + shortcut(x))`: a residual connection with an identity shortcut (`None`) or
+/// a projection (`Some`, e.g. a strided 1x1 convolution and a BatchNorm).
+///
+/// The children of both branches sit directly under the block's own path, so a block named
+/// `res2a` holds `res2a/res2a_branch2a` and `res2a/res2a_branch1`, and a torchvision block
+/// `layer1/0` holds `layer1/0/conv1` and `layer1/0/downsample/0`. Their names must not collide.
+#[derive(Debug)]
+pub struct Residual {
+    main: Sequential,
+    shortcut: Option<Sequential>,
+    activation: Option<Activation>,
+}
+
+impl Residual {
+    /// A residual block; `activation` runs after the add (ResNets use `Some(Activation::Relu)`).
+    pub fn new(main: Sequential, shortcut: Option<Sequential>, activation: Option<Activation>) -> Result<Self> {
+        if let Some(s) = &shortcut {
+            if let Some((name, _)) = s.iter().find(|(n, _)| main.get(n).is_some()) {
+                return Err(Error::config(NAME, format!("the name {name:?} is used in both the main branch and the shortcut")));
+            }
+        }
+        Ok(Residual { main, shortcut, activation })
+    }
+
+    /// The main branch.
+    pub fn main(&self) -> &Sequential {
+        &self.main
+    }
+
+    /// The projection shortcut, if any.
+    pub fn shortcut(&self) -> Option<&Sequential> {
+        self.shortcut.as_ref()
+    }
+
+    /// The main branch, mutable.
+    pub fn main_mut(&mut self) -> &mut Sequential {
+        &mut self.main
+    }
+
+    /// The projection shortcut, mutable.
+    pub fn shortcut_mut(&mut self) -> Option<&mut Sequential> {
+        self.shortcut.as_mut()
+    }
+
+    /// The activation after the add.
+    pub fn activation(&self) -> Option<Activation> {
+        self.activation
+    }
+
+    fn join(&self, mut main: Tensor, short: &Tensor) -> Result<Tensor> {
+        if main.shape() != short.shape() {
+            return Err(mismatch(main.shape(), short.shape()));
+        }
+        main += short;
+        if let Some(a) = self.activation {
+            a.apply(&mut main)?;
+        }
+        Ok(main)
+    }
+}
+
+fn mismatch(main: &[usize], short: &[usize]) -> Error {
+    Error::shape(NAME, format!("a shortcut of the main branch's shape {}", ShapeFmt(main)), format!("{}", ShapeFmt(short)))
+}
+
+impl Layer for Residual {
+    fn type_name(&self) -> &'static str {
+        NAME
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let main = self.main.output_shape(input)?;
+        let short = match &self.shortcut {
+            Some(s) => s.output_shape(input)?,
+            None => input.to_vec(),
+        };
+        if main != short {
+            return Err(mismatch(&main, &short));
+        }
+        Ok(main)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let main = self.main.forward(x)?;
+        match &self.shortcut {
+            Some(s) => self.join(main, &s.forward(x)?),
+            None => self.join(main, x),
+        }
+    }
+
+    fn forward_tapped(&self, x: &Tensor, path: &mut LayerPath, tap: &mut Tap<'_>) -> Result<Tensor> {
+        let main = self.main.forward_tapped(x, path, tap)?;
+        match &self.shortcut {
+            Some(s) => {
+                let short = s.forward_tapped(x, path, tap)?;
+                self.join(main, &short)
+            }
+            None => self.join(main, x),
+        }
+    }
+
+    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
+        self.main.visit_params(path, f);
+        if let Some(s) = &self.shortcut {
+            s.visit_params(path, f);
+        }
+    }
+
+    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
+        self.main.visit_params_mut(path, visitor)?;
+        if let Some(s) = &mut self.shortcut {
+            s.visit_params_mut(path, visitor)?;
+        }
+        Ok(())
+    }
+
+    fn summarize(&self, path: &mut LayerPath, input: &[usize], rows: &mut Vec<SummaryRow>) -> Result<Vec<usize>> {
+        let main = self.main.summarize(path, input, rows)?;
+        let short = match &self.shortcut {
+            Some(s) => s.summarize(path, input, rows)?,
+            None => input.to_vec(),
+        };
+        if main != short {
+            return Err(mismatch(&main, &short));
+        }
+        let row = |path: LayerPath, type_name: &str| SummaryRow { path, type_name: type_name.into(), output_shape: main.clone(), params: ParamCount::default() };
+        if self.activation.is_some() {
+            rows.push(row(path.scoped("add", |p| p.clone()), "Add"));
+            rows.push(row(path.clone(), "Activation"));
+        } else {
+            rows.push(row(path.clone(), "Add"));
+        }
+        Ok(main)
+    }
+}
