@@ -1,1 +1,67 @@
-fn main() {}
+//! Convolution kernels at ResNet50's layer shapes (the seed's Keras layout, batch 1, NHWC):
+//! the GEMM-backed driver against the direct-loop reference.
+//! `cargo bench --bench conv`; throughput is reported in FLOP.
+
+use std::hint::black_box;
+
+use convnet::kernels::{conv2d, reference, ConvGeometry, Epilogue, Padding, Window2d};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+/// (layer, input [n, h, w, c], filters, kernel, stride, padding)
+type LayerShape = (&'static str, [usize; 4], usize, usize, usize, Padding);
+
+const LAYERS: &[LayerShape] = &[
+    ("conv1", [1, 230, 230, 3], 64, 7, 2, Padding::Valid),
+    ("res2a_branch2a", [1, 55, 55, 64], 64, 1, 1, Padding::Valid),
+    ("res2a_branch2b", [1, 55, 55, 64], 64, 3, 1, Padding::Same),
+    (
+        "res3a_branch2a",
+        [1, 55, 55, 256],
+        128,
+        1,
+        2,
+        Padding::Valid,
+    ),
+    ("res3a_branch2b", [1, 28, 28, 128], 128, 3, 1, Padding::Same),
+    ("res4a_branch2b", [1, 14, 14, 256], 256, 3, 1, Padding::Same),
+    ("res5a_branch2b", [1, 7, 7, 512], 512, 3, 1, Padding::Same),
+];
+
+fn data(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect()
+}
+
+fn conv(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv2d");
+    group.sample_size(10);
+    for &(layer, input, filters, k, s, padding) in LAYERS {
+        let window = Window2d {
+            kernel: [k, k],
+            stride: [s, s],
+            dilation: [1, 1],
+            padding,
+        };
+        let g = ConvGeometry::new(input, filters, window).expect("valid ResNet50 geometry");
+        let (x, w, b) = (data(g.input_len()), data(g.kernel_len()), data(filters));
+        let mut out = vec![0.0; g.output_len()];
+        let mut ws = Vec::new();
+        let id = format!("{layer} {}x{}x{} k{k} s{s}", input[1], input[2], input[3]);
+        group.throughput(Throughput::Elements(g.flops()));
+        let e = Epilogue {
+            bias: Some(&b),
+            ..Default::default()
+        };
+        group.bench_function(BenchmarkId::new("kernels::conv2d", &id), |bench| {
+            bench.iter(|| conv2d(black_box(&x), &g, black_box(&w), &e, &mut out, &mut ws))
+        });
+        group.bench_function(BenchmarkId::new("reference::conv2d", &id), |bench| {
+            bench.iter(|| reference::conv2d(black_box(&x), &g, black_box(&w), Some(&b), &mut out))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, conv);
+criterion_main!(benches);

@@ -45,23 +45,39 @@ impl Error {
     /// a container reads `stage2/res2a/res2a_branch2a (Conv2D): ...`.
     pub fn in_layer(mut self, name: &str) -> Self {
         match &mut self {
-            Error::Shape { layer, .. } | Error::Config { layer, .. } | Error::Overflow { layer, .. } => {
+            Error::Shape { layer, .. }
+            | Error::Config { layer, .. }
+            | Error::Overflow { layer, .. } => {
                 *layer = format!("{name}/{layer}");
             }
         }
         self
     }
 
-    pub(crate) fn shape(layer: impl Into<String>, expected: impl Into<String>, got: impl Into<String>) -> Self {
-        Error::Shape { layer: layer.into(), expected: expected.into(), got: got.into() }
+    pub(crate) fn shape(
+        layer: impl Into<String>,
+        expected: impl Into<String>,
+        got: impl Into<String>,
+    ) -> Self {
+        Error::Shape {
+            layer: layer.into(),
+            expected: expected.into(),
+            got: got.into(),
+        }
     }
 
     pub(crate) fn config(layer: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Config { layer: layer.into(), reason: reason.into() }
+        Error::Config {
+            layer: layer.into(),
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn overflow(layer: impl Into<String>, what: impl Into<String>) -> Self {
-        Error::Overflow { layer: layer.into(), what: what.into() }
+        Error::Overflow {
+            layer: layer.into(),
+            what: what.into(),
+        }
     }
 }
 

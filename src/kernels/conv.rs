@@ -1,7 +1,7 @@
 //! The 2-D convolution driver: picks a strategy for the geometry and runs it as GEMMs.
 
-use super::geometry::ConvGeometry;
 use super::gemm::sgemm_row_major;
+use super::geometry::ConvGeometry;
 use super::im2col::im2col_unchecked;
 use crate::error::{Error, Result};
 
@@ -58,13 +58,17 @@ impl Epilogue<'_> {
         if self.is_identity() {
             return;
         }
-        let residual = self.residual.map(|r| &r[first_row * n..first_row * n + rows.len()]);
+        let residual = self
+            .residual
+            .map(|r| &r[first_row * n..first_row * n + rows.len()]);
         for (i, row) in rows.chunks_exact_mut(n).enumerate() {
             if let Some(b) = self.bias {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
             }
             if let Some(r) = residual {
-                row.iter_mut().zip(&r[i * n..(i + 1) * n]).for_each(|(v, r)| *v += r);
+                row.iter_mut()
+                    .zip(&r[i * n..(i + 1) * n])
+                    .for_each(|(v, r)| *v += r);
             }
             if self.relu {
                 row.iter_mut().for_each(|v| *v = v.max(0.0));
@@ -76,7 +80,9 @@ impl Epilogue<'_> {
 /// Output pixels per im2col tile for `g`.
 pub fn tile_rows(g: &ConvGeometry) -> usize {
     let by_budget = IM2COL_TILE_BYTES / (4 * g.patch_len().max(1));
-    by_budget.max(IM2COL_MIN_TILE_ROWS).min(g.out_pixels().max(1))
+    by_budget
+        .max(IM2COL_MIN_TILE_ROWS)
+        .min(g.out_pixels().max(1))
 }
 
 /// Elements of scratch space [`conv2d`] needs for `g`: zero for [`ConvStrategy::Pointwise`],
@@ -95,7 +101,28 @@ pub fn workspace_len(g: &ConvGeometry) -> usize {
 /// - `kernel`: HWIO, `(kh, kw, in_channels, out_channels)`, Keras' layout.
 /// - `output`: `g.output_len()` elements, NHWC; write-only (every element is written).
 /// - `workspace`: grown to [`workspace_len`] if shorter, then reused; its contents are ignored.
-pub fn conv2d(input: &[f32], g: &ConvGeometry, kernel: &[f32], epilogue: &Epilogue<'_>, output: &mut [f32], workspace: &mut Vec<f32>) -> Result<()> {
+pub fn conv2d(
+    input: &[f32],
+    g: &ConvGeometry,
+    kernel: &[f32],
+    epilogue: &Epilogue<'_>,
+    output: &mut [f32],
+    workspace: &mut Vec<f32>,
+) -> Result<()> {
+    conv2d_tiled(input, g, kernel, epilogue, output, workspace, tile_rows(g))
+}
+
+/// [`conv2d`] with an explicit im2col tile height (output pixels per GEMM), for tests and
+/// tuning; `tile_rows` is clamped to `1..=out_pixels`. Tiles may span image boundaries.
+pub fn conv2d_tiled(
+    input: &[f32],
+    g: &ConvGeometry,
+    kernel: &[f32],
+    epilogue: &Epilogue<'_>,
+    output: &mut [f32],
+    workspace: &mut Vec<f32>,
+    tile_rows: usize,
+) -> Result<()> {
     check_lengths(input, g, kernel, epilogue, output)?;
     let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_channels);
     if m == 0 {
@@ -107,7 +134,7 @@ pub fn conv2d(input: &[f32], g: &ConvGeometry, kernel: &[f32], epilogue: &Epilog
             epilogue.apply(output, 0, n);
         }
         ConvStrategy::StridedPointwise | ConvStrategy::Im2col => {
-            let tile = tile_rows(g);
+            let tile = tile_rows.clamp(1, m);
             if workspace.len() < tile * k {
                 workspace.resize(tile * k, 0.0);
             }
@@ -125,7 +152,13 @@ pub fn conv2d(input: &[f32], g: &ConvGeometry, kernel: &[f32], epilogue: &Epilog
     Ok(())
 }
 
-fn check_lengths(input: &[f32], g: &ConvGeometry, kernel: &[f32], e: &Epilogue<'_>, output: &[f32]) -> Result<()> {
+fn check_lengths(
+    input: &[f32],
+    g: &ConvGeometry,
+    kernel: &[f32],
+    e: &Epilogue<'_>,
+    output: &[f32],
+) -> Result<()> {
     let checks = [
         ("input", g.input_len(), Some(input.len())),
         ("kernel", g.kernel_len(), Some(kernel.len())),
@@ -135,7 +168,11 @@ fn check_lengths(input: &[f32], g: &ConvGeometry, kernel: &[f32], e: &Epilogue<'
     ];
     for (what, want, got) in checks {
         if let Some(got) = got.filter(|&got| got != want) {
-            return Err(Error::shape("conv2d kernel", format!("{what} of {want} elements"), format!("{got}")));
+            return Err(Error::shape(
+                "conv2d kernel",
+                format!("{what} of {want} elements"),
+                format!("{got}"),
+            ));
         }
     }
     Ok(())

@@ -2,7 +2,7 @@
 //!
 //! Layout: activations are NHWC, row-major; convolution kernels are HWIO
 //! `(kh, kw, in_channels, out_channels)`, Keras' layout, which reshapes to the GEMM's
-//! `K x N` operand with no copy. Every fast kernel has a direct-loop twin in [`reference`]
+//! `K x N` operand with no copy. Every fast kernel has a direct-loop twin in [`reference`](mod@reference)
 //! that the property tests (`tests/kernels_prop.rs`) compare it with.
 
 pub mod conv;
@@ -12,7 +12,7 @@ pub mod im2col;
 pub mod pool;
 pub mod reference;
 
-pub use conv::{conv2d, ConvStrategy, Epilogue};
+pub use conv::{conv2d, conv2d_tiled, ConvStrategy, Epilogue};
 pub use gemm::{sgemm, sgemm_row_major};
 pub use geometry::{ConvGeometry, Padding, Padding2d, PoolGeometry, Window2d};
 pub use im2col::im2col;

@@ -1,15 +1,18 @@
 //! Plain direct-loop implementations of every kernel: the oracle the fast paths are tested
 //! against, and the baseline the benches compare them with. Clarity over speed.
 
+use num_traits::Float;
+
 use super::geometry::{ConvGeometry, PoolGeometry};
 
-/// Row-major `C[m x n] = A[m x k] B[k x n]`, triple loop.
-pub fn gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+/// Row-major `C[m x n] = A[m x k] B[k x n]`, triple loop (in `f32`, or `f64` for a
+/// higher-precision oracle).
+pub fn gemm<T: Float>(m: usize, k: usize, n: usize, a: &[T], b: &[T], c: &mut [T]) {
     for i in 0..m {
         for j in 0..n {
-            let mut acc = 0.0f32;
+            let mut acc = T::zero();
             for p in 0..k {
-                acc += a[i * k + p] * b[p * n + j];
+                acc = acc + a[i * k + p] * b[p * n + j];
             }
             c[i * n + j] = acc;
         }
@@ -18,7 +21,13 @@ pub fn gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
 
 /// Direct NHWC convolution with an HWIO kernel: for every output element, a sum over the
 /// window taps that fall inside the input (padding taps contribute zero), plus the bias.
-pub fn conv2d(input: &[f32], g: &ConvGeometry, kernel: &[f32], bias: Option<&[f32]>, output: &mut [f32]) {
+pub fn conv2d<T: Float>(
+    input: &[T],
+    g: &ConvGeometry,
+    kernel: &[T],
+    bias: Option<&[T]>,
+    output: &mut [T],
+) {
     let [ih, iw] = g.in_hw;
     let [oh, ow] = g.out_hw;
     let [kh, kw] = g.window.kernel;
@@ -29,7 +38,7 @@ pub fn conv2d(input: &[f32], g: &ConvGeometry, kernel: &[f32], bias: Option<&[f3
         for oy in 0..oh {
             for ox in 0..ow {
                 for o in 0..co {
-                    let mut acc = bias.map_or(0.0, |b| b[o]);
+                    let mut acc = bias.map_or(T::zero(), |b| b[o]);
                     for ky in 0..kh {
                         let iy = (oy * sh + ky * dh) as isize - g.pad.top as isize;
                         if iy < 0 || iy >= ih as isize {
@@ -43,7 +52,7 @@ pub fn conv2d(input: &[f32], g: &ConvGeometry, kernel: &[f32], bias: Option<&[f3
                             for c in 0..ci {
                                 let x = input[((n * ih + iy as usize) * iw + ix as usize) * ci + c];
                                 let w = kernel[((ky * kw + kx) * ci + c) * co + o];
-                                acc += x * w;
+                                acc = acc + x * w;
                             }
                         }
                     }
@@ -55,7 +64,15 @@ pub fn conv2d(input: &[f32], g: &ConvGeometry, kernel: &[f32], bias: Option<&[f3
 }
 
 /// Visits the input values under one pooling window (padding cells are skipped).
-fn pool_window(input: &[f32], g: &PoolGeometry, n: usize, oy: usize, ox: usize, c: usize, mut f: impl FnMut(f32)) {
+fn pool_window(
+    input: &[f32],
+    g: &PoolGeometry,
+    n: usize,
+    oy: usize,
+    ox: usize,
+    c: usize,
+    mut f: impl FnMut(f32),
+) {
     let [ih, iw] = g.in_hw;
     for ky in 0..g.window.kernel[0] {
         let iy = (oy * g.window.stride[0] + ky) as isize - g.pad.top as isize;
@@ -90,7 +107,9 @@ fn pool(input: &[f32], g: &PoolGeometry, output: &mut [f32], reduce: impl Fn(&[f
 
 /// Max pooling; padding never wins (Keras pads with -inf).
 pub fn max_pool2d(input: &[f32], g: &PoolGeometry, output: &mut [f32]) {
-    pool(input, g, output, |t| t.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    pool(input, g, output, |t| {
+        t.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    });
 }
 
 /// Average pooling over the real (non-padding) elements of each window, as Keras does.

@@ -37,13 +37,24 @@ impl BatchNorm {
     }
 
     /// A BatchNorm with the given statistics, all of one length.
-    pub fn with_weights(epsilon: f32, gamma: Array1<f32>, beta: Array1<f32>, moving_mean: Array1<f32>, moving_variance: Array1<f32>) -> Result<Self> {
+    pub fn with_weights(
+        epsilon: f32,
+        gamma: Array1<f32>,
+        beta: Array1<f32>,
+        moving_mean: Array1<f32>,
+        moving_variance: Array1<f32>,
+    ) -> Result<Self> {
         let c = gamma.len();
         let mut bn = BatchNorm::new(c, epsilon)?;
-        for (what, a) in [("beta", &beta), ("moving_mean", &moving_mean), ("moving_variance", &moving_variance)] {
+        for (what, a) in [
+            ("beta", &beta),
+            ("moving_mean", &moving_mean),
+            ("moving_variance", &moving_variance),
+        ] {
             expect_param_shape(NAME, what, &[c], a.shape())?;
         }
-        (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance) = (gamma, beta, moving_mean, moving_variance);
+        (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance) =
+            (gamma, beta, moving_mean, moving_variance);
         Ok(bn)
     }
 
@@ -60,15 +71,24 @@ impl BatchNorm {
     /// The per-channel affine map this layer computes at inference, `y = x * scale + shift`.
     /// (This is what folding into a preceding convolution uses.)
     pub fn scale_shift(&self) -> (Array1<f32>, Array1<f32>) {
-        let scale: Array1<f32> = ndarray::Zip::from(&self.gamma).and(&self.moving_variance).map_collect(|&g, &v| g / (v + self.epsilon).sqrt());
-        let shift = ndarray::Zip::from(&self.beta).and(&self.moving_mean).and(&scale).map_collect(|&b, &m, &s| b - m * s);
+        let scale: Array1<f32> = ndarray::Zip::from(&self.gamma)
+            .and(&self.moving_variance)
+            .map_collect(|&g, &v| g / (v + self.epsilon).sqrt());
+        let shift = ndarray::Zip::from(&self.beta)
+            .and(&self.moving_mean)
+            .and(&scale)
+            .map_collect(|&b, &m, &s| b - m * s);
         (scale, shift)
     }
 
     fn check(&self, input: &[usize]) -> Result<()> {
         match input.last() {
             Some(&c) if input.len() >= 2 && c == self.channels() => Ok(()),
-            _ => Err(Error::shape(NAME, format!("a batch whose last axis has {} channels", self.channels()), format!("{}", ShapeFmt(input)))),
+            _ => Err(Error::shape(
+                NAME,
+                format!("a batch whose last axis has {} channels", self.channels()),
+                format!("{}", ShapeFmt(input)),
+            )),
         }
     }
 }
@@ -88,22 +108,49 @@ impl Layer for BatchNorm {
         let (scale, shift) = self.scale_shift();
         let mut y = x.as_standard_layout().into_owned();
         for mut lane in y.lanes_mut(Axis(x.ndim() - 1)) {
-            ndarray::Zip::from(&mut lane).and(&scale).and(&shift).for_each(|v, &s, &t| *v = *v * s + t);
+            ndarray::Zip::from(&mut lane)
+                .and(&scale)
+                .and(&shift)
+                .for_each(|v, &s, &t| *v = *v * s + t);
         }
         Ok(y)
     }
 
-    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
+    fn visit_params(
+        &self,
+        path: &mut LayerPath,
+        f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>),
+    ) {
         f(path, ParamKind::Gamma, self.gamma.view().into_dyn());
         f(path, ParamKind::Beta, self.beta.view().into_dyn());
-        f(path, ParamKind::MovingMean, self.moving_mean.view().into_dyn());
-        f(path, ParamKind::MovingVariance, self.moving_variance.view().into_dyn());
+        f(
+            path,
+            ParamKind::MovingMean,
+            self.moving_mean.view().into_dyn(),
+        );
+        f(
+            path,
+            ParamKind::MovingVariance,
+            self.moving_variance.view().into_dyn(),
+        );
     }
 
-    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
+    fn visit_params_mut(
+        &mut self,
+        path: &mut LayerPath,
+        visitor: &mut dyn ParamVisitor,
+    ) -> Result<()> {
         visitor.visit(path, ParamKind::Gamma, self.gamma.view_mut().into_dyn())?;
         visitor.visit(path, ParamKind::Beta, self.beta.view_mut().into_dyn())?;
-        visitor.visit(path, ParamKind::MovingMean, self.moving_mean.view_mut().into_dyn())?;
-        visitor.visit(path, ParamKind::MovingVariance, self.moving_variance.view_mut().into_dyn())
+        visitor.visit(
+            path,
+            ParamKind::MovingMean,
+            self.moving_mean.view_mut().into_dyn(),
+        )?;
+        visitor.visit(
+            path,
+            ParamKind::MovingVariance,
+            self.moving_variance.view_mut().into_dyn(),
+        )
     }
 }

@@ -1,6 +1,9 @@
 use ndarray::{Array1, Array4, ArrayViewD};
 
-use super::{as_slice, contiguous, expect_param_shape, nhwc, tensor, Layer, LayerPath, ParamKind, ParamVisitor, Tensor};
+use super::{
+    as_slice, contiguous, expect_param_shape, nhwc, tensor, Layer, LayerPath, ParamKind,
+    ParamVisitor, Tensor,
+};
 use crate::error::{Error, Result};
 use crate::kernels::{self, ConvGeometry, Epilogue, Padding, Window2d};
 
@@ -36,7 +39,15 @@ pub struct Conv2dConfig {
 impl Conv2dConfig {
     /// A stride-1, undilated, `'valid'` convolution with a bias.
     pub fn new(in_channels: usize, filters: usize, kernel_size: [usize; 2]) -> Self {
-        Conv2dConfig { in_channels, filters, kernel_size, strides: [1, 1], dilation: [1, 1], padding: Padding::Valid, use_bias: true }
+        Conv2dConfig {
+            in_channels,
+            filters,
+            kernel_size,
+            strides: [1, 1],
+            dilation: [1, 1],
+            padding: Padding::Valid,
+            use_bias: true,
+        }
     }
 
     /// Sets the strides.
@@ -65,18 +76,34 @@ impl Conv2dConfig {
 
     /// The sliding window this configuration describes.
     pub fn window(&self) -> Window2d {
-        Window2d { kernel: self.kernel_size, stride: self.strides, dilation: self.dilation, padding: self.padding }
+        Window2d {
+            kernel: self.kernel_size,
+            stride: self.strides,
+            dilation: self.dilation,
+            padding: self.padding,
+        }
     }
 
     /// Shape of the kernel: `(kh, kw, in_channels, filters)`.
     pub fn kernel_shape(&self) -> [usize; 4] {
-        [self.kernel_size[0], self.kernel_size[1], self.in_channels, self.filters]
+        [
+            self.kernel_size[0],
+            self.kernel_size[1],
+            self.in_channels,
+            self.filters,
+        ]
     }
 
     fn validate(&self) -> Result<()> {
         self.window().validate(NAME)?;
         if self.in_channels == 0 || self.filters == 0 {
-            return Err(Error::config(NAME, format!("channels must be at least 1, got {} in and {} filters", self.in_channels, self.filters)));
+            return Err(Error::config(
+                NAME,
+                format!(
+                    "channels must be at least 1, got {} in and {} filters",
+                    self.in_channels, self.filters
+                ),
+            ));
         }
         crate::error::checked_product(NAME, &self.kernel_shape())?;
         Ok(())
@@ -100,12 +127,20 @@ impl Conv2d {
     pub fn new(config: Conv2dConfig) -> Result<Self> {
         config.validate()?;
         let bias = config.use_bias.then(|| Array1::zeros(config.filters));
-        Ok(Conv2d { kernel: Array4::zeros(config.kernel_shape()), bias, config })
+        Ok(Conv2d {
+            kernel: Array4::zeros(config.kernel_shape()),
+            bias,
+            config,
+        })
     }
 
     /// A convolution with the given HWIO kernel and bias (which must be present exactly when
     /// `config.use_bias`).
-    pub fn with_weights(config: Conv2dConfig, kernel: Array4<f32>, bias: Option<Array1<f32>>) -> Result<Self> {
+    pub fn with_weights(
+        config: Conv2dConfig,
+        kernel: Array4<f32>,
+        bias: Option<Array1<f32>>,
+    ) -> Result<Self> {
         let mut conv = Conv2d::new(config)?;
         conv.set_weights(kernel, bias)?;
         Ok(conv)
@@ -118,7 +153,14 @@ impl Conv2d {
             (Some(b), true) => expect_param_shape(NAME, "bias", &[self.config.filters], b.shape())?,
             (None, false) => {}
             (b, _) => {
-                return Err(Error::config(NAME, format!("use_bias is {} but a bias was {}", self.config.use_bias, if b.is_some() { "given" } else { "not given" })))
+                return Err(Error::config(
+                    NAME,
+                    format!(
+                        "use_bias is {} but a bias was {}",
+                        self.config.use_bias,
+                        if b.is_some() { "given" } else { "not given" }
+                    ),
+                ))
             }
         }
         self.kernel = kernel.as_standard_layout().into_owned();
@@ -145,18 +187,33 @@ impl Conv2d {
     pub fn geometry(&self, input: &[usize]) -> Result<ConvGeometry> {
         let [n, h, w, c] = nhwc(NAME, input)?;
         if c != self.config.in_channels {
-            return Err(Error::shape(NAME, format!("{} input channels", self.config.in_channels), format!("{c} (input {})", crate::error::ShapeFmt(input))));
+            return Err(Error::shape(
+                NAME,
+                format!("{} input channels", self.config.in_channels),
+                format!("{c} (input {})", crate::error::ShapeFmt(input)),
+            ));
         }
-        ConvGeometry::new([n, h, w, c], self.config.filters, self.config.window()).map_err(|e| rename(e, NAME))
+        ConvGeometry::new([n, h, w, c], self.config.filters, self.config.window())
+            .map_err(|e| rename(e, NAME))
     }
 }
 
 /// Replaces the generic kernel name in an error with the layer's type.
 pub(crate) fn rename(e: Error, layer: &str) -> Error {
     match e {
-        Error::Shape { expected, got, .. } => Error::Shape { layer: layer.into(), expected, got },
-        Error::Config { reason, .. } => Error::Config { layer: layer.into(), reason },
-        Error::Overflow { what, .. } => Error::Overflow { layer: layer.into(), what },
+        Error::Shape { expected, got, .. } => Error::Shape {
+            layer: layer.into(),
+            expected,
+            got,
+        },
+        Error::Config { reason, .. } => Error::Config {
+            layer: layer.into(),
+            reason,
+        },
+        Error::Overflow { what, .. } => Error::Overflow {
+            layer: layer.into(),
+            what,
+        },
     }
 }
 
@@ -174,20 +231,46 @@ impl Layer for Conv2d {
         let g = self.geometry(x.shape())?;
         let x = contiguous(x);
         let mut out = vec![0.0; g.output_len()];
-        let epilogue = Epilogue { bias: self.bias.as_ref().and_then(|b| b.as_slice()), ..Default::default() };
-        let kernel = self.kernel.as_slice().ok_or_else(|| Error::config(NAME, "kernel is not contiguous"))?;
-        kernels::conv2d(as_slice(&x), &g, kernel, &epilogue, &mut out, &mut Vec::new()).map_err(|e| rename(e, NAME))?;
-        tensor(NAME, &[g.batch, g.out_hw[0], g.out_hw[1], g.out_channels], out)
+        let epilogue = Epilogue {
+            bias: self.bias.as_ref().and_then(|b| b.as_slice()),
+            ..Default::default()
+        };
+        let kernel = self
+            .kernel
+            .as_slice()
+            .ok_or_else(|| Error::config(NAME, "kernel is not contiguous"))?;
+        kernels::conv2d(
+            as_slice(&x),
+            &g,
+            kernel,
+            &epilogue,
+            &mut out,
+            &mut Vec::new(),
+        )
+        .map_err(|e| rename(e, NAME))?;
+        tensor(
+            NAME,
+            &[g.batch, g.out_hw[0], g.out_hw[1], g.out_channels],
+            out,
+        )
     }
 
-    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
+    fn visit_params(
+        &self,
+        path: &mut LayerPath,
+        f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>),
+    ) {
         f(path, ParamKind::Kernel, self.kernel.view().into_dyn());
         if let Some(b) = &self.bias {
             f(path, ParamKind::Bias, b.view().into_dyn());
         }
     }
 
-    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
+    fn visit_params_mut(
+        &mut self,
+        path: &mut LayerPath,
+        visitor: &mut dyn ParamVisitor,
+    ) -> Result<()> {
         visitor.visit(path, ParamKind::Kernel, self.kernel.view_mut().into_dyn())?;
         if let Some(b) = &mut self.bias {
             visitor.visit(path, ParamKind::Bias, b.view_mut().into_dyn())?;

@@ -20,14 +20,25 @@ impl Dense {
     /// activation (`Some(Activation::Softmax)` for Keras' `Dense(1000, activation='softmax')`).
     pub fn new(in_features: usize, units: usize, activation: Option<Activation>) -> Result<Self> {
         if in_features == 0 || units == 0 {
-            return Err(Error::config(NAME, format!("needs at least one input and one unit, got {in_features} -> {units}")));
+            return Err(Error::config(
+                NAME,
+                format!("needs at least one input and one unit, got {in_features} -> {units}"),
+            ));
         }
         crate::error::checked_product(NAME, &[in_features, units])?;
-        Ok(Dense { kernel: Array2::zeros((in_features, units)), bias: Some(Array1::zeros(units)), activation })
+        Ok(Dense {
+            kernel: Array2::zeros((in_features, units)),
+            bias: Some(Array1::zeros(units)),
+            activation,
+        })
     }
 
     /// A layer with the given `(in, out)` kernel and optional bias.
-    pub fn with_weights(kernel: Array2<f32>, bias: Option<Array1<f32>>, activation: Option<Activation>) -> Result<Self> {
+    pub fn with_weights(
+        kernel: Array2<f32>,
+        bias: Option<Array1<f32>>,
+        activation: Option<Activation>,
+    ) -> Result<Self> {
         let (i, o) = kernel.dim();
         let mut d = Dense::new(i, o, activation)?;
         if let Some(b) = &bias {
@@ -66,7 +77,11 @@ impl Dense {
     fn check(&self, input: &[usize]) -> Result<usize> {
         match *input {
             [n, f] if f == self.in_features() => Ok(n),
-            _ => Err(Error::shape(NAME, format!("(n, {}) features", self.in_features()), format!("{}", ShapeFmt(input)))),
+            _ => Err(Error::shape(
+                NAME,
+                format!("(n, {}) features", self.in_features()),
+                format!("{}", ShapeFmt(input)),
+            )),
         }
     }
 }
@@ -82,9 +97,13 @@ impl Layer for Dense {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let n = self.check(x.shape())?;
-        let x2 = x.view().into_dimensionality::<Ix2>().map_err(|e| Error::shape(NAME, "a rank-2 batch", e.to_string()))?;
+        let x2 = x
+            .view()
+            .into_dimensionality::<Ix2>()
+            .map_err(|e| Error::shape(NAME, "a rank-2 batch", e.to_string()))?;
         let mut y = Array2::<f32>::zeros((n, self.units()));
-        kernels::sgemm(1.0, x2, self.kernel.view(), 0.0, y.view_mut()).map_err(|e| super::conv::rename(e, NAME))?;
+        kernels::sgemm(1.0, x2, self.kernel.view(), 0.0, y.view_mut())
+            .map_err(|e| super::conv::rename(e, NAME))?;
         if let Some(b) = &self.bias {
             y += b;
         }
@@ -95,14 +114,22 @@ impl Layer for Dense {
         Ok(y)
     }
 
-    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
+    fn visit_params(
+        &self,
+        path: &mut LayerPath,
+        f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>),
+    ) {
         f(path, ParamKind::Kernel, self.kernel.view().into_dyn());
         if let Some(b) = &self.bias {
             f(path, ParamKind::Bias, b.view().into_dyn());
         }
     }
 
-    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
+    fn visit_params_mut(
+        &mut self,
+        path: &mut LayerPath,
+        visitor: &mut dyn ParamVisitor,
+    ) -> Result<()> {
         visitor.visit(path, ParamKind::Kernel, self.kernel.view_mut().into_dyn())?;
         if let Some(b) = &mut self.bias {
             visitor.visit(path, ParamKind::Bias, b.view_mut().into_dyn())?;

@@ -14,7 +14,9 @@ pub struct ZeroPadding2d {
 impl ZeroPadding2d {
     /// The same padding on all four sides (`ZeroPadding2D(3)`).
     pub fn uniform(p: usize) -> Self {
-        ZeroPadding2d { padding: Padding2d::uniform(p) }
+        ZeroPadding2d {
+            padding: Padding2d::uniform(p),
+        }
     }
 
     /// Asymmetric padding (`ZeroPadding2D(((top, bottom), (left, right)))`).
@@ -44,7 +46,8 @@ impl Layer for ZeroPadding2d {
         let p = self.padding;
         let mut y = ArrayD::zeros(IxDyn(&out));
         let (h, w) = (x.shape()[1], x.shape()[2]);
-        y.slice_mut(s![.., p.top..p.top + h, p.left..p.left + w, ..]).assign(x);
+        y.slice_mut(s![.., p.top..p.top + h, p.left..p.left + w, ..])
+            .assign(x);
         Ok(y)
     }
 }

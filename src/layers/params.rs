@@ -123,7 +123,10 @@ impl ParamCount {
 impl std::ops::Add for ParamCount {
     type Output = ParamCount;
     fn add(self, o: ParamCount) -> ParamCount {
-        ParamCount { trainable: self.trainable + o.trainable, non_trainable: self.non_trainable + o.non_trainable }
+        ParamCount {
+            trainable: self.trainable + o.trainable,
+            non_trainable: self.non_trainable + o.non_trainable,
+        }
     }
 }
 
@@ -131,5 +134,10 @@ impl std::ops::Add for ParamCount {
 pub trait ParamVisitor {
     /// Called once per parameter tensor with its layer path and kind; the visitor may
     /// overwrite the values (not the shape).
-    fn visit(&mut self, path: &LayerPath, kind: ParamKind, value: ArrayViewMutD<'_, f32>) -> Result<()>;
+    fn visit(
+        &mut self,
+        path: &LayerPath,
+        kind: ParamKind,
+        value: ArrayViewMutD<'_, f32>,
+    ) -> Result<()>;
 }

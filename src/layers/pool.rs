@@ -17,7 +17,11 @@ pub struct Pool2dConfig {
 impl Pool2dConfig {
     /// A `'valid'` pool with strides equal to the pool size.
     pub fn new(pool_size: [usize; 2]) -> Self {
-        Pool2dConfig { pool_size, strides: None, padding: Padding::Valid }
+        Pool2dConfig {
+            pool_size,
+            strides: None,
+            padding: Padding::Valid,
+        }
     }
 
     /// Sets the strides.
@@ -34,7 +38,12 @@ impl Pool2dConfig {
 
     fn geometry(&self, layer: &str, input: &[usize]) -> Result<PoolGeometry> {
         let dims = nhwc(layer, input)?;
-        let window = Window2d { kernel: self.pool_size, stride: self.strides.unwrap_or(self.pool_size), dilation: [1, 1], padding: self.padding };
+        let window = Window2d {
+            kernel: self.pool_size,
+            stride: self.strides.unwrap_or(self.pool_size),
+            dilation: [1, 1],
+            padding: self.padding,
+        };
         PoolGeometry::new(dims, window).map_err(|e| super::conv::rename(e, layer))
     }
 }
@@ -50,7 +59,12 @@ macro_rules! pool_layer {
         impl $ty {
             /// A pooling layer; fails on a zero pool size or stride, or padding as large as the window.
             pub fn new(config: Pool2dConfig) -> Result<Self> {
-                let probe = Window2d { kernel: config.pool_size, stride: config.strides.unwrap_or(config.pool_size), dilation: [1, 1], padding: config.padding };
+                let probe = Window2d {
+                    kernel: config.pool_size,
+                    stride: config.strides.unwrap_or(config.pool_size),
+                    dilation: [1, 1],
+                    padding: config.padding,
+                };
                 probe.validate($name)?;
                 Ok($ty { config })
             }
@@ -82,8 +96,18 @@ macro_rules! pool_layer {
     };
 }
 
-pool_layer!(MaxPool2d, "MaxPooling2D", kernels::max_pool2d, "Max pooling over NHWC batches (Keras' `MaxPooling2D`).");
-pool_layer!(AvgPool2d, "AveragePooling2D", kernels::avg_pool2d, "Average pooling over NHWC batches (Keras' `AveragePooling2D`).");
+pool_layer!(
+    MaxPool2d,
+    "MaxPooling2D",
+    kernels::max_pool2d,
+    "Max pooling over NHWC batches (Keras' `MaxPooling2D`)."
+);
+pool_layer!(
+    AvgPool2d,
+    "AveragePooling2D",
+    kernels::avg_pool2d,
+    "Average pooling over NHWC batches (Keras' `AveragePooling2D`)."
+);
 
 /// Global average pooling: NHWC `(n, h, w, c)` to `(n, c)`, Keras' `GlobalAveragePooling2D`
 /// and torchvision's `AdaptiveAvgPool2d(1)` + `flatten`.
@@ -98,7 +122,11 @@ impl Layer for GlobalAvgPool {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         let [n, h, w, c] = nhwc("GlobalAveragePooling2D", input)?;
         if h == 0 || w == 0 {
-            return Err(Error::shape("GlobalAveragePooling2D", "a non-empty image", format!("{}", ShapeFmt(input))));
+            return Err(Error::shape(
+                "GlobalAveragePooling2D",
+                "a non-empty image",
+                format!("{}", ShapeFmt(input)),
+            ));
         }
         Ok(vec![n, c])
     }
@@ -108,7 +136,8 @@ impl Layer for GlobalAvgPool {
         let dims = nhwc("GlobalAveragePooling2D", x.shape())?;
         let x = contiguous(x);
         let mut y = vec![0.0; out[0] * out[1]];
-        kernels::global_avg_pool(as_slice(&x), dims, &mut y).map_err(|e| super::conv::rename(e, "GlobalAveragePooling2D"))?;
+        kernels::global_avg_pool(as_slice(&x), dims, &mut y)
+            .map_err(|e| super::conv::rename(e, "GlobalAveragePooling2D"))?;
         tensor("GlobalAveragePooling2D", &out, y)
     }
 }

@@ -1,6 +1,9 @@
 use ndarray::ArrayViewD;
 
-use super::{Activation, Layer, LayerPath, ParamCount, ParamKind, ParamVisitor, Sequential, SummaryRow, Tap, Tensor};
+use super::{
+    Activation, Layer, LayerPath, ParamCount, ParamKind, ParamVisitor, Sequential, SummaryRow, Tap,
+    Tensor,
+};
 use crate::error::{Error, Result, ShapeFmt};
 
 const NAME: &str = "Residual";
@@ -20,13 +23,24 @@ pub struct Residual {
 
 impl Residual {
     /// A residual block; `activation` runs after the add (ResNets use `Some(Activation::Relu)`).
-    pub fn new(main: Sequential, shortcut: Option<Sequential>, activation: Option<Activation>) -> Result<Self> {
+    pub fn new(
+        main: Sequential,
+        shortcut: Option<Sequential>,
+        activation: Option<Activation>,
+    ) -> Result<Self> {
         if let Some(s) = &shortcut {
             if let Some((name, _)) = s.iter().find(|(n, _)| main.get(n).is_some()) {
-                return Err(Error::config(NAME, format!("the name {name:?} is used in both the main branch and the shortcut")));
+                return Err(Error::config(
+                    NAME,
+                    format!("the name {name:?} is used in both the main branch and the shortcut"),
+                ));
             }
         }
-        Ok(Residual { main, shortcut, activation })
+        Ok(Residual {
+            main,
+            shortcut,
+            activation,
+        })
     }
 
     /// The main branch.
@@ -67,7 +81,11 @@ impl Residual {
 }
 
 fn mismatch(main: &[usize], short: &[usize]) -> Error {
-    Error::shape(NAME, format!("a shortcut of the main branch's shape {}", ShapeFmt(main)), format!("{}", ShapeFmt(short)))
+    Error::shape(
+        NAME,
+        format!("a shortcut of the main branch's shape {}", ShapeFmt(main)),
+        format!("{}", ShapeFmt(short)),
+    )
 }
 
 impl Layer for Residual {
@@ -95,7 +113,12 @@ impl Layer for Residual {
         }
     }
 
-    fn forward_tapped(&self, x: &Tensor, path: &mut LayerPath, tap: &mut Tap<'_>) -> Result<Tensor> {
+    fn forward_tapped(
+        &self,
+        x: &Tensor,
+        path: &mut LayerPath,
+        tap: &mut Tap<'_>,
+    ) -> Result<Tensor> {
         let main = self.main.forward_tapped(x, path, tap)?;
         match &self.shortcut {
             Some(s) => {
@@ -106,14 +129,22 @@ impl Layer for Residual {
         }
     }
 
-    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
+    fn visit_params(
+        &self,
+        path: &mut LayerPath,
+        f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>),
+    ) {
         self.main.visit_params(path, f);
         if let Some(s) = &self.shortcut {
             s.visit_params(path, f);
         }
     }
 
-    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
+    fn visit_params_mut(
+        &mut self,
+        path: &mut LayerPath,
+        visitor: &mut dyn ParamVisitor,
+    ) -> Result<()> {
         self.main.visit_params_mut(path, visitor)?;
         if let Some(s) = &mut self.shortcut {
             s.visit_params_mut(path, visitor)?;
@@ -121,7 +152,12 @@ impl Layer for Residual {
         Ok(())
     }
 
-    fn summarize(&self, path: &mut LayerPath, input: &[usize], rows: &mut Vec<SummaryRow>) -> Result<Vec<usize>> {
+    fn summarize(
+        &self,
+        path: &mut LayerPath,
+        input: &[usize],
+        rows: &mut Vec<SummaryRow>,
+    ) -> Result<Vec<usize>> {
         let main = self.main.summarize(path, input, rows)?;
         let short = match &self.shortcut {
             Some(s) => s.summarize(path, input, rows)?,
@@ -130,7 +166,12 @@ impl Layer for Residual {
         if main != short {
             return Err(mismatch(&main, &short));
         }
-        let row = |path: LayerPath, type_name: &str| SummaryRow { path, type_name: type_name.into(), output_shape: main.clone(), params: ParamCount::default() };
+        let row = |path: LayerPath, type_name: &str| SummaryRow {
+            path,
+            type_name: type_name.into(),
+            output_shape: main.clone(),
+            params: ParamCount::default(),
+        };
         if self.activation.is_some() {
             rows.push(row(path.scoped("add", |p| p.clone()), "Add"));
             rows.push(row(path.clone(), "Activation"));

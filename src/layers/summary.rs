@@ -35,12 +35,20 @@ pub struct Summary {
 impl Summary {
     /// A summary from its rows.
     pub fn new(input_shape: Vec<usize>, output_shape: Vec<usize>, rows: Vec<SummaryRow>) -> Self {
-        Summary { name: String::new(), input_shape, output_shape, rows, leaf_names: false }
+        Summary {
+            name: String::new(),
+            input_shape,
+            output_shape,
+            rows,
+            leaf_names: false,
+        }
     }
 
     /// Sum over the rows.
     pub fn total(&self) -> ParamCount {
-        self.rows.iter().fold(ParamCount::default(), |acc, r| acc + r.params)
+        self.rows
+            .iter()
+            .fold(ParamCount::default(), |acc, r| acc + r.params)
     }
 }
 
@@ -49,7 +57,7 @@ fn thousands(v: usize) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -73,22 +81,45 @@ impl fmt::Display for Summary {
             .rows
             .iter()
             .map(|r| {
-                let name = if self.leaf_names { r.path.leaf().to_string() } else { r.path.dotted() };
+                let name = if self.leaf_names {
+                    r.path.leaf().to_string()
+                } else {
+                    r.path.dotted()
+                };
                 format!("{name} ({})", r.type_name)
             })
             .collect();
         let w0 = names.iter().map(String::len).max().unwrap_or(0).max(28) + 2;
-        let w1 = self.rows.iter().map(|r| keras_shape(&r.output_shape).len()).max().unwrap_or(0).max(20) + 2;
+        let w1 = self
+            .rows
+            .iter()
+            .map(|r| keras_shape(&r.output_shape).len())
+            .max()
+            .unwrap_or(0)
+            .max(20)
+            + 2;
         let width = w0 + w1 + 12;
         if !self.name.is_empty() {
             writeln!(f, "Model: \"{}\"", self.name)?;
         }
         writeln!(f, "{}", "_".repeat(width))?;
-        writeln!(f, " {:<w0$}{:<w1$}{}", "Layer (type)", "Output Shape", "Param #")?;
+        writeln!(f, " {:<w0$}{:<w1$}Param #", "Layer (type)", "Output Shape")?;
         writeln!(f, "{}", "=".repeat(width))?;
-        writeln!(f, " {:<w0$}{:<w1$}{}", "input (InputLayer)", keras_shape(&self.input_shape), 0)?;
+        writeln!(
+            f,
+            " {:<w0$}{:<w1$}{}",
+            "input (InputLayer)",
+            keras_shape(&self.input_shape),
+            0
+        )?;
         for (r, name) in self.rows.iter().zip(&names) {
-            writeln!(f, " {:<w0$}{:<w1$}{}", name, keras_shape(&r.output_shape), thousands(r.params.total()))?;
+            writeln!(
+                f,
+                " {:<w0$}{:<w1$}{}",
+                name,
+                keras_shape(&r.output_shape),
+                thousands(r.params.total())
+            )?;
         }
         writeln!(f, "{}", "=".repeat(width))?;
         let t = self.total();

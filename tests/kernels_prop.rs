@@ -1,0 +1,259 @@
+//! Property tests: every fast kernel against its direct-loop reference in
+//! `convnet::kernels::reference`, over random shapes (odd sizes, kernels up to 7x7,
+//! non-square kernels, strides 1-3, dilation 1-2, every padding mode, batch 1-3, channels
+//! 1-70). Outputs start NaN-filled, which proves the kernels write every element they own.
+
+use convnet::kernels::{
+    self, reference, ConvGeometry, ConvStrategy, Epilogue, Padding, Padding2d, PoolGeometry,
+    Window2d,
+};
+use proptest::prelude::*;
+
+/// A deterministic pseudo-random fill in [-1, 1).
+fn fill(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn padding_strategy() -> impl Strategy<Value = Padding> {
+    prop_oneof![
+        Just(Padding::Valid),
+        Just(Padding::Same),
+        (0usize..4, 0usize..4, 0usize..4, 0usize..4)
+            .prop_map(|(t, b, l, r)| Padding::Explicit(Padding2d::new(t, b, l, r))),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct ConvCase {
+    input: [usize; 4],
+    out_channels: usize,
+    window: Window2d,
+    tile_rows: usize,
+    seed: u64,
+}
+
+fn conv_case(
+    max_kernel: usize,
+    strides: std::ops::RangeInclusive<usize>,
+    dilations: std::ops::RangeInclusive<usize>,
+) -> impl Strategy<Value = ConvCase> {
+    (
+        (1usize..=3, 0usize..=6, 0usize..=6, 1usize..=70, 1usize..=70),
+        (
+            1..=max_kernel,
+            1..=max_kernel,
+            strides.clone(),
+            strides,
+            dilations.clone(),
+            dilations,
+        ),
+        padding_strategy(),
+        1usize..=97,
+        any::<u64>(),
+    )
+        .prop_map(
+            |((n, eh, ew, ci, co), (kh, kw, sh, sw, dh, dw), padding, tile_rows, seed)| {
+                let window = Window2d {
+                    kernel: [kh, kw],
+                    stride: [sh, sw],
+                    dilation: [dh, dw],
+                    padding,
+                };
+                let span = window.span();
+                let pad = match padding {
+                    Padding::Explicit(p) => [p.top + p.bottom, p.left + p.right],
+                    _ => [0, 0],
+                };
+                // Large enough for the window (with explicit padding counted), plus 0-6 extra.
+                let h = span[0].saturating_sub(pad[0]).max(1) + eh;
+                let w = span[1].saturating_sub(pad[1]).max(1) + ew;
+                ConvCase {
+                    input: [n, h, w, ci],
+                    out_channels: co,
+                    window,
+                    tile_rows,
+                    seed,
+                }
+            },
+        )
+}
+
+/// Runs the fast convolution and the reference on one case and compares them element-wise,
+/// with a tolerance scaled by the sum of |x * w| under each output (the bound of a float
+/// dot product's rounding error, whatever the summation order).
+fn check_conv(c: &ConvCase, epilogue_on: bool) -> Result<(), TestCaseError> {
+    let g = ConvGeometry::new(c.input, c.out_channels, c.window)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let x = fill(g.input_len(), c.seed);
+    let k = fill(g.kernel_len(), c.seed ^ 1);
+    let bias = fill(g.out_channels, c.seed ^ 2);
+    let residual = fill(g.output_len(), c.seed ^ 3);
+
+    let mut want = vec![0.0; g.output_len()];
+    reference::conv2d(&x, &g, &k, epilogue_on.then_some(&bias[..]), &mut want);
+    let xa: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    let ka: Vec<f32> = k.iter().map(|v| v.abs()).collect();
+    let mut scale = vec![0.0; g.output_len()];
+    reference::conv2d(&xa, &g, &ka, None, &mut scale);
+    if epilogue_on {
+        for (w, r) in want.iter_mut().zip(&residual) {
+            *w = (*w + r).max(0.0);
+        }
+    }
+
+    let epilogue = if epilogue_on {
+        Epilogue {
+            bias: Some(&bias),
+            residual: Some(&residual),
+            relu: true,
+        }
+    } else {
+        Epilogue::default()
+    };
+    let mut got = vec![f32::NAN; g.output_len()];
+    let mut ws = vec![f32::NAN; 3];
+    kernels::conv2d_tiled(&x, &g, &k, &epilogue, &mut got, &mut ws, c.tile_rows)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    for (i, ((a, b), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+        let tol = 1e-5 * (s + 1.0);
+        prop_assert!(
+            (a - b).abs() <= tol,
+            "element {i}: got {a}, want {b} (tol {tol}) for {g:?} ({:?})",
+            ConvStrategy::for_geometry(&g)
+        );
+    }
+    // The same call through the default tiling gives the same result.
+    let mut again = vec![f32::NAN; g.output_len()];
+    kernels::conv2d(&x, &g, &k, &epilogue, &mut again, &mut Vec::new())
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    for (a, b) in again
+        .iter()
+        .zip(&want)
+        .zip(&scale)
+        .map(|((a, b), s)| (a, (b, s)))
+    {
+        prop_assert!((a - b.0).abs() <= 1e-5 * (b.1 + 1.0));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    #[test]
+    fn conv2d_matches_reference(c in conv_case(7, 1..=3, 1..=2)) {
+        check_conv(&c, false)?;
+    }
+
+    #[test]
+    fn conv2d_with_fused_epilogue_matches_reference(c in conv_case(5, 1..=3, 1..=2)) {
+        check_conv(&c, true)?;
+    }
+
+    #[test]
+    fn pointwise_and_strided_pointwise_match_reference(mut c in conv_case(1, 1..=3, 1..=1)) {
+        c.window.padding = Padding::Valid;
+        check_conv(&c, false)?;
+    }
+
+    #[test]
+    fn pooling_matches_reference(
+        (n, h, w, ch) in (1usize..=3, 1usize..=17, 1usize..=17, 1usize..=70),
+        (kh, kw, sh, sw) in (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3),
+        padding in padding_strategy(),
+        seed in any::<u64>(),
+    ) {
+        let window = Window2d { kernel: [kh, kw], stride: [sh, sw], dilation: [1, 1], padding };
+        // Shapes the window cannot pool (too small, or padding >= window) must be errors.
+        let g = match PoolGeometry::new([n, h, w, ch], window) {
+            Ok(g) => g,
+            Err(convnet::Error::Shape { .. } | convnet::Error::Config { .. }) => return Ok(()),
+            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+        };
+        let x = fill(g.input_len(), seed);
+        for (fast, slow) in [
+            (kernels::max_pool2d as fn(&[f32], &PoolGeometry, &mut [f32]) -> convnet::Result<()>, reference::max_pool2d as fn(&[f32], &PoolGeometry, &mut [f32])),
+            (kernels::avg_pool2d, reference::avg_pool2d),
+        ] {
+            let mut want = vec![0.0; g.output_len()];
+            slow(&x, &g, &mut want);
+            let mut got = vec![f32::NAN; g.output_len()];
+            fast(&x, &g, &mut got).unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                prop_assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "got {a}, want {b} for {g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn global_avg_pool_matches_a_valid_full_window_average(
+        (n, h, w, ch) in (1usize..=3, 1usize..=9, 1usize..=9, 1usize..=70),
+        seed in any::<u64>(),
+    ) {
+        let x = fill(n * h * w * ch, seed);
+        let g = PoolGeometry::new([n, h, w, ch], Window2d::new([h, w], [1, 1])).unwrap();
+        let mut want = vec![0.0; n * ch];
+        reference::avg_pool2d(&x, &g, &mut want);
+        let mut got = vec![f32::NAN; n * ch];
+        kernels::global_avg_pool(&x, [n, h, w, ch], &mut got).unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            prop_assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()));
+        }
+    }
+}
+
+/// im2col writes zeros into padding taps of a reused, NaN-filled buffer.
+#[test]
+fn im2col_overwrites_a_dirty_buffer() {
+    let window = Window2d {
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        padding: Padding::Same,
+    };
+    let g = ConvGeometry::new([1, 2, 2, 1], 1, window).unwrap();
+    let x = [1.0, 2.0, 3.0, 4.0];
+    let mut cols = vec![f32::NAN; g.out_pixels() * g.patch_len()];
+    kernels::im2col(&x, &g, 0, g.out_pixels(), &mut cols).unwrap();
+    // Output pixel (0, 0) sees [pad pad pad; pad 1 2; pad 3 4].
+    assert_eq!(&cols[..9], &[0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 3.0, 4.0]);
+    assert!(cols.iter().all(|v| v.is_finite()));
+}
+
+/// The three strategies are chosen as documented.
+#[test]
+fn strategy_selection() {
+    let plan = |k: usize, s: usize, p: Padding| {
+        ConvStrategy::for_geometry(
+            &ConvGeometry::new(
+                [1, 8, 8, 4],
+                4,
+                Window2d {
+                    kernel: [k, k],
+                    stride: [s, s],
+                    dilation: [1, 1],
+                    padding: p,
+                },
+            )
+            .unwrap(),
+        )
+    };
+    assert_eq!(plan(1, 1, Padding::Valid), ConvStrategy::Pointwise);
+    assert_eq!(plan(1, 1, Padding::Same), ConvStrategy::Pointwise);
+    assert_eq!(plan(1, 2, Padding::Valid), ConvStrategy::StridedPointwise);
+    assert_eq!(
+        plan(1, 1, Padding::Explicit(Padding2d::uniform(1))),
+        ConvStrategy::Im2col
+    );
+    assert_eq!(plan(3, 1, Padding::Same), ConvStrategy::Im2col);
+}
