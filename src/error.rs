@@ -35,6 +35,119 @@ pub enum Error {
         /// What was being computed.
         what: String,
     },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A weights file is corrupt, truncated, or not the format it claims to be.
+    #[error("{path}: not a readable {format} weights file: {reason}")]
+    Format {
+        /// `HDF5`, `safetensors`, `PyTorch .pth`, ...
+        format: &'static str,
+        /// The file (or a description of an in-memory source).
+        path: String,
+        /// What is wrong, with the offending name or offset where known.
+        reason: String,
+    },
+    /// A `.pth` pickle asked for something a `state_dict` never needs (an arbitrary global, an
+    /// unknown opcode). Nothing from the file is executed or imported.
+    #[error("{path}: refusing to unpickle: {reason}")]
+    UnsafePickle {
+        /// The file.
+        path: String,
+        /// The global or opcode that was refused.
+        reason: String,
+    },
+    /// A stored tensor has an element type this crate does not load.
+    #[error("{path}: tensor {key} is {dtype}; float32 is loaded as is and float64 converted, nothing else")]
+    Dtype {
+        /// The file.
+        path: String,
+        /// The tensor's name in the file.
+        key: String,
+        /// Its element type.
+        dtype: String,
+    },
+    /// A stored tensor holds NaN or infinite values (refused unless the load options allow it).
+    #[error("{path}: tensor {key} holds {count} non-finite values (NaN or infinity)")]
+    NonFinite {
+        /// The file.
+        path: String,
+        /// The tensor's name in the file.
+        key: String,
+        /// How many elements are NaN or infinite.
+        count: usize,
+    },
+    /// A tensor in the file has a different shape than the layer it was matched to.
+    #[error(
+        "{layer} ({kind}): expected shape {}, found {} in tensor {key}",
+        ShapeFmt(expected),
+        ShapeFmt(found)
+    )]
+    WeightShape {
+        /// The layer path in the model.
+        layer: String,
+        /// The parameter (`kernel`, `bias`, `gamma`, ...).
+        kind: String,
+        /// The tensor's name in the file.
+        key: String,
+        /// The shape the model needs (in the model's layout).
+        expected: Vec<usize>,
+        /// The shape in the file (converted to the model's layout).
+        found: Vec<usize>,
+    },
+    /// Parameters of the model for which the file has no tensor.
+    #[error("{source_name}: no weights for {} model parameters: {}", missing.len(), list(missing))]
+    MissingWeights {
+        /// The weights file.
+        source_name: String,
+        /// `layer path (kind) <- expected key`, one per missing parameter.
+        missing: Vec<String>,
+    },
+    /// Tensors in the file that no model parameter took (a file for another architecture).
+    #[error("{source_name}: {} tensors match no model parameter: {}", unused.len(), list(unused))]
+    UnusedWeights {
+        /// The weights file.
+        source_name: String,
+        /// Their names in the file.
+        unused: Vec<String>,
+    },
+    /// An image could not be decoded, or is of a kind this crate refuses.
+    #[error("{path}: cannot use image: {reason}")]
+    Image {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A download failed (network error, HTTP status, checksum mismatch, cache not writable).
+    #[error("download of {url} failed: {reason}")]
+    Download {
+        /// What was fetched.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// The first few items of a list, for error messages.
+fn list(items: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(", ... ({} more)", items.len() - SHOWN));
+    }
+    s
 }
 
 /// `Result` with this crate's [`Error`].
@@ -50,6 +163,7 @@ impl Error {
             | Error::Overflow { layer, .. } => {
                 *layer = format!("{name}/{layer}");
             }
+            _ => {}
         }
         self
     }
@@ -70,6 +184,13 @@ impl Error {
         Error::Config {
             layer: layer.into(),
             reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_string(),
+            source,
         }
     }
 

@@ -58,8 +58,11 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod imagenet;
 pub mod kernels;
 pub mod layers;
+pub mod models;
+pub mod weights;
 
 pub use error::{Error, Result};
 

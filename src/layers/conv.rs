@@ -214,6 +214,7 @@ pub(crate) fn rename(e: Error, layer: &str) -> Error {
             layer: layer.into(),
             what,
         },
+        other => other,
     }
 }
 

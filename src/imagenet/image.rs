@@ -1,0 +1,378 @@
+//! Images in: decoding, Pillow-exact resizing, and the Keras and torchvision preprocessing.
+//!
+//! The seed feeds its network with Keras' `load_img(path, target_size=(224, 224))` (Pillow's
+//! NEAREST resize, no crop), `img_to_array` and `preprocess_input` (caffe mode). This module
+//! reproduces that bit for bit on lossless images; see [`keras_resnet_input`]. JPEG files are
+//! decoded by the pure-Rust decoder of the `image` crate, which differs from libjpeg-turbo
+//! (Pillow) by +-1-2 levels on some pixels.
+
+use std::path::Path;
+
+use ::image::{DynamicImage, ImageReader, Limits};
+use ndarray::{Array4, Axis};
+
+use crate::error::{Error, Result};
+use crate::layers::Tensor;
+
+/// Keras' caffe-mode means, subtracted from the B, G, R channels.
+pub const CAFFE_BGR_MEAN: [f32; 3] = [103.939, 116.779, 123.68];
+
+/// torchvision's ImageNet normalisation, R, G, B.
+pub const TORCHVISION_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// torchvision's ImageNet standard deviations, R, G, B.
+pub const TORCHVISION_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Caps on what a decoder may allocate, so a crafted header (a 60000x60000 PNG) is an error
+/// instead of an out-of-memory abort.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Largest accepted width or height.
+    pub max_side: u32,
+    /// Largest accepted decoded size in bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for ImageLimits {
+    /// 16384 pixels a side and 1 GiB decoded.
+    fn default() -> Self {
+        ImageLimits {
+            max_side: 16384,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// An 8-bit RGB image, row-major `(height, width, 3)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// `height * width * 3` bytes, R, G, B per pixel.
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    /// An image from its bytes, checking the length.
+    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
+        if width.checked_mul(height).and_then(|p| p.checked_mul(3)) != Some(data.len()) {
+            return Err(Error::shape(
+                "RgbImage",
+                format!("{width} x {height} x 3 bytes"),
+                format!("{} bytes", data.len()),
+            ));
+        }
+        Ok(RgbImage {
+            width,
+            height,
+            data,
+        })
+    }
+
+    /// Pillow's `resize((width, height), Image.NEAREST)`: the source column of output column
+    /// `x` is `trunc(xo)`, where `xo` starts at `scale / 2` and grows by `scale = in / out` per
+    /// column as an accumulating `f64` sum (rows likewise), exactly as Pillow's
+    /// `ImagingScaleAffine` computes it.
+    pub fn resize_nearest(&self, width: usize, height: usize) -> Result<RgbImage> {
+        self.check_target(width, height)?;
+        let pick = |src: usize, dst: usize| -> Vec<usize> {
+            let scale = src as f64 / dst as f64;
+            let mut pos = scale * 0.5;
+            (0..dst)
+                .map(|_| {
+                    let i = (pos as usize).min(src - 1);
+                    pos += scale;
+                    i
+                })
+                .collect()
+        };
+        let (cols, rows) = (pick(self.width, width), pick(self.height, height));
+        let mut data = Vec::with_capacity(width * height * 3);
+        for &y in &rows {
+            let row = &self.data[y * self.width * 3..(y + 1) * self.width * 3];
+            for &x in &cols {
+                data.extend_from_slice(&row[x * 3..x * 3 + 3]);
+            }
+        }
+        RgbImage::new(width, height, data)
+    }
+
+    /// Pillow's `resize((width, height), Image.BILINEAR)` (with its antialiasing support when
+    /// shrinking), in Pillow's 8-bit fixed-point arithmetic: horizontal pass, then vertical.
+    pub fn resize_bilinear(&self, width: usize, height: usize) -> Result<RgbImage> {
+        self.check_target(width, height)?;
+        let mut img = self.clone();
+        if width != img.width {
+            let coeffs = resample_coeffs(img.width, width);
+            let mut out = vec![0u8; img.height * width * 3];
+            for y in 0..img.height {
+                let src = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
+                let dst = &mut out[y * width * 3..(y + 1) * width * 3];
+                for (x, (start, k)) in coeffs.iter().enumerate() {
+                    for c in 0..3 {
+                        dst[x * 3 + c] = convolve(
+                            k.iter()
+                                .enumerate()
+                                .map(|(i, &w)| (src[(start + i) * 3 + c], w)),
+                        );
+                    }
+                }
+            }
+            img = RgbImage {
+                width,
+                height: img.height,
+                data: out,
+            };
+        }
+        if height != img.height {
+            let coeffs = resample_coeffs(img.height, height);
+            let mut out = vec![0u8; height * img.width * 3];
+            let stride = img.width * 3;
+            for (y, (start, k)) in coeffs.iter().enumerate() {
+                for i in 0..stride {
+                    out[y * stride + i] = convolve(
+                        k.iter()
+                            .enumerate()
+                            .map(|(j, &w)| (img.data[(start + j) * stride + i], w)),
+                    );
+                }
+            }
+            img = RgbImage {
+                width: img.width,
+                height,
+                data: out,
+            };
+        }
+        Ok(img)
+    }
+
+    /// The `width x height` window whose top-left corner is `(left, top)`.
+    pub fn crop(&self, left: usize, top: usize, width: usize, height: usize) -> Result<RgbImage> {
+        if left.checked_add(width).is_none_or(|r| r > self.width)
+            || top.checked_add(height).is_none_or(|b| b > self.height)
+        {
+            return Err(Error::shape(
+                "crop",
+                format!("a window inside {}x{}", self.width, self.height),
+                format!("{width}x{height} at ({left}, {top})"),
+            ));
+        }
+        let mut data = Vec::with_capacity(width * height * 3);
+        for y in top..top + height {
+            data.extend_from_slice(
+                &self.data[(y * self.width + left) * 3..(y * self.width + left + width) * 3],
+            );
+        }
+        RgbImage::new(width, height, data)
+    }
+
+    /// Keras' `img_to_array` plus a batch axis: `(1, height, width, 3)` floats, RGB, 0-255.
+    pub fn to_tensor(&self) -> Tensor {
+        let a = Array4::from_shape_fn((1, self.height, self.width, 3), |(_, y, x, c)| {
+            f32::from(self.data[(y * self.width + x) * 3 + c])
+        });
+        a.into_dyn()
+    }
+
+    fn check_target(&self, width: usize, height: usize) -> Result<()> {
+        if width == 0 || height == 0 || self.width == 0 || self.height == 0 {
+            return Err(Error::shape(
+                "resize",
+                "non-empty source and target sizes",
+                format!("{}x{} -> {width}x{height}", self.width, self.height),
+            ));
+        }
+        width
+            .checked_mul(height)
+            .and_then(|p| p.checked_mul(3))
+            .ok_or_else(|| Error::overflow("resize", "the target size"))?;
+        Ok(())
+    }
+}
+
+/// Pillow's fixed-point precision for 8-bit resampling.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Pillow's `precompute_coeffs` with the bilinear (triangle) filter, normalised and then
+/// converted to fixed point as `normalize_coeffs_8bpc` does: per output index, the first
+/// input index and the weights.
+fn resample_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i64>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // the bilinear filter's support is 1
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            let xmin = ((center - support + 0.5) as isize).max(0) as usize;
+            let xmax = ((center + support + 0.5) as isize).min(in_size as isize) as usize;
+            let w: Vec<f64> = (xmin..xmax)
+                .map(|x| (1.0 - ((x as f64 - center + 0.5) * ss).abs()).max(0.0))
+                .collect();
+            let total: f64 = w.iter().sum();
+            let fixed = w
+                .iter()
+                .map(|&v| {
+                    let v = if total != 0.0 { v / total } else { v }
+                        * f64::from(1u32 << PRECISION_BITS);
+                    (if v < 0.0 { v - 0.5 } else { v + 0.5 }) as i64
+                })
+                .collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+fn convolve(taps: impl Iterator<Item = (u8, i64)>) -> u8 {
+    let acc = taps.fold(1i64 << (PRECISION_BITS - 1), |acc, (v, w)| {
+        acc + i64::from(v) * w
+    });
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Decodes an image file (PNG or JPEG) and converts it to RGB as Pillow's `convert("RGB")`
+/// does: grey is replicated, alpha dropped (not composited), palettes expanded; 16-bit
+/// colour keeps the high byte, 16-bit grey is clipped at 255 (Pillow's `I;16` to `RGB`).
+pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
+    load_rgb_with_limits(path, &ImageLimits::default())
+}
+
+/// [`load_rgb`] with explicit decoder limits.
+pub fn load_rgb_with_limits(path: impl AsRef<Path>, limits: &ImageLimits) -> Result<RgbImage> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
+    decode_rgb(&bytes, &path.display().to_string(), limits)
+}
+
+/// [`load_rgb`] on bytes in memory; `name` is used in messages.
+pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbImage> {
+    let err = |reason: String| Error::Image {
+        path: name.into(),
+        reason,
+    };
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
+    let mut l = Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    l.max_alloc = Some(limits.max_bytes);
+    reader.limits(l);
+    let img = reader.decode().map_err(|e| err(e.to_string()))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(err(format!("the image is empty ({w}x{h})")));
+    }
+    let data = match img {
+        DynamicImage::ImageRgb8(i) => i.into_raw(),
+        DynamicImage::ImageRgba8(i) => i
+            .into_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+        DynamicImage::ImageLuma8(i) => i.into_raw().into_iter().flat_map(|v| [v, v, v]).collect(),
+        DynamicImage::ImageLumaA8(i) => i
+            .into_raw()
+            .chunks_exact(2)
+            .flat_map(|p| [p[0]; 3])
+            .collect(),
+        DynamicImage::ImageRgb16(i) => i.into_raw().into_iter().map(|v| (v >> 8) as u8).collect(),
+        DynamicImage::ImageRgba16(i) => i
+            .into_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+            .collect(),
+        DynamicImage::ImageLuma16(i) => i
+            .into_raw()
+            .into_iter()
+            .flat_map(|v| [v.min(255) as u8; 3])
+            .collect(),
+        DynamicImage::ImageLumaA16(i) => i
+            .into_raw()
+            .chunks_exact(2)
+            .flat_map(|p| [(p[0] >> 8) as u8; 3])
+            .collect(),
+        other => other.to_rgb8().into_raw(),
+    };
+    RgbImage::new(w, h, data)
+}
+
+/// Keras' `load_img(path, target_size=(height, width))`: decode, convert to RGB, and resize
+/// with Pillow's NEAREST when the size differs (no crop, no EXIF rotation).
+pub fn keras_load_img(
+    path: impl AsRef<Path>,
+    target_size: Option<(usize, usize)>,
+) -> Result<RgbImage> {
+    let img = load_rgb(path)?;
+    match target_size {
+        Some((h, w)) if (h, w) != (img.height, img.width) => img.resize_nearest(w, h),
+        _ => Ok(img),
+    }
+}
+
+/// Keras' `preprocess_input(x)` in caffe mode, in place on an NHWC RGB batch: RGB becomes BGR
+/// and [`CAFFE_BGR_MEAN`] is subtracted (no scaling), in `f32` as Keras computes it.
+pub fn preprocess_input_caffe(x: &mut Tensor) -> Result<()> {
+    let shape = x.shape().to_vec();
+    if shape.len() != 4 || shape[3] != 3 {
+        return Err(Error::shape(
+            "preprocess_input",
+            "an NHWC batch with 3 channels",
+            format!("{}", crate::error::ShapeFmt(&shape)),
+        ));
+    }
+    for mut px in x.lanes_mut(Axis(3)) {
+        let (r, g, b) = (px[0], px[1], px[2]);
+        px[0] = b - CAFFE_BGR_MEAN[0];
+        px[1] = g - CAFFE_BGR_MEAN[1];
+        px[2] = r - CAFFE_BGR_MEAN[2];
+    }
+    Ok(())
+}
+
+/// The seed's whole input pipeline: `load_img(path, target_size=(224, 224))`, `img_to_array`,
+/// batch axis, `preprocess_input` (caffe). Returns `(1, 224, 224, 3)`.
+pub fn keras_resnet_input(path: impl AsRef<Path>) -> Result<Tensor> {
+    let mut x = keras_load_img(path, Some((224, 224)))?.to_tensor();
+    preprocess_input_caffe(&mut x)?;
+    Ok(x)
+}
+
+/// torchvision's ImageNet evaluation transform on an image: `Resize(256)` (shorter side to
+/// 256, Pillow bilinear with antialiasing), `CenterCrop(224)`, `ToTensor()` (/255),
+/// `Normalize(mean, std)`. Returned NHWC `(1, 224, 224, 3)`, RGB, ready for the torchvision
+/// presets.
+pub fn torchvision_input(img: &RgbImage) -> Result<Tensor> {
+    const RESIZE: usize = 256;
+    const CROP: usize = 224;
+    let (w, h) = (img.width, img.height);
+    if w == 0 || h == 0 {
+        return Err(Error::shape(
+            "torchvision_input",
+            "a non-empty image",
+            format!("{w}x{h}"),
+        ));
+    }
+    // torchvision: the short side becomes 256, the long one int(256 * long / short).
+    let (nw, nh) = if w <= h {
+        (RESIZE, (RESIZE as f64 * h as f64 / w as f64) as usize)
+    } else {
+        ((RESIZE as f64 * w as f64 / h as f64) as usize, RESIZE)
+    };
+    let resized = img.resize_bilinear(nw, nh)?;
+    // CenterCrop: int(round((size - 224) / 2)), Python's round (half to even).
+    let offset = |size: usize| {
+        ((size as f64 - CROP as f64) / 2.0)
+            .round_ties_even()
+            .max(0.0) as usize
+    };
+    let crop = resized.crop(offset(nw), offset(nh), CROP, CROP)?;
+    let mut x = crop.to_tensor();
+    for mut px in x.lanes_mut(Axis(3)) {
+        for c in 0..3 {
+            px[c] = (px[c] / 255.0 - TORCHVISION_MEAN[c]) / TORCHVISION_STD[c];
+        }
+    }
+    Ok(x)
+}

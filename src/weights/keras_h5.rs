@@ -1,0 +1,191 @@
+//! Keras HDF5 weights: the Keras 2 `save_weights` layout and the Keras 1 release layout.
+
+use std::collections::HashMap;
+
+use hdf5_pure::{AttrValue, DType, File, Group};
+
+use super::{Convention, StoredTensor, WeightFile};
+use crate::error::Result;
+
+const FORMAT: &str = "HDF5 (Keras)";
+
+/// A string-list attribute, in whichever HDF5 string encoding the writer chose; an empty
+/// numeric array (what h5py writes for an empty list) is an empty list.
+fn strings(v: &AttrValue) -> Option<Vec<String>> {
+    Some(match v {
+        AttrValue::StringArray(v)
+        | AttrValue::AsciiStringArray(v)
+        | AttrValue::VarLenStringArray(v)
+        | AttrValue::VarLenAsciiStringArray(v) => v.clone(),
+        AttrValue::StringArraySized { values, .. }
+        | AttrValue::AsciiStringArraySized { values, .. } => values.clone(),
+        AttrValue::String(s)
+        | AttrValue::AsciiString(s)
+        | AttrValue::VarLenString(s)
+        | AttrValue::VarLenAsciiString(s) => vec![s.clone()],
+        AttrValue::StringSized { value, .. } | AttrValue::AsciiStringSized { value, .. } => {
+            vec![value.clone()]
+        }
+        AttrValue::F64Array(a) if a.is_empty() => vec![],
+        AttrValue::F32Array(a) if a.is_empty() => vec![],
+        AttrValue::U8Array(a) if a.is_empty() => vec![],
+        AttrValue::I64Array(a) if a.is_empty() => vec![],
+        _ => return None,
+    })
+}
+
+/// Reads attribute `name`, or its chunks `name0`, `name1`, ... (Keras splits long lists).
+fn string_list(
+    attrs: &HashMap<String, AttrValue>,
+    name: &str,
+    file: &WeightFile,
+    owner: &str,
+) -> Result<Option<Vec<String>>> {
+    let decode = |key: &str, v: &AttrValue| {
+        strings(v).ok_or_else(|| {
+            file.format_error(format!(
+                "attribute {key} of {owner} is not a list of strings"
+            ))
+        })
+    };
+    if let Some(v) = attrs.get(name) {
+        return decode(name, v).map(Some);
+    }
+    let mut out = Vec::new();
+    let mut chunk = 0;
+    while let Some(v) = attrs.get(&format!("{name}{chunk}")) {
+        out.extend(decode(name, v)?);
+        chunk += 1;
+    }
+    Ok((chunk > 0).then_some(out))
+}
+
+/// `kernel:0` -> `kernel`, `conv1_W:0` (in layer `conv1`) -> `kernel`, `bn_running_std:0` ->
+/// `moving_variance` (Keras 1 stored the variance under that name).
+fn canonical_slot(layer: &str, weight_name: &str) -> String {
+    let last = weight_name.rsplit('/').next().unwrap_or(weight_name);
+    let bare = match last.rsplit_once(':') {
+        Some((head, tail)) if tail.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => last,
+    };
+    let bare = bare
+        .strip_prefix(layer)
+        .and_then(|s| s.strip_prefix('_'))
+        .unwrap_or(bare);
+    match bare {
+        "kernel" | "W" => "kernel",
+        "bias" | "b" => "bias",
+        "running_mean" | "moving_mean" => "moving_mean",
+        "running_std" | "moving_variance" => "moving_variance",
+        other => other,
+    }
+    .to_string()
+}
+
+/// Parses a Keras HDF5 weights file held in `bytes`.
+pub(super) fn read(bytes: Vec<u8>, name: &str) -> Result<WeightFile> {
+    let file_len = bytes.len();
+    let mut out = WeightFile::empty(name, FORMAT, Convention::Keras);
+    let h5 = File::from_bytes(bytes).map_err(|e| out.format_error(e.to_string()))?;
+    let root = h5.root();
+    let h5err = |e: hdf5_pure::Error, what: &str| out.format_error(format!("{what}: {e}"));
+    let root_attrs = root.attrs().map_err(|e| h5err(e, "root attributes"))?;
+    let layers = string_list(&root_attrs, "layer_names", &out, "the root")?
+        .ok_or_else(|| out.format_error("no layer_names attribute at the root: not a Keras weights file (a full saved model keeps them under model_weights/, save the weights alone)"))?;
+    let mut tensors = Vec::new();
+    for layer in &layers {
+        let group = root
+            .group(layer)
+            .map_err(|e| h5err(e, &format!("layer group {layer}")))?;
+        let attrs = group
+            .attrs()
+            .map_err(|e| h5err(e, &format!("attributes of {layer}")))?;
+        let weights = string_list(&attrs, "weight_names", &out, layer)?.unwrap_or_default();
+        for w in weights {
+            let key = format!("{layer}/{}", canonical_slot(layer, &w));
+            let t = read_dataset(&group, layer, &w, file_len, &out)?;
+            tensors.push((key, t));
+        }
+    }
+    for (k, t) in tensors {
+        out.insert(k, t)?;
+    }
+    Ok(out)
+}
+
+fn read_dataset(
+    group: &Group,
+    layer: &str,
+    weight: &str,
+    file_len: usize,
+    out: &WeightFile,
+) -> Result<StoredTensor> {
+    let at = format!("{layer}/{weight}");
+    let ds = group
+        .dataset(weight)
+        .map_err(|e| out.format_error(format!("dataset {at}: {e}")))?;
+    let shape: Vec<usize> = ds
+        .shape()
+        .map_err(|e| out.format_error(format!("shape of {at}: {e}")))?
+        .into_iter()
+        .map(|d| {
+            usize::try_from(d).map_err(|_| out.format_error(format!("{at} has a dimension of {d}")))
+        })
+        .collect::<Result<_>>()?;
+    let count = crate::error::checked_product(&at, &shape)?;
+    let dtype = ds
+        .dtype()
+        .map_err(|e| out.format_error(format!("type of {at}: {e}")))?;
+    let width = match dtype {
+        DType::F32 => 4,
+        DType::F64 => 8,
+        other => {
+            return Err(crate::Error::Dtype {
+                path: out.name().into(),
+                key: at,
+                dtype: format!("{other:?}"),
+            })
+        }
+    };
+    // Keras stores weights uncompressed: a dataset can't hold more than the file does. This
+    // refuses a corrupt header before anything is allocated for it.
+    if count.saturating_mul(width) > file_len {
+        return Err(out.format_error(format!(
+            "{at} declares {count} values of {width} bytes, more than the file's {file_len} bytes"
+        )));
+    }
+    let data = ds
+        .read_f32()
+        .map_err(|e| out.format_error(format!("data of {at}: {e}")))?;
+    if data.len() != count {
+        return Err(out.format_error(format!(
+            "{at} holds {} values for its shape {shape:?}",
+            data.len()
+        )));
+    }
+    StoredTensor::new(shape, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_slot;
+
+    #[test]
+    fn slots_of_both_keras_layouts() {
+        assert_eq!(canonical_slot("conv1", "conv1/kernel:0"), "kernel");
+        assert_eq!(canonical_slot("conv1", "conv1_W:0"), "kernel");
+        assert_eq!(canonical_slot("conv1", "conv1_b:0"), "bias");
+        assert_eq!(
+            canonical_slot("bn_conv1", "bn_conv1_running_std:0"),
+            "moving_variance"
+        );
+        assert_eq!(
+            canonical_slot("bn_conv1", "bn_conv1/moving_mean:0"),
+            "moving_mean"
+        );
+        assert_eq!(
+            canonical_slot("bn2a_branch2a", "bn2a_branch2a_gamma:0"),
+            "gamma"
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! Matching a file's tensors to a model's parameters by name.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn};
+
+use super::{Convention, StoredTensor, WeightFile};
+use crate::error::{Error, Result};
+use crate::layers::{Layer, LayerPath, ParamKind, ParamVisitor};
+
+/// How forgiving a load is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Fail (and change nothing) if any parameter is missing or mis-shaped, or any tensor of the
+    /// file is unused. When false, matching tensors are applied and the rest reported.
+    pub strict: bool,
+    /// Accept tensors holding NaN or infinity (refused by default: such a file is corrupt).
+    pub allow_non_finite: bool,
+}
+
+impl LoadOptions {
+    /// Everything must match exactly.
+    pub fn strict() -> Self {
+        LoadOptions {
+            strict: true,
+            allow_non_finite: false,
+        }
+    }
+
+    /// Apply what matches, report the rest.
+    pub fn lenient() -> Self {
+        LoadOptions {
+            strict: false,
+            allow_non_finite: false,
+        }
+    }
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self::strict()
+    }
+}
+
+/// A tensor whose shape differs from the parameter it was matched to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Layer path in the model.
+    pub layer: String,
+    /// Parameter kind.
+    pub kind: ParamKind,
+    /// Tensor name in the file.
+    pub key: String,
+    /// Shape the model needs.
+    pub expected: Vec<usize>,
+    /// Shape found (converted to the model's layout).
+    pub found: Vec<usize>,
+}
+
+/// What a load did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// File tensors copied into the model.
+    pub applied: Vec<String>,
+    /// Model parameters with no tensor: `layer (kind) <- key looked for`.
+    pub missing: Vec<String>,
+    /// File tensors no parameter took.
+    pub unused: Vec<String>,
+    /// Tensors of the wrong shape (not applied).
+    pub mismatched: Vec<Mismatch>,
+}
+
+impl LoadReport {
+    /// True when every parameter got a tensor and every tensor was used.
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty() && self.unused.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} tensors applied, {} missing, {} unused, {} mis-shaped",
+            self.applied.len(),
+            self.missing.len(),
+            self.unused.len(),
+            self.mismatched.len()
+        )
+    }
+}
+
+/// Converts a stored tensor to the model's layout: PyTorch conv kernels `(O, I, H, W)` to
+/// HWIO, `Linear` weights `(out, in)` to `(in, out)`; Keras tensors are already there.
+fn to_model_layout(
+    convention: Convention,
+    kind: ParamKind,
+    t: &StoredTensor,
+) -> Result<ndarray::ArrayD<f32>> {
+    let a = ArrayViewD::from_shape(IxDyn(&t.shape), &t.data)
+        .map_err(|e| Error::shape("weights", format!("{:?}", t.shape), e.to_string()))?;
+    let a = match (convention, kind, t.shape.len()) {
+        (Convention::Torch, ParamKind::Kernel, 4) => a.permuted_axes(IxDyn(&[2, 3, 1, 0])),
+        (Convention::Torch, ParamKind::Kernel, 2) => a.reversed_axes(),
+        _ => a,
+    };
+    Ok(a.as_standard_layout().into_owned())
+}
+
+struct Matcher<'a> {
+    file: &'a WeightFile,
+    options: LoadOptions,
+    apply: bool,
+    used: BTreeSet<String>,
+    report: LoadReport,
+}
+
+impl ParamVisitor for Matcher<'_> {
+    fn visit(
+        &mut self,
+        path: &LayerPath,
+        kind: ParamKind,
+        mut value: ArrayViewMutD<'_, f32>,
+    ) -> Result<()> {
+        let key = self.file.convention.key(path, kind);
+        let Some(stored) = self.file.tensors.get(&key) else {
+            self.report
+                .missing
+                .push(format!("{path} ({}) <- {key}", kind.keras_name()));
+            return Ok(());
+        };
+        self.used.insert(key.clone());
+        let t = to_model_layout(self.file.convention, kind, stored)?;
+        if t.shape() != value.shape() {
+            self.report.mismatched.push(Mismatch {
+                layer: path.to_string(),
+                kind,
+                key,
+                expected: value.shape().to_vec(),
+                found: t.shape().to_vec(),
+            });
+            return Ok(());
+        }
+        let bad = t.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 && !self.options.allow_non_finite {
+            return Err(Error::NonFinite {
+                path: self.file.name.clone(),
+                key,
+                count: bad,
+            });
+        }
+        if self.apply {
+            value.assign(&t);
+        }
+        self.report.applied.push(key);
+        Ok(())
+    }
+}
+
+impl WeightFile {
+    /// Copies this file's tensors into `model`'s parameters, matched by name (see
+    /// [`Convention::key`]), and reports what was applied, missing, unused or mis-shaped.
+    ///
+    /// With [`LoadOptions::strict`] (the default), any of those is an error and the model is
+    /// left unchanged: a mis-shaped tensor gives [`Error::WeightShape`] (both shapes and the
+    /// layer path), then missing parameters [`Error::MissingWeights`], then unused tensors
+    /// [`Error::UnusedWeights`] (a file for another architecture). A NaN or infinite value in a
+    /// matched tensor gives [`Error::NonFinite`] unless `allow_non_finite`.
+    pub fn load_into(&self, model: &mut dyn Layer, options: &LoadOptions) -> Result<LoadReport> {
+        // Dry run first, so a strict failure changes nothing.
+        let mut dry = Matcher {
+            file: self,
+            options: *options,
+            apply: false,
+            used: BTreeSet::new(),
+            report: LoadReport::default(),
+        };
+        model.visit_params_mut(&mut LayerPath::default(), &mut dry)?;
+        dry.report.unused = self
+            .tensors
+            .keys()
+            .filter(|k| !dry.used.contains(*k))
+            .cloned()
+            .collect();
+        let report = dry.report;
+        if options.strict {
+            if let Some(m) = report.mismatched.first() {
+                return Err(Error::WeightShape {
+                    layer: m.layer.clone(),
+                    kind: m.kind.keras_name().into(),
+                    key: m.key.clone(),
+                    expected: m.expected.clone(),
+                    found: m.found.clone(),
+                });
+            }
+            if !report.missing.is_empty() {
+                return Err(Error::MissingWeights {
+                    source_name: self.name.clone(),
+                    missing: report.missing,
+                });
+            }
+            if !report.unused.is_empty() {
+                return Err(Error::UnusedWeights {
+                    source_name: self.name.clone(),
+                    unused: report.unused,
+                });
+            }
+        }
+        let mut wet = Matcher {
+            file: self,
+            options: *options,
+            apply: true,
+            used: BTreeSet::new(),
+            report: LoadReport::default(),
+        };
+        model.visit_params_mut(&mut LayerPath::default(), &mut wet)?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,242 @@
+//! Weights files, loaded **by name** into any model built from [`layers`](crate::layers).
+//!
+//! - Keras HDF5 ([`WeightFile::keras_h5`]): what `model.save_weights("x.h5")` writes (Keras 2)
+//!   and the 2016 release files (Keras 1, whose `running_std` holds the variance). Read by the
+//!   pure-Rust `hdf5-pure`: no C HDF5 library needed.
+//! - PyTorch `state_dict` as `.safetensors` ([`WeightFile::safetensors`]) and as the zip +
+//!   pickle `torch.save` writes ([`WeightFile::pth`]); the pickle is interpreted, never
+//!   executed: only the opcodes and globals a `state_dict` needs are accepted.
+//!
+//! Tensors are converted to this crate's layouts once, at load time: PyTorch's `(out, in, kh,
+//! kw)` kernels become HWIO, `Linear` weights `(out, in)` become `(in, out)`.
+//!
+//! ```no_run
+//! use convnet::models::{ResNet, ResNetConfig};
+//! use convnet::weights::{LoadOptions, WeightFile};
+//! let mut model = ResNet::new(ResNetConfig::keras_resnet50())?;
+//! let file = WeightFile::open("resnet50_weights_tf_dim_ordering_tf_kernels.h5")?;
+//! let report = file.load_into(&mut model, &LoadOptions::strict())?;
+//! println!("{report}");
+//! # Ok::<(), convnet::Error>(())
+//! ```
+
+mod keras_h5;
+mod load;
+mod pickle;
+mod pth;
+mod safetensors_file;
+
+pub use load::{LoadOptions, LoadReport, Mismatch};
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::error::{Error, Result, ShapeFmt};
+use crate::layers::{LayerPath, ParamKind};
+
+/// How a file names its tensors and lays them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Convention {
+    /// Keras: `layer/kernel`, `layer/moving_variance`, ... keyed by the layer's own (unique)
+    /// name; kernels HWIO and `(in, out)`, as this crate stores them.
+    Keras,
+    /// PyTorch `state_dict`: `layer1.0.conv1.weight`, `bn1.running_var`, ... keyed by the full
+    /// module path; kernels `(out, in, kh, kw)`, `Linear` weights `(out, in)`.
+    Torch,
+}
+
+impl Convention {
+    /// The key under which a file of this convention stores the parameter `kind` of the layer
+    /// at `path`.
+    pub fn key(self, path: &LayerPath, kind: ParamKind) -> String {
+        match self {
+            Convention::Keras => format!("{}/{}", path.leaf(), kind.keras_name()),
+            Convention::Torch => {
+                let slot = match kind {
+                    ParamKind::Kernel | ParamKind::Gamma => "weight",
+                    ParamKind::Bias | ParamKind::Beta => "bias",
+                    ParamKind::MovingMean => "running_mean",
+                    ParamKind::MovingVariance => "running_var",
+                };
+                format!("{}.{slot}", path.dotted())
+            }
+        }
+    }
+}
+
+/// One tensor read from a file: its shape as stored and its values, row-major, as `f32`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredTensor {
+    /// Shape as stored in the file.
+    pub shape: Vec<usize>,
+    /// Values in row-major order.
+    pub data: Vec<f32>,
+}
+
+impl StoredTensor {
+    /// A tensor, checking that `data` fills `shape`.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let n = crate::error::checked_product("StoredTensor", &shape)?;
+        if n != data.len() {
+            return Err(Error::shape(
+                "StoredTensor",
+                format!("{n} values for {}", ShapeFmt(&shape)),
+                format!("{}", data.len()),
+            ));
+        }
+        Ok(StoredTensor { shape, data })
+    }
+}
+
+/// The tensors of one weights file, by name, with the naming convention of its format.
+#[derive(Clone, Debug)]
+pub struct WeightFile {
+    name: String,
+    format: &'static str,
+    convention: Convention,
+    tensors: BTreeMap<String, StoredTensor>,
+}
+
+const HDF5_MAGIC: &[u8] = b"\x89HDF\r\n\x1a\n";
+const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
+
+impl WeightFile {
+    /// Reads a weights file, recognising the format by its first bytes: HDF5 (Keras), zip
+    /// (PyTorch `.pth`), else safetensors.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        Self::from_bytes(bytes, &path.display().to_string())
+    }
+
+    /// [`open`](Self::open) on bytes already in memory; `name` is used in messages.
+    pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Self> {
+        if bytes.starts_with(HDF5_MAGIC) {
+            keras_h5::read(bytes, name)
+        } else if bytes.starts_with(ZIP_MAGIC) {
+            pth::read(bytes, name)
+        } else {
+            safetensors_file::read(&bytes, name)
+        }
+    }
+
+    /// Reads a Keras HDF5 weights file (Keras 2 `save_weights` or the Keras 1 release layout).
+    pub fn keras_h5(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        keras_h5::read(read_file(path)?, &path.display().to_string())
+    }
+
+    /// Reads a PyTorch `state_dict` saved as `.safetensors`.
+    pub fn safetensors(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        safetensors_file::read(&read_file(path)?, &path.display().to_string())
+    }
+
+    /// Reads a PyTorch `state_dict` saved by `torch.save` (zip + pickle).
+    pub fn pth(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        pth::read(read_file(path)?, &path.display().to_string())
+    }
+
+    /// A weights source from tensors already in memory (e.g. read from `.npy` files), named in
+    /// `convention`.
+    pub fn from_tensors(
+        name: &str,
+        convention: Convention,
+        tensors: impl IntoIterator<Item = (String, StoredTensor)>,
+    ) -> Result<Self> {
+        let mut file = WeightFile {
+            name: name.into(),
+            format: "in-memory",
+            convention,
+            tensors: BTreeMap::new(),
+        };
+        for (k, t) in tensors {
+            file.insert(k, t)?;
+        }
+        Ok(file)
+    }
+
+    pub(crate) fn empty(name: &str, format: &'static str, convention: Convention) -> Self {
+        WeightFile {
+            name: name.into(),
+            format,
+            convention,
+            tensors: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn insert(&mut self, key: String, t: StoredTensor) -> Result<()> {
+        if self.tensors.contains_key(&key) {
+            return Err(self.format_error(format!("tensor {key} appears twice")));
+        }
+        self.tensors.insert(key, t);
+        Ok(())
+    }
+
+    pub(crate) fn format_error(&self, reason: impl Into<String>) -> Error {
+        Error::Format {
+            format: self.format,
+            path: self.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The file's name (its path when read from disk).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `HDF5 (Keras)`, `safetensors`, `PyTorch .pth`, or `in-memory`.
+    pub fn format(&self) -> &'static str {
+        self.format
+    }
+
+    /// How the file names and lays out its tensors.
+    pub fn convention(&self) -> Convention {
+        self.convention
+    }
+
+    /// Tensor names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// One tensor, as stored.
+    pub fn get(&self, key: &str) -> Option<&StoredTensor> {
+        self.tensors.get(key)
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// True when the file holds no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path.display(), e))
+}
+
+/// Converts raw little-endian bytes of `dtype` into `f32`, refusing types that are not floats.
+pub(crate) fn floats_from_le(bytes: &[u8], dtype: &str, file: &str, key: &str) -> Result<Vec<f32>> {
+    match dtype {
+        "f32" => Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()),
+        "f64" => Ok(bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+            .collect()),
+        other => Err(Error::Dtype {
+            path: file.into(),
+            key: key.into(),
+            dtype: other.into(),
+        }),
+    }
+}

@@ -1,0 +1,130 @@
+//! The presets build the networks their references describe: parameter counts, output shapes.
+
+use convnet::layers::Layer;
+use convnet::models::{Depth, ResNet, ResNetConfig};
+
+fn counts(cfg: ResNetConfig) -> (usize, usize, usize) {
+    let c = ResNet::new(cfg).unwrap().param_count();
+    (c.total(), c.trainable, c.non_trainable)
+}
+
+#[test]
+fn seed_keras_resnet50_has_keras_parameter_counts() {
+    assert_eq!(
+        counts(ResNetConfig::keras_resnet50()),
+        (25_636_712, 25_583_592, 53_120)
+    );
+    // The fixture network at 1/8 width.
+    assert_eq!(
+        counts(ResNetConfig::keras_resnet50().with_width_divisor(8)).0,
+        641_112
+    );
+    // Layout B has the same weights.
+    assert_eq!(
+        counts(ResNetConfig::keras_applications_resnet50()).0,
+        25_636_712
+    );
+}
+
+#[test]
+fn torchvision_presets_have_torchvision_parameter_counts() {
+    // torchvision counts parameters only (BatchNorm statistics are buffers).
+    assert_eq!(counts(ResNetConfig::torchvision(Depth::R50)).1, 25_557_032);
+    assert_eq!(counts(ResNetConfig::torchvision(Depth::R18)).1, 11_689_512);
+    assert_eq!(counts(ResNetConfig::torchvision(Depth::R34)).1, 21_797_672);
+    assert_eq!(counts(ResNetConfig::torchvision(Depth::R101)).1, 44_549_160);
+    assert_eq!(counts(ResNetConfig::torchvision(Depth::R152)).1, 60_192_808);
+    assert_eq!(
+        counts(ResNetConfig::torchvision(Depth::R18).with_width_divisor(8)).1,
+        241_712
+    );
+    assert_eq!(
+        counts(ResNetConfig::torchvision(Depth::R50).with_width_divisor(8)).1,
+        631_152
+    );
+}
+
+#[test]
+fn keras_modern_resnet50_matches_keras_applications() {
+    // keras.applications.ResNet50(): 25,636,712 parameters, as the classic layout.
+    assert_eq!(
+        counts(ResNetConfig::keras_modern(Depth::R50).unwrap()).0,
+        25_636_712
+    );
+    assert!(ResNetConfig::keras_modern(Depth::R18).is_err());
+}
+
+#[test]
+fn seed_summary_shapes_follow_the_reference_page() {
+    let model = ResNet::new(ResNetConfig::keras_resnet50()).unwrap();
+    let s = model.summary().unwrap();
+    let shape_of = |name: &str| {
+        s.rows
+            .iter()
+            .find(|r| r.path.leaf() == name)
+            .map(|r| r.output_shape.clone())
+            .unwrap()
+    };
+    assert_eq!(shape_of("conv1_pad"), [1, 230, 230, 3]);
+    assert_eq!(shape_of("conv1"), [1, 112, 112, 64]);
+    assert_eq!(shape_of("pool1"), [1, 55, 55, 64]);
+    assert_eq!(shape_of("res2c"), [1, 55, 55, 256]);
+    assert_eq!(shape_of("res3d"), [1, 28, 28, 512]);
+    assert_eq!(shape_of("res4f"), [1, 14, 14, 1024]);
+    assert_eq!(shape_of("res5c"), [1, 7, 7, 2048]);
+    assert_eq!(shape_of("flatten"), [1, 2048]);
+    assert_eq!(shape_of("fc1000"), [1, 1000]);
+    let text = s.to_string();
+    assert!(text.starts_with("Model: \"resnet50\""), "{text}");
+    assert!(
+        text.contains("res2a_branch2a (Conv2D)") && text.contains("Total params: 25,636,712"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Trainable params: 25,583,592")
+            && text.contains("Non-trainable params: 53,120")
+    );
+    // 107 layers with weights hold 320 arrays.
+    let mut arrays = 0;
+    model.visit_params(&mut Default::default(), &mut |_, _, _| arrays += 1);
+    assert_eq!(arrays, 320);
+
+    let b = ResNet::new(ResNetConfig::keras_applications_resnet50())
+        .unwrap()
+        .summary()
+        .unwrap();
+    assert_eq!(
+        b.rows
+            .iter()
+            .find(|r| r.path.leaf() == "pool1")
+            .unwrap()
+            .output_shape,
+        [1, 56, 56, 64]
+    );
+}
+
+#[test]
+fn torchvision_paths_are_state_dict_paths() {
+    let model = ResNet::new(ResNetConfig::torchvision(Depth::R50).with_width_divisor(8)).unwrap();
+    let mut names = Vec::new();
+    model.visit_params(&mut Default::default(), &mut |p, k, _| {
+        names.push(format!("{} {k:?}", p.dotted()))
+    });
+    assert!(
+        names.contains(&"layer1.0.downsample.0 Kernel".to_string()),
+        "{names:?}"
+    );
+    assert!(names.contains(&"layer4.2.bn3 MovingVariance".to_string()));
+    assert!(names.contains(&"fc Kernel".to_string()));
+    assert_eq!(
+        model.output_shape(&[2, 224, 224, 3]).unwrap(),
+        vec![2, 1000]
+    );
+    // A global-pooling head takes any input size; the seed's fixed head does not.
+    assert_eq!(
+        model.output_shape(&[1, 160, 128, 3]).unwrap(),
+        vec![1, 1000]
+    );
+    let seed = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(8)).unwrap();
+    assert!(seed.output_shape(&[1, 160, 160, 3]).is_err());
+}
