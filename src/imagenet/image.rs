@@ -339,36 +339,27 @@ pub fn keras_resnet_input(path: impl AsRef<Path>) -> Result<Tensor> {
     Ok(x)
 }
 
-/// torchvision's ImageNet evaluation transform on an image: `Resize(256)` (shorter side to
-/// 256, Pillow bilinear with antialiasing), `CenterCrop(224)`, `ToTensor()` (/255),
-/// `Normalize(mean, std)`. Returned NHWC `(1, 224, 224, 3)`, RGB, ready for the torchvision
-/// presets.
-pub fn torchvision_input(img: &RgbImage) -> Result<Tensor> {
+/// torchvision's `Resize(256)` (shorter side to 256, the longer `int(256 * long / short)`,
+/// Pillow bilinear with antialiasing) then `CenterCrop(224)` (offsets
+/// `int(round((size - 224) / 2))`, Python's half-to-even rounding), on 8-bit RGB.
+pub fn torchvision_crop(img: &RgbImage) -> Result<RgbImage> {
     const RESIZE: usize = 256;
     const CROP: usize = 224;
     let (w, h) = (img.width, img.height);
     if w == 0 || h == 0 {
-        return Err(Error::shape(
-            "torchvision_input",
-            "a non-empty image",
-            format!("{w}x{h}"),
-        ));
+        return Err(Error::shape("torchvision_crop", "a non-empty image", format!("{w}x{h}")));
     }
-    // torchvision: the short side becomes 256, the long one int(256 * long / short).
-    let (nw, nh) = if w <= h {
-        (RESIZE, (RESIZE as f64 * h as f64 / w as f64) as usize)
-    } else {
-        ((RESIZE as f64 * w as f64 / h as f64) as usize, RESIZE)
-    };
+    let (nw, nh) = if w <= h { (RESIZE, (RESIZE as f64 * h as f64 / w as f64) as usize) } else { ((RESIZE as f64 * w as f64 / h as f64) as usize, RESIZE) };
     let resized = img.resize_bilinear(nw, nh)?;
-    // CenterCrop: int(round((size - 224) / 2)), Python's round (half to even).
-    let offset = |size: usize| {
-        ((size as f64 - CROP as f64) / 2.0)
-            .round_ties_even()
-            .max(0.0) as usize
-    };
-    let crop = resized.crop(offset(nw), offset(nh), CROP, CROP)?;
-    let mut x = crop.to_tensor();
+    let offset = |size: usize| ((size as f64 - CROP as f64) / 2.0).round_ties_even().max(0.0) as usize;
+    resized.crop(offset(nw), offset(nh), CROP, CROP)
+}
+
+/// torchvision's ImageNet evaluation transform: [`torchvision_crop`], `ToTensor()` (/255),
+/// `Normalize(TORCHVISION_MEAN, TORCHVISION_STD)`, in `f32`. Returned NHWC `(1, 224, 224, 3)`,
+/// RGB, ready for the torchvision presets.
+pub fn torchvision_input(img: &RgbImage) -> Result<Tensor> {
+    let mut x = torchvision_crop(img)?.to_tensor();
     for mut px in x.lanes_mut(Axis(3)) {
         for c in 0..3 {
             px[c] = (px[c] / 255.0 - TORCHVISION_MEAN[c]) / TORCHVISION_STD[c];
