@@ -57,6 +57,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "download")]
+pub mod download;
 pub mod error;
 pub mod imagenet;
 pub mod kernels;

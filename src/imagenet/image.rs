@@ -347,11 +347,23 @@ pub fn torchvision_crop(img: &RgbImage) -> Result<RgbImage> {
     const CROP: usize = 224;
     let (w, h) = (img.width, img.height);
     if w == 0 || h == 0 {
-        return Err(Error::shape("torchvision_crop", "a non-empty image", format!("{w}x{h}")));
+        return Err(Error::shape(
+            "torchvision_crop",
+            "a non-empty image",
+            format!("{w}x{h}"),
+        ));
     }
-    let (nw, nh) = if w <= h { (RESIZE, (RESIZE as f64 * h as f64 / w as f64) as usize) } else { ((RESIZE as f64 * w as f64 / h as f64) as usize, RESIZE) };
+    let (nw, nh) = if w <= h {
+        (RESIZE, (RESIZE as f64 * h as f64 / w as f64) as usize)
+    } else {
+        ((RESIZE as f64 * w as f64 / h as f64) as usize, RESIZE)
+    };
     let resized = img.resize_bilinear(nw, nh)?;
-    let offset = |size: usize| ((size as f64 - CROP as f64) / 2.0).round_ties_even().max(0.0) as usize;
+    let offset = |size: usize| {
+        ((size as f64 - CROP as f64) / 2.0)
+            .round_ties_even()
+            .max(0.0) as usize
+    };
     resized.crop(offset(nw), offset(nh), CROP, CROP)
 }
 
