@@ -4,7 +4,7 @@
 
 mod common;
 
-use convnet::layers::{Layer, Tensor};
+use convnet::layers::Tensor;
 use convnet::models::{ResNet, ResNetConfig};
 use convnet::weights::{LoadOptions, WeightFile};
 use ndarray::{concatenate, Axis};

@@ -173,7 +173,12 @@ impl Layer for Residual {
             params: ParamCount::default(),
         };
         if self.activation.is_some() {
-            rows.push(row(path.scoped("add", |p| p.clone()), "Add"));
+            let add = if path.leaf().is_empty() {
+                "add".to_string()
+            } else {
+                format!("{}_add", path.leaf())
+            };
+            rows.push(row(path.scoped(&add, |p| p.clone()), "Add"));
             rows.push(row(path.clone(), "Activation"));
         } else {
             rows.push(row(path.clone(), "Add"));

@@ -70,6 +70,16 @@ impl ResNet {
         [batch, h, w, c]
     }
 
+    /// Runs the model on an NHWC batch (same as [`Layer::forward`], without importing the trait).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.net.forward(x)
+    }
+
+    /// Trainable and non-trainable parameter counts.
+    pub fn param_count(&self) -> ParamCount {
+        self.net.param_count()
+    }
+
     /// Keras-style `model.summary()` for one input image.
     pub fn summary(&self) -> Result<Summary> {
         let mut s = self.net.summary(&self.input_shape(1))?;

@@ -41,10 +41,10 @@ pub struct BlockNames {
     pub shortcut_bn: String,
 }
 
-/// Keras' block letters: `a`, `b`, ... for up to 26 blocks; deeper stages (the Caffe-converted
-/// ResNet101/152) use `a`, `b1`, `b2`, ...
+/// Keras' block letters: `a`, `b`, ... for stages of up to 6 blocks (all of ResNet50); longer
+/// stages use the Caffe-converted ResNet101/152 names `a`, `b1`, `b2`, ... (`res4b22`).
 pub fn keras_block_letter(index: usize, blocks_in_stage: usize) -> String {
-    if blocks_in_stage <= 26 {
+    if blocks_in_stage <= 6 {
         char::from(b'a' + index as u8).to_string()
     } else if index == 0 {
         "a".into()

@@ -1,0 +1,145 @@
+//! The seed program end to end (`examples/elephant.rs`), on the reduced reference network:
+//! weights file in, summary and Keras' top-5 out.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example() -> PathBuf {
+    // tests run from target/<profile>/deps; cargo test builds examples into target/<profile>/examples
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(format!("elephant{}", std::env::consts::EXE_SUFFIX));
+    if !p.is_file() {
+        // `cargo test` builds the examples; a filtered run (`--test elephant_example`) may not.
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--example",
+                "elephant",
+                "--manifest-path",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    assert!(p.is_file(), "{} not built", p.display());
+    p
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(example())
+        .args(args)
+        .env(
+            "CONVNET_CACHE",
+            std::env::temp_dir().join("convnet-example-test-cache"),
+        )
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn prints_summary_input_shape_and_keras_top5() {
+    let image = common::fixture("keras_resnet50_w8/images/coffee.png");
+    let weights = common::fixture("keras_resnet50_w8/resnet50_keras1.h5");
+    let out = run(&[
+        image.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--width-divisor",
+        "8",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Model: \"resnet50\"") && stdout.contains("Total params: 641,112"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Input image shape: (1, 224, 224, 3)"),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Predicted: "))
+        .unwrap();
+    assert!(
+        line.starts_with("Predicted: [('n09246464', 'cliff', 0.46229"),
+        "{line}"
+    );
+    assert_eq!(line.matches("('n").count(), 5);
+}
+
+#[test]
+fn json_output_is_one_object_with_the_expected_predictions() {
+    let image = common::fixture("keras_resnet50_w8/images/astronaut.png");
+    let weights = common::fixture("keras_resnet50_w8/resnet50.h5");
+    let out = run(&[
+        image.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--width-divisor",
+        "8",
+        "--json",
+        "--top",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: serde_json::Value = serde_json::from_reader(
+        std::fs::File::open(common::fixture("keras_resnet50_w8/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let preds = v["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 2);
+    for (p, e) in preds
+        .iter()
+        .zip(expected["images"]["astronaut.png"].as_array().unwrap())
+    {
+        assert_eq!(p["wnid"], e[0]);
+        assert_eq!(p["label"], e[1]);
+        assert!((p["probability"].as_f64().unwrap() - e[2].as_f64().unwrap()).abs() < 1e-5);
+    }
+    assert!(v["image"].as_str().unwrap().ends_with("astronaut.png"));
+}
+
+#[test]
+fn bad_input_fails_cleanly_with_a_message() {
+    let weights = common::fixture("keras_resnet50_w8/resnet50.h5");
+    // full-width model, reduced weights: a typed shape error, not a panic
+    let out = run(&["x.png", "--weights", weights.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("expected shape (7, 7, 3, 64), found (7, 7, 3, 8)"),
+        "{err}"
+    );
+    // unreadable image
+    let out = run(&[
+        "/nonexistent.png",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--width-divisor",
+        "8",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.png"));
+    // usage error
+    let out = run(&["--top", "zero"]);
+    assert_eq!(out.status.code(), Some(2));
+}
