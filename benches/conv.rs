@@ -14,23 +14,14 @@ const LAYERS: &[LayerShape] = &[
     ("conv1", [1, 230, 230, 3], 64, 7, 2, Padding::Valid),
     ("res2a_branch2a", [1, 55, 55, 64], 64, 1, 1, Padding::Valid),
     ("res2a_branch2b", [1, 55, 55, 64], 64, 3, 1, Padding::Same),
-    (
-        "res3a_branch2a",
-        [1, 55, 55, 256],
-        128,
-        1,
-        2,
-        Padding::Valid,
-    ),
+    ("res3a_branch2a", [1, 55, 55, 256], 128, 1, 2, Padding::Valid),
     ("res3a_branch2b", [1, 28, 28, 128], 128, 3, 1, Padding::Same),
     ("res4a_branch2b", [1, 14, 14, 256], 256, 3, 1, Padding::Same),
     ("res5a_branch2b", [1, 7, 7, 512], 512, 3, 1, Padding::Same),
 ];
 
 fn data(len: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-        .collect()
+    (0..len).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect()
 }
 
 fn conv(c: &mut Criterion) {

@@ -21,9 +21,7 @@ const SHAPES: &[(&str, usize, usize, usize)] = &[
 ];
 
 fn data(len: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-        .collect()
+    (0..len).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect()
 }
 
 fn gemm(c: &mut Criterion) {
@@ -35,20 +33,7 @@ fn gemm(c: &mut Criterion) {
         let id = format!("{layer} M={m} K={k} N={n}");
         group.throughput(Throughput::Elements(2 * (m * k * n) as u64));
         group.bench_function(BenchmarkId::new("convnet::kernels::sgemm", &id), |bench| {
-            bench.iter(|| {
-                sgemm_row_major(
-                    m,
-                    k,
-                    n,
-                    black_box(&a),
-                    k,
-                    black_box(&b),
-                    n,
-                    0.0,
-                    &mut out,
-                    n,
-                )
-            })
+            bench.iter(|| sgemm_row_major(m, k, n, black_box(&a), k, black_box(&b), n, 0.0, &mut out, n))
         });
         // The triple loop is only worth timing on the small shapes.
         if m * k * n <= 50_000_000 {

@@ -22,7 +22,8 @@ use convnet::models::{ResNet, ResNetConfig};
 use convnet::weights::{LoadOptions, WeightFile};
 
 const WEIGHTS_FILE: &str = "resnet50_weights_tf_dim_ordering_tf_kernels.h5";
-const WEIGHTS_URL: &str = "https://github.com/fchollet/deep-learning-models/releases/download/v0.2/resnet50_weights_tf_dim_ordering_tf_kernels.h5";
+const WEIGHTS_URL: &str =
+    "https://github.com/fchollet/deep-learning-models/releases/download/v0.2/resnet50_weights_tf_dim_ordering_tf_kernels.h5";
 
 struct Args {
     image: Option<PathBuf>,
@@ -112,12 +113,7 @@ fn download_weights(quiet: bool) -> Result<PathBuf, String> {
     if !quiet {
         eprintln!("Downloading {WEIGHTS_URL}");
     }
-    convnet::download::fetch_cached(
-        &convnet::download::KERAS_RESNET50_WEIGHTS,
-        &cache_dir(),
-        !quiet,
-    )
-    .map_err(|e| e.to_string())
+    convnet::download::fetch_cached(&convnet::download::KERAS_RESNET50_WEIGHTS, &cache_dir(), !quiet).map_err(|e| e.to_string())
 }
 
 #[cfg(not(feature = "download"))]
@@ -139,8 +135,7 @@ fn find_image(explicit: Option<PathBuf>, quiet: bool) -> Result<PathBuf, String>
 
 #[cfg(feature = "download")]
 fn download_elephant(quiet: bool) -> Result<PathBuf, String> {
-    convnet::download::fetch_cached(&convnet::download::KERAS_ELEPHANT_JPG, &cache_dir(), !quiet)
-        .map_err(|e| e.to_string())
+    convnet::download::fetch_cached(&convnet::download::KERAS_ELEPHANT_JPG, &cache_dir(), !quiet).map_err(|e| e.to_string())
 }
 
 #[cfg(not(feature = "download"))]
@@ -163,14 +158,10 @@ fn json_string(s: &str) -> String {
 
 fn run(args: Args) -> Result<(), String> {
     let quiet = args.json;
-    let mut model =
-        ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(args.width_divisor))
-            .map_err(|e| e.to_string())?;
+    let mut model = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(args.width_divisor)).map_err(|e| e.to_string())?;
     let weights_path = find_weights(args.weights, quiet)?;
     let weights = WeightFile::open(&weights_path).map_err(|e| e.to_string())?;
-    weights
-        .load_into(&mut model, &LoadOptions::strict())
-        .map_err(|e| e.to_string())?;
+    weights.load_into(&mut model, &LoadOptions::strict()).map_err(|e| e.to_string())?;
     if args.summary && !args.json {
         println!("{}", model.summary().map_err(|e| e.to_string())?);
     }
@@ -178,9 +169,7 @@ fn run(args: Args) -> Result<(), String> {
     let x = keras_resnet_input(&image).map_err(|e| e.to_string())?;
     let shape: Vec<String> = x.shape().iter().map(usize::to_string).collect();
     let preds = model.forward(&x).map_err(|e| e.to_string())?;
-    let top = decode_predictions(&preds, args.top)
-        .map_err(|e| e.to_string())?
-        .remove(0);
+    let top = decode_predictions(&preds, args.top).map_err(|e| e.to_string())?.remove(0);
     if args.json {
         let items: Vec<String> = top
             .iter()

@@ -41,11 +41,7 @@ pub struct Remote {
 /// The cache folder: `$CONVNET_CACHE`, else `$XDG_CACHE_HOME/convnet`, else
 /// `$HOME/.cache/convnet`, else `.convnet-cache` in the working directory.
 pub fn cache_dir() -> PathBuf {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     env("CONVNET_CACHE")
         .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("convnet")))
         .or_else(|| env("HOME").map(|p| p.join(".cache").join("convnet")))
@@ -87,31 +83,16 @@ pub fn fetch_cached(remote: &Remote, dir: &Path, progress: bool) -> Result<PathB
 
 /// Downloads `url` to `dest`, verifying `md5` if given, atomically (see the module docs).
 pub fn download(url: &str, dest: &Path, md5: Option<&str>, progress: bool) -> Result<()> {
-    let fail = |reason: String| Error::Download {
-        url: url.into(),
-        reason,
-    };
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| {
-        fail(format!(
-            "cannot create the cache folder {}: {e}",
-            dir.display()
-        ))
-    })?;
+    let fail = |reason: String| Error::Download { url: url.into(), reason };
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create the cache folder {}: {e}", dir.display())))?;
     let tmp = dir.join(format!(
         ".{}.part-{}",
-        dest.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("download"),
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("download"),
         std::process::id()
     ));
-    let result = fetch_to(url, &tmp, md5, progress).and_then(|()| {
-        fs::rename(&tmp, dest)
-            .map_err(|e| fail(format!("cannot move the file into {}: {e}", dest.display())))
-    });
+    let result = fetch_to(url, &tmp, md5, progress)
+        .and_then(|()| fs::rename(&tmp, dest).map_err(|e| fail(format!("cannot move the file into {}: {e}", dest.display()))));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -119,10 +100,7 @@ pub fn download(url: &str, dest: &Path, md5: Option<&str>, progress: bool) -> Re
 }
 
 fn fetch_to(url: &str, tmp: &Path, md5: Option<&str>, progress: bool) -> Result<()> {
-    let fail = |reason: String| Error::Download {
-        url: url.into(),
-        reason,
-    };
+    let fail = |reason: String| Error::Download { url: url.into(), reason };
     let config = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(20)))
         .timeout_recv_body(Some(Duration::from_secs(60)))
@@ -131,19 +109,13 @@ fn fetch_to(url: &str, tmp: &Path, md5: Option<&str>, progress: bool) -> Result<
     let mut response = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
     let expected_len = response.body().content_length();
     let mut reader = response.body_mut().as_reader();
-    let mut file =
-        File::create(tmp).map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
+    let mut file = File::create(tmp).map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
     let bar = progress.then(|| {
-        let bar = expected_len.map_or_else(
-            indicatif::ProgressBar::no_length,
-            indicatif::ProgressBar::new,
-        );
+        let bar = expected_len.map_or_else(indicatif::ProgressBar::no_length, indicatif::ProgressBar::new);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         bar.set_message(url.rsplit('/').next().unwrap_or(url).to_string());
         bar
@@ -170,12 +142,9 @@ fn fetch_to(url: &str, tmp: &Path, md5: Option<&str>, progress: bool) -> Result<
         b.finish();
     }
     if let Some(len) = expected_len.filter(|&l| l != received) {
-        return Err(fail(format!(
-            "the connection closed after {received} of {len} bytes"
-        )));
+        return Err(fail(format!("the connection closed after {received} of {len} bytes")));
     }
-    file.sync_all()
-        .map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
+    file.sync_all().map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
     let got = hex(&hasher.finalize());
     match md5 {
         Some(want) if !want.eq_ignore_ascii_case(&got) => Err(fail(format!(

@@ -138,12 +138,7 @@ pub enum Error {
 /// The first few items of a list, for error messages.
 fn list(items: &[String]) -> String {
     const SHOWN: usize = 8;
-    let mut s = items
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
     if items.len() > SHOWN {
         s.push_str(&format!(", ... ({} more)", items.len() - SHOWN));
     }
@@ -158,9 +153,7 @@ impl Error {
     /// a container reads `stage2/res2a/res2a_branch2a (Conv2D): ...`.
     pub fn in_layer(mut self, name: &str) -> Self {
         match &mut self {
-            Error::Shape { layer, .. }
-            | Error::Config { layer, .. }
-            | Error::Overflow { layer, .. } => {
+            Error::Shape { layer, .. } | Error::Config { layer, .. } | Error::Overflow { layer, .. } => {
                 *layer = format!("{name}/{layer}");
             }
             _ => {}
@@ -168,11 +161,7 @@ impl Error {
         self
     }
 
-    pub(crate) fn shape(
-        layer: impl Into<String>,
-        expected: impl Into<String>,
-        got: impl Into<String>,
-    ) -> Self {
+    pub(crate) fn shape(layer: impl Into<String>, expected: impl Into<String>, got: impl Into<String>) -> Self {
         Error::Shape {
             layer: layer.into(),
             expected: expected.into(),

@@ -47,6 +47,14 @@
 //!   direct-loop [`kernels::reference`] twins. Slices in, slices out; no layer types.
 //! - [`layers`]: the [`layers::Layer`] trait and the layers, [`layers::Sequential`],
 //!   [`layers::Residual`], Keras-style summaries.
+//! - [`models`]: [`models::ResNet`] from [`models::Bottleneck`] / [`models::BasicBlock`]
+//!   builders, with presets for the seed's Keras ResNet50, the later Keras layouts and
+//!   torchvision's ResNet18-152.
+//! - [`weights`]: Keras HDF5 and PyTorch `.safetensors` / `.pth` files, loaded by name with a
+//!   report of what was applied, missing, unused or mis-shaped.
+//! - [`imagenet`]: the 1000 classes, `decode_predictions`, and Keras' and torchvision's image
+//!   pipelines (Pillow-exact resizing).
+//! - `download` (feature `download`): md5-verified, atomic downloads into a cache.
 //! - [`error`]: the one [`Error`] type; bad input is a typed error, never a panic.
 //!
 //! ## Features
@@ -54,6 +62,7 @@
 //! | feature | default | what it does |
 //! |---|---|---|
 //! | `threading` | on | lets `matrixmultiply` split large GEMMs over threads (`MATMUL_NUM_THREADS`, at most 4) |
+//! | `download` | on | the `download` module (pretrained weights, sample images); off, the crate has no network code |
 
 #![warn(missing_docs)]
 
@@ -70,18 +79,17 @@ pub use error::{Error, Result};
 
 use ndarray::Array4;
 
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Converts an NCHW batch (PyTorch's layout) into NHWC, the layout every layer here takes.
 pub fn nchw_to_nhwc(x: &Array4<f32>) -> Array4<f32> {
-    x.view()
-        .permuted_axes([0, 2, 3, 1])
-        .as_standard_layout()
-        .into_owned()
+    x.view().permuted_axes([0, 2, 3, 1]).as_standard_layout().into_owned()
 }
 
 /// Converts an NHWC batch into NCHW.
 pub fn nhwc_to_nchw(x: &Array4<f32>) -> Array4<f32> {
-    x.view()
-        .permuted_axes([0, 3, 1, 2])
-        .as_standard_layout()
-        .into_owned()
+    x.view().permuted_axes([0, 3, 1, 2]).as_standard_layout().into_owned()
 }

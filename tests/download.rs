@@ -19,9 +19,7 @@ fn serve_once(status: u16, body: Vec<u8>, announced: usize) -> String {
         let (mut s, _) = listener.accept().unwrap();
         let mut req = [0u8; 4096];
         let _ = s.read(&mut req);
-        let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n"
-        );
+        let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n");
         let _ = s.write_all(head.as_bytes());
         let _ = s.write_all(&body);
         let _ = s.flush();
@@ -78,13 +76,7 @@ fn a_checksum_mismatch_is_an_error_and_leaves_nothing() {
     let body = payload();
     let dir = tempdir("md5bad");
     let url = serve_once(200, body.clone(), body.len());
-    let e = download(
-        &url,
-        &dir.join("weights.h5"),
-        Some("a7b3fe01876f51b976af0dea6bc144eb"),
-        false,
-    )
-    .unwrap_err();
+    let e = download(&url, &dir.join("weights.h5"), Some("a7b3fe01876f51b976af0dea6bc144eb"), false).unwrap_err();
     assert!(matches!(e, Error::Download { .. }), "{e}");
     assert!(e.to_string().contains("checksum mismatch"), "{e}");
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
@@ -112,18 +104,8 @@ fn an_http_error_is_an_error() {
 #[test]
 fn an_unreachable_server_is_an_error() {
     // Bind then drop a listener: the port is closed.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempdir("refused");
-    let e = download(
-        &format!("http://127.0.0.1:{port}/x"),
-        &dir.join("x"),
-        None,
-        false,
-    )
-    .unwrap_err();
+    let e = download(&format!("http://127.0.0.1:{port}/x"), &dir.join("x"), None, false).unwrap_err();
     assert!(matches!(e, Error::Download { .. }), "{e}");
 }

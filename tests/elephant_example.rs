@@ -37,10 +37,7 @@ fn example() -> PathBuf {
 fn run(args: &[&str]) -> std::process::Output {
     Command::new(example())
         .args(args)
-        .env(
-            "CONVNET_CACHE",
-            std::env::temp_dir().join("convnet-example-test-cache"),
-        )
+        .env("CONVNET_CACHE", std::env::temp_dir().join("convnet-example-test-cache"))
         .output()
         .unwrap()
 }
@@ -57,27 +54,14 @@ fn prints_summary_input_shape_and_keras_top5() {
         "8",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         stdout.contains("Model: \"resnet50\"") && stdout.contains("Total params: 641,112"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("Input image shape: (1, 224, 224, 3)"),
-        "{stdout}"
-    );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("Predicted: "))
-        .unwrap();
-    assert!(
-        line.starts_with("Predicted: [('n09246464', 'cliff', 0.46229"),
-        "{line}"
-    );
+    assert!(stdout.contains("Input image shape: (1, 224, 224, 3)"), "{stdout}");
+    let line = stdout.lines().find(|l| l.starts_with("Predicted: ")).unwrap();
+    assert!(line.starts_with("Predicted: [('n09246464', 'cliff', 0.46229"), "{line}");
     assert_eq!(line.matches("('n").count(), 5);
 }
 
@@ -95,22 +79,13 @@ fn json_output_is_one_object_with_the_expected_predictions() {
         "--top",
         "2",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let expected: serde_json::Value = serde_json::from_reader(
-        std::fs::File::open(common::fixture("keras_resnet50_w8/expected.json")).unwrap(),
-    )
-    .unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_reader(std::fs::File::open(common::fixture("keras_resnet50_w8/expected.json")).unwrap()).unwrap();
     let preds = v["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), 2);
-    for (p, e) in preds
-        .iter()
-        .zip(expected["images"]["astronaut.png"].as_array().unwrap())
-    {
+    for (p, e) in preds.iter().zip(expected["images"]["astronaut.png"].as_array().unwrap()) {
         assert_eq!(p["wnid"], e[0]);
         assert_eq!(p["label"], e[1]);
         assert!((p["probability"].as_f64().unwrap() - e[2].as_f64().unwrap()).abs() < 1e-5);
@@ -125,18 +100,9 @@ fn bad_input_fails_cleanly_with_a_message() {
     let out = run(&["x.png", "--weights", weights.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("expected shape (7, 7, 3, 64), found (7, 7, 3, 8)"),
-        "{err}"
-    );
+    assert!(err.contains("expected shape (7, 7, 3, 64), found (7, 7, 3, 8)"), "{err}");
     // unreadable image
-    let out = run(&[
-        "/nonexistent.png",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--width-divisor",
-        "8",
-    ]);
+    let out = run(&["/nonexistent.png", "--weights", weights.to_str().unwrap(), "--width-divisor", "8"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.png"));
     // usage error

@@ -13,10 +13,7 @@ const TOLERANCE: f32 = 1e-5;
 
 fn pair(v: &Value) -> [usize; 2] {
     let a = v.as_array().expect("a pair");
-    [
-        a[0].as_u64().unwrap() as usize,
-        a[1].as_u64().unwrap() as usize,
-    ]
+    [a[0].as_u64().unwrap() as usize, a[1].as_u64().unwrap() as usize]
 }
 
 fn padding(v: &Value) -> Padding {
@@ -37,43 +34,23 @@ fn activation(v: &Value) -> Option<Activation> {
 }
 
 /// Builds the layer a case describes, with its Keras weights.
-fn build(
-    class: &str,
-    cfg: &Value,
-    input_shape: &[usize],
-    z: &mut ndarray_npy::NpzReader<std::fs::File>,
-) -> Box<dyn Layer> {
+fn build(class: &str, cfg: &Value, input_shape: &[usize], z: &mut ndarray_npy::NpzReader<std::fs::File>) -> Box<dyn Layer> {
     let w = |z: &mut _, n: &str| common::npz_array(z, n);
     match class {
         "Conv2D" => {
-            let kernel = w(z, "kernel")
-                .unwrap()
-                .into_dimensionality::<Ix4>()
-                .unwrap();
+            let kernel = w(z, "kernel").unwrap().into_dimensionality::<Ix4>().unwrap();
             let bias = w(z, "bias").map(|b| b.into_dimensionality::<Ix1>().unwrap());
-            let config = Conv2dConfig::new(
-                input_shape[3],
-                cfg["filters"].as_u64().unwrap() as usize,
-                pair(&cfg["kernel_size"]),
-            )
-            .with_strides(pair(&cfg["strides"]))
-            .with_dilation(pair(&cfg["dilation_rate"]))
-            .with_padding(padding(&cfg["padding"]))
-            .with_bias(cfg["use_bias"].as_bool().unwrap());
+            let config = Conv2dConfig::new(input_shape[3], cfg["filters"].as_u64().unwrap() as usize, pair(&cfg["kernel_size"]))
+                .with_strides(pair(&cfg["strides"]))
+                .with_dilation(pair(&cfg["dilation_rate"]))
+                .with_padding(padding(&cfg["padding"]))
+                .with_bias(cfg["use_bias"].as_bool().unwrap());
             Box::new(Conv2d::with_weights(config, kernel, bias).unwrap())
         }
         "BatchNormalization" => {
             let get = |z: &mut _, n| w(z, n).unwrap().into_dimensionality::<Ix1>().unwrap();
-            let (g, b, m, v) = (
-                get(z, "gamma"),
-                get(z, "beta"),
-                get(z, "moving_mean"),
-                get(z, "moving_variance"),
-            );
-            Box::new(
-                BatchNorm::with_weights(cfg["epsilon"].as_f64().unwrap() as f32, g, b, m, v)
-                    .unwrap(),
-            )
+            let (g, b, m, v) = (get(z, "gamma"), get(z, "beta"), get(z, "moving_mean"), get(z, "moving_variance"));
+            Box::new(BatchNorm::with_weights(cfg["epsilon"].as_f64().unwrap() as f32, g, b, m, v).unwrap())
         }
         "MaxPooling2D" | "AveragePooling2D" => {
             let c = Pool2dConfig::new(pair(&cfg["pool_size"]))
@@ -87,10 +64,7 @@ fn build(
         }
         "GlobalAveragePooling2D" => Box::new(GlobalAvgPool),
         "Dense" => {
-            let kernel = w(z, "kernel")
-                .unwrap()
-                .into_dimensionality::<Ix2>()
-                .unwrap();
+            let kernel = w(z, "kernel").unwrap().into_dimensionality::<Ix2>().unwrap();
             let bias = w(z, "bias").map(|b| b.into_dimensionality::<Ix1>().unwrap());
             Box::new(Dense::with_weights(kernel, bias, activation(&cfg["activation"])).unwrap())
         }
@@ -111,10 +85,7 @@ fn build(
 
 #[test]
 fn all_23_keras_layer_cases_match_keras() {
-    let cases: Value = serde_json::from_reader(
-        std::fs::File::open(common::fixture("keras_layers/cases.json")).unwrap(),
-    )
-    .unwrap();
+    let cases: Value = serde_json::from_reader(std::fs::File::open(common::fixture("keras_layers/cases.json")).unwrap()).unwrap();
     let cases = cases.as_object().unwrap();
     assert_eq!(cases.len(), 23);
     let mut report = Vec::new();
@@ -135,24 +106,12 @@ fn all_23_keras_layer_cases_match_keras() {
             .map(|v| v.as_u64().unwrap() as usize)
             .collect();
         assert_eq!(x.shape(), &input_shape[..], "{name}: input shape");
-        let layer = build(
-            case["class"].as_str().unwrap(),
-            &case["config"],
-            &input_shape,
-            &mut z,
-        );
-        assert_eq!(
-            layer.output_shape(&input_shape).unwrap(),
-            output_shape,
-            "{name}: output_shape()"
-        );
+        let layer = build(case["class"].as_str().unwrap(), &case["config"], &input_shape, &mut z);
+        assert_eq!(layer.output_shape(&input_shape).unwrap(), output_shape, "{name}: output_shape()");
         let got = layer.forward(&x).unwrap();
         let err = common::max_abs_diff(&got, &want);
         report.push(format!("{name}: max abs err {err:e}"));
-        assert!(
-            err <= TOLERANCE,
-            "{name}: max abs error {err} > {TOLERANCE}"
-        );
+        assert!(err <= TOLERANCE, "{name}: max abs error {err} > {TOLERANCE}");
     }
     println!("{}", report.join("\n"));
 }

@@ -28,24 +28,15 @@ fn check_probs(m: &ResNet, layout: &str) {
         let got = m.forward(&input(image)).unwrap();
         let want = common::npy(&format!("keras_resnet50_w8/probs_{image}.npy"));
         let err = common::max_abs_diff(&got, &want);
+        println!("{layout} {image}: max abs error {err:e}");
         assert!(err <= 1e-5, "{layout} {image}: max abs error {err}");
         let sum: f32 = got.sum();
-        assert!(
-            (sum - 1.0).abs() < 1e-4,
-            "{image}: probabilities sum to {sum}"
-        );
+        assert!((sum - 1.0).abs() < 1e-4, "{image}: probabilities sum to {sum}");
     }
-    let batch = concatenate(
-        Axis(0),
-        &IMAGES
-            .map(input)
-            .iter()
-            .map(|a| a.view())
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let batch = concatenate(Axis(0), &IMAGES.map(input).iter().map(|a| a.view()).collect::<Vec<_>>()).unwrap();
     let got = m.forward(&batch).unwrap();
     let err = common::max_abs_diff(&got, &common::npy("keras_resnet50_w8/batch_probs.npy"));
+    println!("{layout} batch of 4: max abs error {err:e}");
     assert!(err <= 1e-5, "{layout} batch of 4: max abs error {err}");
 }
 
@@ -72,20 +63,13 @@ fn both_layouts_hold_identical_weights() {
 #[test]
 fn activation_taps_match_keras_layer_by_layer() {
     let m = model("resnet50.h5");
-    let taps = [
-        "conv1_relu",
-        "pool1",
-        "res2c",
-        "res3d",
-        "res4f",
-        "res5c",
-        "avg_pool",
-    ];
+    let taps = ["conv1_relu", "pool1", "res2c", "res3d", "res4f", "res5c", "avg_pool"];
     let (_, got) = m.forward_with_taps(&input("chelsea.png"), &taps).unwrap();
     assert_eq!(got.len(), taps.len());
     for (name, t) in got {
         let want = common::npy(&format!("keras_resnet50_w8/act_chelsea.png__{name}.npy"));
         let rel = common::max_rel_diff(&t, &want);
+        println!("tap {name}: max relative error {rel:e}");
         assert!(rel <= 1e-4, "{name}: max relative error {rel}");
     }
 }
@@ -93,10 +77,8 @@ fn activation_taps_match_keras_layer_by_layer() {
 #[test]
 fn top5_of_expected_json_with_names() {
     let m = model("resnet50_keras1.h5");
-    let expected: serde_json::Value = serde_json::from_reader(
-        std::fs::File::open(common::fixture("keras_resnet50_w8/expected.json")).unwrap(),
-    )
-    .unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_reader(std::fs::File::open(common::fixture("keras_resnet50_w8/expected.json")).unwrap()).unwrap();
     for image in IMAGES {
         let probs = m.forward(&input(image)).unwrap();
         let top = convnet::imagenet::decode_predictions(&probs, 5).unwrap();
@@ -104,10 +86,7 @@ fn top5_of_expected_json_with_names() {
         for (p, w) in top[0].iter().zip(want) {
             assert_eq!(p.wnid, w[0].as_str().unwrap(), "{image}");
             assert_eq!(p.label, w[1].as_str().unwrap(), "{image}");
-            assert!(
-                (p.probability - w[2].as_f64().unwrap() as f32).abs() <= 1e-5,
-                "{image}"
-            );
+            assert!((p.probability - w[2].as_f64().unwrap() as f32).abs() <= 1e-5, "{image}");
         }
     }
 }

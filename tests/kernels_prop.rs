@@ -3,22 +3,15 @@
 //! non-square kernels, strides 1-3, dilation 1-2, every padding mode, batch 1-3, channels
 //! 1-70). Outputs start NaN-filled, which proves the kernels write every element they own.
 
-use convnet::kernels::{
-    self, reference, ConvGeometry, ConvStrategy, Epilogue, Padding, Padding2d, PoolGeometry,
-    Window2d,
-};
+use convnet::kernels::{self, reference, ConvGeometry, ConvStrategy, Epilogue, Padding, Padding2d, PoolGeometry, Window2d};
 use proptest::prelude::*;
 
 /// A deterministic pseudo-random fill in [-1, 1).
 fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -28,8 +21,7 @@ fn padding_strategy() -> impl Strategy<Value = Padding> {
     prop_oneof![
         Just(Padding::Valid),
         Just(Padding::Same),
-        (0usize..4, 0usize..4, 0usize..4, 0usize..4)
-            .prop_map(|(t, b, l, r)| Padding::Explicit(Padding2d::new(t, b, l, r))),
+        (0usize..4, 0usize..4, 0usize..4, 0usize..4).prop_map(|(t, b, l, r)| Padding::Explicit(Padding2d::new(t, b, l, r))),
     ]
 }
 
@@ -61,39 +53,36 @@ fn conv_case(
         1usize..=97,
         any::<u64>(),
     )
-        .prop_map(
-            |((n, eh, ew, ci, co), (kh, kw, sh, sw, dh, dw), padding, tile_rows, seed)| {
-                let window = Window2d {
-                    kernel: [kh, kw],
-                    stride: [sh, sw],
-                    dilation: [dh, dw],
-                    padding,
-                };
-                let span = window.span();
-                let pad = match padding {
-                    Padding::Explicit(p) => [p.top + p.bottom, p.left + p.right],
-                    _ => [0, 0],
-                };
-                // Large enough for the window (with explicit padding counted), plus 0-6 extra.
-                let h = span[0].saturating_sub(pad[0]).max(1) + eh;
-                let w = span[1].saturating_sub(pad[1]).max(1) + ew;
-                ConvCase {
-                    input: [n, h, w, ci],
-                    out_channels: co,
-                    window,
-                    tile_rows,
-                    seed,
-                }
-            },
-        )
+        .prop_map(|((n, eh, ew, ci, co), (kh, kw, sh, sw, dh, dw), padding, tile_rows, seed)| {
+            let window = Window2d {
+                kernel: [kh, kw],
+                stride: [sh, sw],
+                dilation: [dh, dw],
+                padding,
+            };
+            let span = window.span();
+            let pad = match padding {
+                Padding::Explicit(p) => [p.top + p.bottom, p.left + p.right],
+                _ => [0, 0],
+            };
+            // Large enough for the window (with explicit padding counted), plus 0-6 extra.
+            let h = span[0].saturating_sub(pad[0]).max(1) + eh;
+            let w = span[1].saturating_sub(pad[1]).max(1) + ew;
+            ConvCase {
+                input: [n, h, w, ci],
+                out_channels: co,
+                window,
+                tile_rows,
+                seed,
+            }
+        })
 }
 
 /// Runs the fast convolution and the reference on one case and compares them element-wise,
 /// with a tolerance scaled by the sum of |x * w| under each output (the bound of a float
 /// dot product's rounding error, whatever the summation order).
 fn check_conv(c: &ConvCase, epilogue_on: bool) -> Result<(), TestCaseError> {
-    let g = ConvGeometry::new(c.input, c.out_channels, c.window)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let g = ConvGeometry::new(c.input, c.out_channels, c.window).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let x = fill(g.input_len(), c.seed);
     let k = fill(g.kernel_len(), c.seed ^ 1);
     let bias = fill(g.out_channels, c.seed ^ 2);
@@ -122,8 +111,7 @@ fn check_conv(c: &ConvCase, epilogue_on: bool) -> Result<(), TestCaseError> {
     };
     let mut got = vec![f32::NAN; g.output_len()];
     let mut ws = vec![f32::NAN; 3];
-    kernels::conv2d_tiled(&x, &g, &k, &epilogue, &mut got, &mut ws, c.tile_rows)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    kernels::conv2d_tiled(&x, &g, &k, &epilogue, &mut got, &mut ws, c.tile_rows).map_err(|e| TestCaseError::fail(e.to_string()))?;
     for (i, ((a, b), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
         let tol = 1e-5 * (s + 1.0);
         prop_assert!(
@@ -134,14 +122,8 @@ fn check_conv(c: &ConvCase, epilogue_on: bool) -> Result<(), TestCaseError> {
     }
     // The same call through the default tiling gives the same result.
     let mut again = vec![f32::NAN; g.output_len()];
-    kernels::conv2d(&x, &g, &k, &epilogue, &mut again, &mut Vec::new())
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    for (a, b) in again
-        .iter()
-        .zip(&want)
-        .zip(&scale)
-        .map(|((a, b), s)| (a, (b, s)))
-    {
+    kernels::conv2d(&x, &g, &k, &epilogue, &mut again, &mut Vec::new()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    for (a, b) in again.iter().zip(&want).zip(&scale).map(|((a, b), s)| (a, (b, s))) {
         prop_assert!((a - b.0).abs() <= 1e-5 * (b.1 + 1.0));
     }
     Ok(())
@@ -251,9 +233,6 @@ fn strategy_selection() {
     assert_eq!(plan(1, 1, Padding::Valid), ConvStrategy::Pointwise);
     assert_eq!(plan(1, 1, Padding::Same), ConvStrategy::Pointwise);
     assert_eq!(plan(1, 2, Padding::Valid), ConvStrategy::StridedPointwise);
-    assert_eq!(
-        plan(1, 1, Padding::Explicit(Padding2d::uniform(1))),
-        ConvStrategy::Im2col
-    );
+    assert_eq!(plan(1, 1, Padding::Explicit(Padding2d::uniform(1))), ConvStrategy::Im2col);
     assert_eq!(plan(3, 1, Padding::Same), ConvStrategy::Im2col);
 }

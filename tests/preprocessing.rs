@@ -3,17 +3,12 @@
 
 mod common;
 
-use convnet::imagenet::image::{
-    keras_resnet_input, load_rgb, torchvision_crop, torchvision_input, RgbImage,
-};
+use convnet::imagenet::image::{keras_resnet_input, load_rgb, torchvision_crop, torchvision_input, RgbImage};
 
 #[test]
 fn png_inputs_are_reproduced_exactly() {
     for image in ["chelsea.png", "coffee.png", "astronaut.png"] {
-        let got = keras_resnet_input(common::fixture(&format!(
-            "keras_resnet50_w8/images/{image}"
-        )))
-        .unwrap();
+        let got = keras_resnet_input(common::fixture(&format!("keras_resnet50_w8/images/{image}"))).unwrap();
         let want = common::npy(&format!("keras_resnet50_w8/input_{image}.npy"));
         assert_eq!(got.shape(), &[1, 224, 224, 3]);
         assert_eq!(common::max_abs_diff(&got, &want), 0.0, "{image}");
@@ -26,18 +21,11 @@ fn png_inputs_are_reproduced_exactly() {
 fn jpeg_input_matches_within_decoder_differences() {
     let got = keras_resnet_input(common::fixture("keras_resnet50_w8/images/rocket.jpg")).unwrap();
     let want = common::npy("keras_resnet50_w8/input_rocket.jpg.npy");
-    let diffs: Vec<f32> = got
-        .iter()
-        .zip(want.iter())
-        .map(|(a, b)| (a - b).abs())
-        .collect();
+    let diffs: Vec<f32> = got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).collect();
     let max = diffs.iter().cloned().fold(0.0, f32::max);
     let exact = diffs.iter().filter(|&&d| d == 0.0).count() as f64 / diffs.len() as f64;
     let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
-    println!(
-        "rocket.jpg: max diff {max}, mean {mean}, exact {:.1}%",
-        exact * 100.0
-    );
+    println!("rocket.jpg: max diff {max}, mean {mean}, exact {:.1}%", exact * 100.0);
     assert!(max <= 2.0, "max diff {max}");
     assert!(exact >= 0.98, "only {exact} of the values are exact");
 }
@@ -50,28 +38,17 @@ fn nearest_resize_follows_pillows_accumulated_positions() {
     assert_eq!(r.data, vec![0, 1, 2, 6, 7, 8, 12, 13, 14]);
     // Upsampling 2 -> 4 repeats each pixel twice.
     let img = RgbImage::new(2, 1, vec![1, 1, 1, 9, 9, 9]).unwrap();
-    assert_eq!(
-        img.resize_nearest(4, 1).unwrap().data,
-        vec![1, 1, 1, 1, 1, 1, 9, 9, 9, 9, 9, 9]
-    );
+    assert_eq!(img.resize_nearest(4, 1).unwrap().data, vec![1, 1, 1, 1, 1, 1, 9, 9, 9, 9, 9, 9]);
 }
 
 fn pillow(name: &str) -> ndarray::Array3<u8> {
     use ndarray_npy::ReadNpyExt;
-    ndarray::Array3::<u8>::read_npy(
-        std::fs::File::open(common::fixture(&format!("pillow/{name}.npy"))).unwrap(),
-    )
-    .unwrap()
+    ndarray::Array3::<u8>::read_npy(std::fs::File::open(common::fixture(&format!("pillow/{name}.npy"))).unwrap()).unwrap()
 }
 
 fn assert_same(got: &RgbImage, want: &ndarray::Array3<u8>, what: &str) {
     assert_eq!((got.height, got.width, 3), want.dim(), "{what}");
-    let differing = got
-        .data
-        .iter()
-        .zip(want.iter())
-        .filter(|(a, b)| a != b)
-        .count();
+    let differing = got.data.iter().zip(want.iter()).filter(|(a, b)| a != b).count();
     assert_eq!(differing, 0, "{what}: {differing} bytes differ from Pillow");
 }
 
@@ -85,18 +62,11 @@ fn resizes_match_pillow_byte_for_byte() {
         "bilinear shrink",
     );
     assert_same(
-        &img.crop(200, 100, 40, 30)
-            .unwrap()
-            .resize_bilinear(97, 71)
-            .unwrap(),
+        &img.crop(200, 100, 40, 30).unwrap().resize_bilinear(97, 71).unwrap(),
         &pillow("bilinear_up_97x71"),
         "bilinear enlarge",
     );
-    assert_same(
-        &img.resize_nearest(97, 71).unwrap(),
-        &pillow("nearest_97x71"),
-        "nearest shrink",
-    );
+    assert_same(&img.resize_nearest(97, 71).unwrap(), &pillow("nearest_97x71"), "nearest shrink");
     assert_same(
         &img.resize_nearest(500, 333).unwrap(),
         &pillow("nearest_up_500x333"),
@@ -114,8 +84,6 @@ fn torchvision_pipeline_shapes_and_normalises() {
     let img = load_rgb(common::fixture("keras_resnet50_w8/images/chelsea.png")).unwrap();
     let x = torchvision_input(&img).unwrap();
     assert_eq!(x.shape(), &[1, 224, 224, 3]);
-    let (lo, hi) = x
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = x.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
     assert!(lo >= -2.2 && hi <= 2.7, "{lo} {hi}");
 }

@@ -10,20 +10,11 @@ fn counts(cfg: ResNetConfig) -> (usize, usize, usize) {
 
 #[test]
 fn seed_keras_resnet50_has_keras_parameter_counts() {
-    assert_eq!(
-        counts(ResNetConfig::keras_resnet50()),
-        (25_636_712, 25_583_592, 53_120)
-    );
+    assert_eq!(counts(ResNetConfig::keras_resnet50()), (25_636_712, 25_583_592, 53_120));
     // The fixture network at 1/8 width.
-    assert_eq!(
-        counts(ResNetConfig::keras_resnet50().with_width_divisor(8)).0,
-        641_112
-    );
+    assert_eq!(counts(ResNetConfig::keras_resnet50().with_width_divisor(8)).0, 641_112);
     // Layout B has the same weights.
-    assert_eq!(
-        counts(ResNetConfig::keras_applications_resnet50()).0,
-        25_636_712
-    );
+    assert_eq!(counts(ResNetConfig::keras_applications_resnet50()).0, 25_636_712);
 }
 
 #[test]
@@ -34,23 +25,14 @@ fn torchvision_presets_have_torchvision_parameter_counts() {
     assert_eq!(counts(ResNetConfig::torchvision(Depth::R34)).1, 21_797_672);
     assert_eq!(counts(ResNetConfig::torchvision(Depth::R101)).1, 44_549_160);
     assert_eq!(counts(ResNetConfig::torchvision(Depth::R152)).1, 60_192_808);
-    assert_eq!(
-        counts(ResNetConfig::torchvision(Depth::R18).with_width_divisor(8)).1,
-        241_712
-    );
-    assert_eq!(
-        counts(ResNetConfig::torchvision(Depth::R50).with_width_divisor(8)).1,
-        631_152
-    );
+    assert_eq!(counts(ResNetConfig::torchvision(Depth::R18).with_width_divisor(8)).1, 241_712);
+    assert_eq!(counts(ResNetConfig::torchvision(Depth::R50).with_width_divisor(8)).1, 631_152);
 }
 
 #[test]
 fn keras_modern_resnet50_matches_keras_applications() {
     // keras.applications.ResNet50(): 25,636,712 parameters, as the classic layout.
-    assert_eq!(
-        counts(ResNetConfig::keras_modern(Depth::R50).unwrap()).0,
-        25_636_712
-    );
+    assert_eq!(counts(ResNetConfig::keras_modern(Depth::R50).unwrap()).0, 25_636_712);
     assert!(ResNetConfig::keras_modern(Depth::R18).is_err());
 }
 
@@ -80,25 +62,15 @@ fn seed_summary_shapes_follow_the_reference_page() {
         text.contains("res2a_branch2a (Conv2D)") && text.contains("Total params: 25,636,712"),
         "{text}"
     );
-    assert!(
-        text.contains("Trainable params: 25,583,592")
-            && text.contains("Non-trainable params: 53,120")
-    );
+    assert!(text.contains("Trainable params: 25,583,592") && text.contains("Non-trainable params: 53,120"));
     // 107 layers with weights hold 320 arrays.
     let mut arrays = 0;
     model.visit_params(&mut Default::default(), &mut |_, _, _| arrays += 1);
     assert_eq!(arrays, 320);
 
-    let b = ResNet::new(ResNetConfig::keras_applications_resnet50())
-        .unwrap()
-        .summary()
-        .unwrap();
+    let b = ResNet::new(ResNetConfig::keras_applications_resnet50()).unwrap().summary().unwrap();
     assert_eq!(
-        b.rows
-            .iter()
-            .find(|r| r.path.leaf() == "pool1")
-            .unwrap()
-            .output_shape,
+        b.rows.iter().find(|r| r.path.leaf() == "pool1").unwrap().output_shape,
         [1, 56, 56, 64]
     );
 }
@@ -107,24 +79,13 @@ fn seed_summary_shapes_follow_the_reference_page() {
 fn torchvision_paths_are_state_dict_paths() {
     let model = ResNet::new(ResNetConfig::torchvision(Depth::R50).with_width_divisor(8)).unwrap();
     let mut names = Vec::new();
-    model.visit_params(&mut Default::default(), &mut |p, k, _| {
-        names.push(format!("{} {k:?}", p.dotted()))
-    });
-    assert!(
-        names.contains(&"layer1.0.downsample.0 Kernel".to_string()),
-        "{names:?}"
-    );
+    model.visit_params(&mut Default::default(), &mut |p, k, _| names.push(format!("{} {k:?}", p.dotted())));
+    assert!(names.contains(&"layer1.0.downsample.0 Kernel".to_string()), "{names:?}");
     assert!(names.contains(&"layer4.2.bn3 MovingVariance".to_string()));
     assert!(names.contains(&"fc Kernel".to_string()));
-    assert_eq!(
-        model.output_shape(&[2, 224, 224, 3]).unwrap(),
-        vec![2, 1000]
-    );
+    assert_eq!(model.output_shape(&[2, 224, 224, 3]).unwrap(), vec![2, 1000]);
     // A global-pooling head takes any input size; the seed's fixed head does not.
-    assert_eq!(
-        model.output_shape(&[1, 160, 128, 3]).unwrap(),
-        vec![1, 1000]
-    );
+    assert_eq!(model.output_shape(&[1, 160, 128, 3]).unwrap(), vec![1, 1000]);
     let seed = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(8)).unwrap();
     assert!(seed.output_shape(&[1, 160, 160, 3]).is_err());
 }

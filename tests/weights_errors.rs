@@ -30,16 +30,8 @@ fn a_file_for_another_architecture_is_refused_and_changes_nothing() {
     let e = w.load_into(&mut m, &LoadOptions::strict()).unwrap_err();
     assert!(matches!(e, Error::MissingWeights { .. }), "{e}");
     // The file's names follow PyTorch's convention: `bn_conv1.weight` is looked for, not found.
-    assert!(
-        e.to_string()
-            .contains("bn_conv1 (gamma) <- bn_conv1.weight"),
-        "{e}"
-    );
-    assert_eq!(
-        first_kernel(&m),
-        before,
-        "a failed strict load must not modify the model"
-    );
+    assert!(e.to_string().contains("bn_conv1 (gamma) <- bn_conv1.weight"), "{e}");
+    assert_eq!(first_kernel(&m), before, "a failed strict load must not modify the model");
 
     // ResNet18 weights into a torchvision ResNet50: names overlap, shapes do not.
     let mut r50 = ResNet::new(ResNetConfig::torchvision(Depth::R50).with_width_divisor(8)).unwrap();
@@ -56,10 +48,7 @@ fn a_file_for_another_architecture_is_refused_and_changes_nothing() {
     };
     assert_eq!(layer, "layer1/0/conv1");
     assert_eq!(key, "layer1.0.conv1.weight");
-    assert_eq!(
-        (expected.as_slice(), found.as_slice()),
-        (&[1, 1, 8, 8][..], &[3, 3, 8, 8][..])
-    );
+    assert_eq!((expected.as_slice(), found.as_slice()), (&[1, 1, 8, 8][..], &[3, 3, 8, 8][..]));
     assert!(
         e.to_string().contains("(1, 1, 8, 8)") && e.to_string().contains("(3, 3, 8, 8)"),
         "{e}"
@@ -68,9 +57,7 @@ fn a_file_for_another_architecture_is_refused_and_changes_nothing() {
 
 fn keras_tensors() -> Vec<(String, StoredTensor)> {
     let w = WeightFile::open(common::fixture("keras_resnet50_w8/resnet50.h5")).unwrap();
-    w.keys()
-        .map(|k| (k.to_string(), w.get(k).unwrap().clone()))
-        .collect()
+    w.keys().map(|k| (k.to_string(), w.get(k).unwrap().clone())).collect()
 }
 
 #[test]
@@ -80,20 +67,11 @@ fn a_missing_tensor_is_named() {
         .filter(|(k, _)| k != "bn3b_branch2b/moving_variance")
         .collect();
     let w = WeightFile::from_tensors("edited", Convention::Keras, t).unwrap();
-    let e = w
-        .load_into(&mut keras_w8(), &LoadOptions::strict())
-        .unwrap_err();
-    let Error::MissingWeights { missing, .. } = &e else {
-        panic!("{e}")
-    };
-    assert_eq!(
-        missing,
-        &["res3b/bn3b_branch2b (moving_variance) <- bn3b_branch2b/moving_variance"]
-    );
+    let e = w.load_into(&mut keras_w8(), &LoadOptions::strict()).unwrap_err();
+    let Error::MissingWeights { missing, .. } = &e else { panic!("{e}") };
+    assert_eq!(missing, &["res3b/bn3b_branch2b (moving_variance) <- bn3b_branch2b/moving_variance"]);
     // Lenient: everything else is applied and the gap reported.
-    let report = w
-        .load_into(&mut keras_w8(), &LoadOptions::lenient())
-        .unwrap();
+    let report = w.load_into(&mut keras_w8(), &LoadOptions::lenient()).unwrap();
     assert_eq!((report.applied.len(), report.missing.len()), (319, 1));
 }
 
@@ -110,31 +88,17 @@ fn a_mis_shaped_tensor_is_refused_with_both_shapes() {
         })
         .collect();
     let w = WeightFile::from_tensors("edited", Convention::Keras, t).unwrap();
-    let e = w
-        .load_into(&mut keras_w8(), &LoadOptions::strict())
-        .unwrap_err();
-    assert!(
-        matches!(&e, Error::WeightShape { layer, .. } if layer == "fc1000"),
-        "{e}"
-    );
-    assert!(
-        e.to_string()
-            .contains("expected shape (256, 1000), found (1000, 256)"),
-        "{e}"
-    );
+    let e = w.load_into(&mut keras_w8(), &LoadOptions::strict()).unwrap_err();
+    assert!(matches!(&e, Error::WeightShape { layer, .. } if layer == "fc1000"), "{e}");
+    assert!(e.to_string().contains("expected shape (256, 1000), found (1000, 256)"), "{e}");
 }
 
 #[test]
 fn unused_tensors_are_an_error_in_strict_mode() {
     let mut t = keras_tensors();
-    t.push((
-        "extra_layer/kernel".into(),
-        StoredTensor::new(vec![2], vec![0.0, 1.0]).unwrap(),
-    ));
+    t.push(("extra_layer/kernel".into(), StoredTensor::new(vec![2], vec![0.0, 1.0]).unwrap()));
     let w = WeightFile::from_tensors("edited", Convention::Keras, t).unwrap();
-    let e = w
-        .load_into(&mut keras_w8(), &LoadOptions::strict())
-        .unwrap_err();
+    let e = w.load_into(&mut keras_w8(), &LoadOptions::strict()).unwrap_err();
     assert!(
         matches!(&e, Error::UnusedWeights { unused, .. } if unused == &["extra_layer/kernel"]),
         "{e}"
@@ -153,9 +117,7 @@ fn non_finite_weights_are_refused_by_default() {
         })
         .collect();
     let w = WeightFile::from_tensors("edited", Convention::Keras, t).unwrap();
-    let e = w
-        .load_into(&mut keras_w8(), &LoadOptions::strict())
-        .unwrap_err();
+    let e = w.load_into(&mut keras_w8(), &LoadOptions::strict()).unwrap_err();
     assert!(
         matches!(&e, Error::NonFinite { key, count: 1, .. } if key == "bn_conv1/gamma"),
         "{e}"
@@ -225,12 +187,9 @@ fn full_width_seed_model_gives_probabilities() {
             Ok(())
         }
     }
-    m.visit_params_mut(&mut Default::default(), &mut Fill(&mut i))
-        .unwrap();
-    let x = ndarray::Array4::<f32>::from_shape_fn((2, 224, 224, 3), |(n, y, x, c)| {
-        ((n * 7 + y * 3 + x * 5 + c) % 255) as f32 - 120.0
-    })
-    .into_dyn();
+    m.visit_params_mut(&mut Default::default(), &mut Fill(&mut i)).unwrap();
+    let x = ndarray::Array4::<f32>::from_shape_fn((2, 224, 224, 3), |(n, y, x, c)| ((n * 7 + y * 3 + x * 5 + c) % 255) as f32 - 120.0)
+        .into_dyn();
     let p = m.forward(&x).unwrap();
     assert_eq!(p.shape(), &[2, 1000]);
     for row in p.outer_iter() {

@@ -63,11 +63,7 @@ impl RgbImage {
                 format!("{} bytes", data.len()),
             ));
         }
-        Ok(RgbImage {
-            width,
-            height,
-            data,
-        })
+        Ok(RgbImage { width, height, data })
     }
 
     /// Pillow's `resize((width, height), Image.NEAREST)`: the source column of output column
@@ -111,11 +107,7 @@ impl RgbImage {
                 let dst = &mut out[y * width * 3..(y + 1) * width * 3];
                 for (x, (start, k)) in coeffs.iter().enumerate() {
                     for c in 0..3 {
-                        dst[x * 3 + c] = convolve(
-                            k.iter()
-                                .enumerate()
-                                .map(|(i, &w)| (src[(start + i) * 3 + c], w)),
-                        );
+                        dst[x * 3 + c] = convolve(k.iter().enumerate().map(|(i, &w)| (src[(start + i) * 3 + c], w)));
                     }
                 }
             }
@@ -131,11 +123,7 @@ impl RgbImage {
             let stride = img.width * 3;
             for (y, (start, k)) in coeffs.iter().enumerate() {
                 for i in 0..stride {
-                    out[y * stride + i] = convolve(
-                        k.iter()
-                            .enumerate()
-                            .map(|(j, &w)| (img.data[(start + j) * stride + i], w)),
-                    );
+                    out[y * stride + i] = convolve(k.iter().enumerate().map(|(j, &w)| (img.data[(start + j) * stride + i], w)));
                 }
             }
             img = RgbImage {
@@ -149,9 +137,7 @@ impl RgbImage {
 
     /// The `width x height` window whose top-left corner is `(left, top)`.
     pub fn crop(&self, left: usize, top: usize, width: usize, height: usize) -> Result<RgbImage> {
-        if left.checked_add(width).is_none_or(|r| r > self.width)
-            || top.checked_add(height).is_none_or(|b| b > self.height)
-        {
+        if left.checked_add(width).is_none_or(|r| r > self.width) || top.checked_add(height).is_none_or(|b| b > self.height) {
             return Err(Error::shape(
                 "crop",
                 format!("a window inside {}x{}", self.width, self.height),
@@ -160,9 +146,7 @@ impl RgbImage {
         }
         let mut data = Vec::with_capacity(width * height * 3);
         for y in top..top + height {
-            data.extend_from_slice(
-                &self.data[(y * self.width + left) * 3..(y * self.width + left + width) * 3],
-            );
+            data.extend_from_slice(&self.data[(y * self.width + left) * 3..(y * self.width + left + width) * 3]);
         }
         RgbImage::new(width, height, data)
     }
@@ -214,8 +198,7 @@ fn resample_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i64>)> {
             let fixed = w
                 .iter()
                 .map(|&v| {
-                    let v = if total != 0.0 { v / total } else { v }
-                        * f64::from(1u32 << PRECISION_BITS);
+                    let v = if total != 0.0 { v / total } else { v } * f64::from(1u32 << PRECISION_BITS);
                     (if v < 0.0 { v - 0.5 } else { v + 0.5 }) as i64
                 })
                 .collect();
@@ -225,9 +208,7 @@ fn resample_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i64>)> {
 }
 
 fn convolve(taps: impl Iterator<Item = (u8, i64)>) -> u8 {
-    let acc = taps.fold(1i64 << (PRECISION_BITS - 1), |acc, (v, w)| {
-        acc + i64::from(v) * w
-    });
+    let acc = taps.fold(1i64 << (PRECISION_BITS - 1), |acc, (v, w)| acc + i64::from(v) * w);
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
@@ -247,10 +228,7 @@ pub fn load_rgb_with_limits(path: impl AsRef<Path>, limits: &ImageLimits) -> Res
 
 /// [`load_rgb`] on bytes in memory; `name` is used in messages.
 pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbImage> {
-    let err = |reason: String| Error::Image {
-        path: name.into(),
-        reason,
-    };
+    let err = |reason: String| Error::Image { path: name.into(), reason };
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
@@ -266,33 +244,17 @@ pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbI
     }
     let data = match img {
         DynamicImage::ImageRgb8(i) => i.into_raw(),
-        DynamicImage::ImageRgba8(i) => i
-            .into_raw()
-            .chunks_exact(4)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect(),
+        DynamicImage::ImageRgba8(i) => i.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
         DynamicImage::ImageLuma8(i) => i.into_raw().into_iter().flat_map(|v| [v, v, v]).collect(),
-        DynamicImage::ImageLumaA8(i) => i
-            .into_raw()
-            .chunks_exact(2)
-            .flat_map(|p| [p[0]; 3])
-            .collect(),
+        DynamicImage::ImageLumaA8(i) => i.into_raw().chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
         DynamicImage::ImageRgb16(i) => i.into_raw().into_iter().map(|v| (v >> 8) as u8).collect(),
         DynamicImage::ImageRgba16(i) => i
             .into_raw()
             .chunks_exact(4)
             .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
             .collect(),
-        DynamicImage::ImageLuma16(i) => i
-            .into_raw()
-            .into_iter()
-            .flat_map(|v| [v.min(255) as u8; 3])
-            .collect(),
-        DynamicImage::ImageLumaA16(i) => i
-            .into_raw()
-            .chunks_exact(2)
-            .flat_map(|p| [(p[0] >> 8) as u8; 3])
-            .collect(),
+        DynamicImage::ImageLuma16(i) => i.into_raw().into_iter().flat_map(|v| [v.min(255) as u8; 3]).collect(),
+        DynamicImage::ImageLumaA16(i) => i.into_raw().chunks_exact(2).flat_map(|p| [(p[0] >> 8) as u8; 3]).collect(),
         other => other.to_rgb8().into_raw(),
     };
     RgbImage::new(w, h, data)
@@ -300,10 +262,7 @@ pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbI
 
 /// Keras' `load_img(path, target_size=(height, width))`: decode, convert to RGB, and resize
 /// with Pillow's NEAREST when the size differs (no crop, no EXIF rotation).
-pub fn keras_load_img(
-    path: impl AsRef<Path>,
-    target_size: Option<(usize, usize)>,
-) -> Result<RgbImage> {
+pub fn keras_load_img(path: impl AsRef<Path>, target_size: Option<(usize, usize)>) -> Result<RgbImage> {
     let img = load_rgb(path)?;
     match target_size {
         Some((h, w)) if (h, w) != (img.height, img.width) => img.resize_nearest(w, h),
@@ -347,11 +306,7 @@ pub fn torchvision_crop(img: &RgbImage) -> Result<RgbImage> {
     const CROP: usize = 224;
     let (w, h) = (img.width, img.height);
     if w == 0 || h == 0 {
-        return Err(Error::shape(
-            "torchvision_crop",
-            "a non-empty image",
-            format!("{w}x{h}"),
-        ));
+        return Err(Error::shape("torchvision_crop", "a non-empty image", format!("{w}x{h}")));
     }
     let (nw, nh) = if w <= h {
         (RESIZE, (RESIZE as f64 * h as f64 / w as f64) as usize)
@@ -359,11 +314,7 @@ pub fn torchvision_crop(img: &RgbImage) -> Result<RgbImage> {
         ((RESIZE as f64 * w as f64 / h as f64) as usize, RESIZE)
     };
     let resized = img.resize_bilinear(nw, nh)?;
-    let offset = |size: usize| {
-        ((size as f64 - CROP as f64) / 2.0)
-            .round_ties_even()
-            .max(0.0) as usize
-    };
+    let offset = |size: usize| ((size as f64 - CROP as f64) / 2.0).round_ties_even().max(0.0) as usize;
     resized.crop(offset(nw), offset(nh), CROP, CROP)
 }
 

@@ -27,8 +27,7 @@ pub struct ImageNetClass {
 pub fn classes() -> &'static [ImageNetClass] {
     static CLASSES: OnceLock<Vec<ImageNetClass>> = OnceLock::new();
     CLASSES.get_or_init(|| {
-        let map: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(CLASS_INDEX_JSON).unwrap_or_default();
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(CLASS_INDEX_JSON).unwrap_or_default();
         (0..NUM_CLASSES)
             .map(|i| {
                 let entry = map.get(&i.to_string()).and_then(|v| v.as_array());
@@ -107,19 +106,11 @@ mod tests {
     fn embedded_class_index_is_complete() {
         let c = classes();
         assert_eq!(c.len(), 1000);
-        assert_eq!(
-            (c[0].wnid.as_str(), c[0].label.as_str()),
-            ("n01440764", "tench")
-        );
-        assert_eq!(
-            (c[385].wnid.as_str(), c[385].label.as_str()),
-            ("n02504013", "Indian_elephant")
-        );
+        assert_eq!((c[0].wnid.as_str(), c[0].label.as_str()), ("n01440764", "tench"));
+        assert_eq!((c[385].wnid.as_str(), c[385].label.as_str()), ("n02504013", "Indian_elephant"));
         assert_eq!(c[101].label, "tusker");
         assert_eq!(c[386].label, "African_elephant");
-        assert!(c
-            .iter()
-            .all(|k| k.wnid.starts_with('n') && !k.label.is_empty()));
+        assert!(c.iter().all(|k| k.wnid.starts_with('n') && !k.label.is_empty()));
     }
 
     #[test]

@@ -58,17 +58,13 @@ impl Epilogue<'_> {
         if self.is_identity() {
             return;
         }
-        let residual = self
-            .residual
-            .map(|r| &r[first_row * n..first_row * n + rows.len()]);
+        let residual = self.residual.map(|r| &r[first_row * n..first_row * n + rows.len()]);
         for (i, row) in rows.chunks_exact_mut(n).enumerate() {
             if let Some(b) = self.bias {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
             }
             if let Some(r) = residual {
-                row.iter_mut()
-                    .zip(&r[i * n..(i + 1) * n])
-                    .for_each(|(v, r)| *v += r);
+                row.iter_mut().zip(&r[i * n..(i + 1) * n]).for_each(|(v, r)| *v += r);
             }
             if self.relu {
                 row.iter_mut().for_each(|v| *v = v.max(0.0));
@@ -80,9 +76,7 @@ impl Epilogue<'_> {
 /// Output pixels per im2col tile for `g`.
 pub fn tile_rows(g: &ConvGeometry) -> usize {
     let by_budget = IM2COL_TILE_BYTES / (4 * g.patch_len().max(1));
-    by_budget
-        .max(IM2COL_MIN_TILE_ROWS)
-        .min(g.out_pixels().max(1))
+    by_budget.max(IM2COL_MIN_TILE_ROWS).min(g.out_pixels().max(1))
 }
 
 /// Elements of scratch space [`conv2d`] needs for `g`: zero for [`ConvStrategy::Pointwise`],
@@ -152,13 +146,7 @@ pub fn conv2d_tiled(
     Ok(())
 }
 
-fn check_lengths(
-    input: &[f32],
-    g: &ConvGeometry,
-    kernel: &[f32],
-    e: &Epilogue<'_>,
-    output: &[f32],
-) -> Result<()> {
+fn check_lengths(input: &[f32], g: &ConvGeometry, kernel: &[f32], e: &Epilogue<'_>, output: &[f32]) -> Result<()> {
     let checks = [
         ("input", g.input_len(), Some(input.len())),
         ("kernel", g.kernel_len(), Some(kernel.len())),

@@ -11,13 +11,7 @@ const LAYER: &str = "gemm";
 ///
 /// `A` is `m x k`, `B` is `k x n`, `C` is `m x n`. When `beta == 0`, `C` is never read, so it
 /// may hold garbage (even NaN) on entry.
-pub fn sgemm(
-    alpha: f32,
-    a: ArrayView2<'_, f32>,
-    b: ArrayView2<'_, f32>,
-    beta: f32,
-    mut c: ArrayViewMut2<'_, f32>,
-) -> Result<()> {
+pub fn sgemm(alpha: f32, a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, beta: f32, mut c: ArrayViewMut2<'_, f32>) -> Result<()> {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     if k != k2 || c.dim() != (m, n) {
@@ -88,13 +82,8 @@ pub fn sgemm_row_major(
             format!("{c_len} elements"),
         ));
     }
-    let c = ArrayViewMut2::from_shape((m, n).strides((ldc, 1)), &mut c[..need]).map_err(|e| {
-        Error::shape(
-            LAYER,
-            format!("C of {m} x {n} with ld {ldc}"),
-            e.to_string(),
-        )
-    })?;
+    let c = ArrayViewMut2::from_shape((m, n).strides((ldc, 1)), &mut c[..need])
+        .map_err(|e| Error::shape(LAYER, format!("C of {m} x {n} with ld {ldc}"), e.to_string()))?;
     sgemm(1.0, a, b, beta, c)
 }
 
@@ -115,13 +104,7 @@ fn needed_len(rows: usize, cols: usize, ld: usize, name: &str) -> Result<usize> 
         .ok_or_else(|| Error::overflow(LAYER, format!("the extent of {name}")))
 }
 
-fn view<'a>(
-    s: &'a [f32],
-    rows: usize,
-    cols: usize,
-    ld: usize,
-    name: &str,
-) -> Result<ArrayView2<'a, f32>> {
+fn view<'a>(s: &'a [f32], rows: usize, cols: usize, ld: usize, name: &str) -> Result<ArrayView2<'a, f32>> {
     let need = needed_len(rows, cols, ld, name)?;
     if s.len() < need {
         return Err(Error::shape(
@@ -130,13 +113,8 @@ fn view<'a>(
             format!("{} elements", s.len()),
         ));
     }
-    ArrayView2::from_shape((rows, cols).strides((ld.max(1), 1)), &s[..need]).map_err(|e| {
-        Error::shape(
-            LAYER,
-            format!("{name} of {rows} x {cols} with ld {ld}"),
-            e.to_string(),
-        )
-    })
+    ArrayView2::from_shape((rows, cols).strides((ld.max(1), 1)), &s[..need])
+        .map_err(|e| Error::shape(LAYER, format!("{name} of {rows} x {cols} with ld {ld}"), e.to_string()))
 }
 
 fn scale_c(beta: f32, mut c: ArrayViewMut2<'_, f32>) {
@@ -154,9 +132,7 @@ mod tests {
     use ndarray::Array2;
 
     fn filled(m: usize, n: usize, seed: u32) -> Array2<f32> {
-        Array2::from_shape_fn((m, n), |(i, j)| {
-            ((i * 31 + j * 17 + seed as usize) % 23) as f32 / 7.0 - 1.5
-        })
+        Array2::from_shape_fn((m, n), |(i, j)| ((i * 31 + j * 17 + seed as usize) % 23) as f32 / 7.0 - 1.5)
     }
 
     #[test]
@@ -169,19 +145,9 @@ mod tests {
                     let mut c = Array2::from_elem((m, n), f32::NAN);
                     sgemm(1.0, a.view(), b.view(), 0.0, c.view_mut()).unwrap();
                     let mut r = vec![0.0; m * n];
-                    reference::gemm(
-                        m,
-                        k,
-                        n,
-                        a.as_slice().unwrap(),
-                        b.as_slice().unwrap(),
-                        &mut r,
-                    );
+                    reference::gemm(m, k, n, a.as_slice().unwrap(), b.as_slice().unwrap(), &mut r);
                     for (x, y) in c.iter().zip(&r) {
-                        assert!(
-                            (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                            "m={m} k={k} n={n}: {x} vs {y}"
-                        );
+                        assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "m={m} k={k} n={n}: {x} vs {y}");
                     }
                 }
             }
@@ -211,31 +177,9 @@ mod tests {
             Err(Error::Shape { .. })
         ));
         let mut short = vec![0.0; 5];
-        let r = sgemm_row_major(
-            3,
-            4,
-            2,
-            a.as_slice().unwrap(),
-            4,
-            &[0.0; 8],
-            2,
-            0.0,
-            &mut short,
-            2,
-        );
+        let r = sgemm_row_major(3, 4, 2, a.as_slice().unwrap(), 4, &[0.0; 8], 2, 0.0, &mut short, 2);
         assert!(matches!(r, Err(Error::Shape { .. })));
-        let r = sgemm_row_major(
-            3,
-            4,
-            2,
-            a.as_slice().unwrap(),
-            3,
-            &[0.0; 8],
-            2,
-            0.0,
-            &mut [0.0; 6],
-            2,
-        );
+        let r = sgemm_row_major(3, 4, 2, a.as_slice().unwrap(), 3, &[0.0; 8], 2, 0.0, &mut [0.0; 6], 2);
         assert!(matches!(r, Err(Error::Shape { .. })));
     }
 }

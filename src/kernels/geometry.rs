@@ -28,12 +28,7 @@ impl Padding2d {
 
     /// `(top, bottom)` rows and `(left, right)` columns, as Keras' `ZeroPadding2D(((t, b), (l, r)))`.
     pub const fn new(top: usize, bottom: usize, left: usize, right: usize) -> Self {
-        Padding2d {
-            top,
-            bottom,
-            left,
-            right,
-        }
+        Padding2d { top, bottom, left, right }
     }
 
     /// True when no side is padded.
@@ -58,13 +53,7 @@ pub enum Padding {
 
 impl Padding {
     /// The concrete amounts for an input of `in_hw`, under `window` (kernel, stride, dilation).
-    pub fn resolve(
-        &self,
-        in_hw: [usize; 2],
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        dilation: [usize; 2],
-    ) -> Padding2d {
+    pub fn resolve(&self, in_hw: [usize; 2], kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> Padding2d {
         match *self {
             Padding::Valid => Padding2d::default(),
             Padding::Explicit(p) => p,
@@ -73,20 +62,13 @@ impl Padding {
                     let (n, k, s, d) = (in_hw[i], kernel[i], stride[i].max(1), dilation[i]);
                     let out = n.div_ceil(s);
                     let span = d.saturating_mul(k.saturating_sub(1)).saturating_add(1);
-                    let need = (out.saturating_sub(1))
-                        .saturating_mul(s)
-                        .saturating_add(span);
+                    let need = (out.saturating_sub(1)).saturating_mul(s).saturating_add(span);
                     let pad = need.saturating_sub(n);
                     (pad / 2, pad - pad / 2)
                 };
                 let (top, bottom) = split(0);
                 let (left, right) = split(1);
-                Padding2d {
-                    top,
-                    bottom,
-                    left,
-                    right,
-                }
+                Padding2d { top, bottom, left, right }
             }
         }
     }
@@ -118,16 +100,9 @@ impl Window2d {
 
     /// Checks that no size is zero.
     pub fn validate(&self, layer: &str) -> Result<()> {
-        for (what, v) in [
-            ("kernel size", self.kernel),
-            ("stride", self.stride),
-            ("dilation", self.dilation),
-        ] {
+        for (what, v) in [("kernel size", self.kernel), ("stride", self.stride), ("dilation", self.dilation)] {
             if v[0] == 0 || v[1] == 0 {
-                return Err(Error::config(
-                    layer,
-                    format!("{what} must be at least 1, got {}x{}", v[0], v[1]),
-                ));
+                return Err(Error::config(layer, format!("{what} must be at least 1, got {}x{}", v[0], v[1])));
             }
         }
         Ok(())
@@ -136,12 +111,8 @@ impl Window2d {
     /// The spatial extent the window covers: `d(k-1) + 1` per axis.
     pub fn span(&self) -> [usize; 2] {
         [
-            self.dilation[0]
-                .saturating_mul(self.kernel[0] - 1)
-                .saturating_add(1),
-            self.dilation[1]
-                .saturating_mul(self.kernel[1] - 1)
-                .saturating_add(1),
+            self.dilation[0].saturating_mul(self.kernel[0] - 1).saturating_add(1),
+            self.dilation[1].saturating_mul(self.kernel[1] - 1).saturating_add(1),
         ]
     }
 
@@ -149,17 +120,11 @@ impl Window2d {
     /// window does not fit (an input smaller than the kernel under `Valid` padding).
     pub fn plan(&self, layer: &str, in_hw: [usize; 2]) -> Result<(Padding2d, [usize; 2])> {
         self.validate(layer)?;
-        let pad = self
-            .padding
-            .resolve(in_hw, self.kernel, self.stride, self.dilation);
+        let pad = self.padding.resolve(in_hw, self.kernel, self.stride, self.dilation);
         let span = self.span();
         let padded = [
-            in_hw[0]
-                .checked_add(pad.top)
-                .and_then(|v| v.checked_add(pad.bottom)),
-            in_hw[1]
-                .checked_add(pad.left)
-                .and_then(|v| v.checked_add(pad.right)),
+            in_hw[0].checked_add(pad.top).and_then(|v| v.checked_add(pad.bottom)),
+            in_hw[1].checked_add(pad.left).and_then(|v| v.checked_add(pad.right)),
         ];
         let [Some(ph), Some(pw)] = padded else {
             return Err(Error::overflow(layer, "the padded input size"));
@@ -174,10 +139,7 @@ impl Window2d {
                 format!("{}x{} (input {})", ph, pw, ShapeFmt(&in_hw)),
             ));
         }
-        let out = [
-            (ph - span[0]) / self.stride[0] + 1,
-            (pw - span[1]) / self.stride[1] + 1,
-        ];
+        let out = [(ph - span[0]) / self.stride[0] + 1, (pw - span[1]) / self.stride[1] + 1];
         Ok((pad, out))
     }
 }
@@ -210,10 +172,7 @@ impl ConvGeometry {
         if input[3] == 0 || out_channels == 0 {
             return Err(Error::config(
                 LAYER,
-                format!(
-                    "channels must be at least 1, got {} in and {out_channels} out",
-                    input[3]
-                ),
+                format!("channels must be at least 1, got {} in and {out_channels} out", input[3]),
             ));
         }
         let g = ConvGeometry {
@@ -227,24 +186,8 @@ impl ConvGeometry {
         };
         // Every size the kernels index with must fit in usize.
         crate::error::checked_product(LAYER, &[g.batch, g.in_hw[0], g.in_hw[1], g.in_channels])?;
-        crate::error::checked_product(
-            LAYER,
-            &[
-                g.batch,
-                g.out_hw[0],
-                g.out_hw[1],
-                g.out_channels.max(g.patch_len()),
-            ],
-        )?;
-        crate::error::checked_product(
-            LAYER,
-            &[
-                window.kernel[0],
-                window.kernel[1],
-                g.in_channels,
-                g.out_channels,
-            ],
-        )?;
+        crate::error::checked_product(LAYER, &[g.batch, g.out_hw[0], g.out_hw[1], g.out_channels.max(g.patch_len())])?;
+        crate::error::checked_product(LAYER, &[window.kernel[0], window.kernel[1], g.in_channels, g.out_channels])?;
         Ok(g)
     }
 
@@ -301,17 +244,10 @@ impl PoolGeometry {
     pub fn new(input: [usize; 4], window: Window2d) -> Result<Self> {
         const LAYER: &str = "pool2d kernel";
         if window.dilation != [1, 1] {
-            return Err(Error::config(
-                LAYER,
-                "pooling windows are dense (dilation 1)",
-            ));
+            return Err(Error::config(LAYER, "pooling windows are dense (dilation 1)"));
         }
         let (pad, out_hw) = window.plan(LAYER, [input[1], input[2]])?;
-        if pad.top >= window.kernel[0]
-            || pad.bottom >= window.kernel[0]
-            || pad.left >= window.kernel[1]
-            || pad.right >= window.kernel[1]
-        {
+        if pad.top >= window.kernel[0] || pad.bottom >= window.kernel[0] || pad.left >= window.kernel[1] || pad.right >= window.kernel[1] {
             return Err(Error::config(
                 LAYER,
                 format!(

@@ -11,13 +11,7 @@ use crate::error::{Error, Result};
 /// convolution is `rows x K` times `K x out_channels`. Taps that fall in the padding are
 /// written as zeros: every element of `out[..rows * K]` is written on every call, so a reused
 /// (or NaN-filled) buffer is safe.
-pub fn im2col(
-    input: &[f32],
-    g: &ConvGeometry,
-    first: usize,
-    rows: usize,
-    out: &mut [f32],
-) -> Result<()> {
+pub fn im2col(input: &[f32], g: &ConvGeometry, first: usize, rows: usize, out: &mut [f32]) -> Result<()> {
     let k = g.patch_len();
     let end = first.checked_add(rows).filter(|&e| e <= g.out_pixels());
     if input.len() != g.input_len() || end.is_none() || out.len() < rows * k {
@@ -29,11 +23,7 @@ pub fn im2col(
                 g.out_pixels(),
                 rows * k
             ),
-            format!(
-                "input of {}, pixels {first}..{first}+{rows}, output of {}",
-                input.len(),
-                out.len()
-            ),
+            format!("input of {}, pixels {first}..{first}+{rows}, output of {}", input.len(), out.len()),
         ));
     }
     im2col_unchecked(input, g, first, rows, out);
@@ -41,13 +31,7 @@ pub fn im2col(
 }
 
 /// [`im2col`] without the length checks; callers guarantee them.
-pub(crate) fn im2col_unchecked(
-    input: &[f32],
-    g: &ConvGeometry,
-    first: usize,
-    rows: usize,
-    out: &mut [f32],
-) {
+pub(crate) fn im2col_unchecked(input: &[f32], g: &ConvGeometry, first: usize, rows: usize, out: &mut [f32]) {
     let [ih, iw] = g.in_hw;
     let [oh, ow] = g.out_hw;
     let kw = g.window.kernel[1];

@@ -10,11 +10,7 @@ fn check(g: &PoolGeometry, input: &[f32], output: &[f32], what: &str) -> Result<
     if input.len() != g.input_len() || output.len() != g.output_len() {
         return Err(Error::shape(
             what,
-            format!(
-                "input of {} and output of {} elements",
-                g.input_len(),
-                g.output_len()
-            ),
+            format!("input of {} and output of {} elements", g.input_len(), g.output_len()),
             format!("input of {} and output of {}", input.len(), output.len()),
         ));
     }
@@ -98,25 +94,15 @@ pub fn global_avg_pool(input: &[f32], shape: [usize; 4], output: &mut [f32]) -> 
     if input.len() != want_in || output.len() != n * c || h * w == 0 {
         return Err(Error::shape(
             "global_avg_pool kernel",
-            format!(
-                "a non-empty input of {want_in} and an output of {} elements",
-                n * c
-            ),
-            format!(
-                "input of {} ({h}x{w} pixels) and output of {}",
-                input.len(),
-                output.len()
-            ),
+            format!("a non-empty input of {want_in} and an output of {} elements", n * c),
+            format!("input of {} ({h}x{w} pixels) and output of {}", input.len(), output.len()),
         ));
     }
     if c == 0 {
         return Ok(());
     }
     let inv = 1.0 / (h * w) as f32;
-    for (image, out) in input
-        .chunks_exact(h * w * c)
-        .zip(output.chunks_exact_mut(c))
-    {
+    for (image, out) in input.chunks_exact(h * w * c).zip(output.chunks_exact_mut(c)) {
         out.fill(0.0);
         for px in image.chunks_exact(c) {
             out.iter_mut().zip(px).for_each(|(o, &x)| *o += x);

@@ -21,13 +21,7 @@ pub fn gemm<T: Float>(m: usize, k: usize, n: usize, a: &[T], b: &[T], c: &mut [T
 
 /// Direct NHWC convolution with an HWIO kernel: for every output element, a sum over the
 /// window taps that fall inside the input (padding taps contribute zero), plus the bias.
-pub fn conv2d<T: Float>(
-    input: &[T],
-    g: &ConvGeometry,
-    kernel: &[T],
-    bias: Option<&[T]>,
-    output: &mut [T],
-) {
+pub fn conv2d<T: Float>(input: &[T], g: &ConvGeometry, kernel: &[T], bias: Option<&[T]>, output: &mut [T]) {
     let [ih, iw] = g.in_hw;
     let [oh, ow] = g.out_hw;
     let [kh, kw] = g.window.kernel;
@@ -64,15 +58,7 @@ pub fn conv2d<T: Float>(
 }
 
 /// Visits the input values under one pooling window (padding cells are skipped).
-fn pool_window(
-    input: &[f32],
-    g: &PoolGeometry,
-    n: usize,
-    oy: usize,
-    ox: usize,
-    c: usize,
-    mut f: impl FnMut(f32),
-) {
+fn pool_window(input: &[f32], g: &PoolGeometry, n: usize, oy: usize, ox: usize, c: usize, mut f: impl FnMut(f32)) {
     let [ih, iw] = g.in_hw;
     for ky in 0..g.window.kernel[0] {
         let iy = (oy * g.window.stride[0] + ky) as isize - g.pad.top as isize;
@@ -107,9 +93,7 @@ fn pool(input: &[f32], g: &PoolGeometry, output: &mut [f32], reduce: impl Fn(&[f
 
 /// Max pooling; padding never wins (Keras pads with -inf).
 pub fn max_pool2d(input: &[f32], g: &PoolGeometry, output: &mut [f32]) {
-    pool(input, g, output, |t| {
-        t.iter().copied().fold(f32::NEG_INFINITY, f32::max)
-    });
+    pool(input, g, output, |t| t.iter().copied().fold(f32::NEG_INFINITY, f32::max));
 }
 
 /// Average pooling over the real (non-padding) elements of each window, as Keras does.

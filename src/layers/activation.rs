@@ -75,11 +75,7 @@ impl Layer for Softmax {
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         if input.is_empty() {
-            return Err(Error::shape(
-                "Softmax",
-                "at least one axis",
-                format!("{}", ShapeFmt(input)),
-            ));
+            return Err(Error::shape("Softmax", "at least one axis", format!("{}", ShapeFmt(input))));
         }
         Ok(input.to_vec())
     }

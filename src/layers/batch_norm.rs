@@ -25,7 +25,10 @@ impl BatchNorm {
     /// Keras ResNets `1.001e-5`.
     pub fn new(channels: usize, epsilon: f32) -> Result<Self> {
         if channels == 0 || !(epsilon.is_finite() && epsilon >= 0.0) {
-            return Err(Error::config(NAME, format!("needs at least one channel and a finite epsilon >= 0, got {channels} channels, epsilon {epsilon}")));
+            return Err(Error::config(
+                NAME,
+                format!("needs at least one channel and a finite epsilon >= 0, got {channels} channels, epsilon {epsilon}"),
+            ));
         }
         Ok(BatchNorm {
             epsilon,
@@ -53,8 +56,7 @@ impl BatchNorm {
         ] {
             expect_param_shape(NAME, what, &[c], a.shape())?;
         }
-        (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance) =
-            (gamma, beta, moving_mean, moving_variance);
+        (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance) = (gamma, beta, moving_mean, moving_variance);
         Ok(bn)
     }
 
@@ -116,41 +118,17 @@ impl Layer for BatchNorm {
         Ok(y)
     }
 
-    fn visit_params(
-        &self,
-        path: &mut LayerPath,
-        f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>),
-    ) {
+    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
         f(path, ParamKind::Gamma, self.gamma.view().into_dyn());
         f(path, ParamKind::Beta, self.beta.view().into_dyn());
-        f(
-            path,
-            ParamKind::MovingMean,
-            self.moving_mean.view().into_dyn(),
-        );
-        f(
-            path,
-            ParamKind::MovingVariance,
-            self.moving_variance.view().into_dyn(),
-        );
+        f(path, ParamKind::MovingMean, self.moving_mean.view().into_dyn());
+        f(path, ParamKind::MovingVariance, self.moving_variance.view().into_dyn());
     }
 
-    fn visit_params_mut(
-        &mut self,
-        path: &mut LayerPath,
-        visitor: &mut dyn ParamVisitor,
-    ) -> Result<()> {
+    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
         visitor.visit(path, ParamKind::Gamma, self.gamma.view_mut().into_dyn())?;
         visitor.visit(path, ParamKind::Beta, self.beta.view_mut().into_dyn())?;
-        visitor.visit(
-            path,
-            ParamKind::MovingMean,
-            self.moving_mean.view_mut().into_dyn(),
-        )?;
-        visitor.visit(
-            path,
-            ParamKind::MovingVariance,
-            self.moving_variance.view_mut().into_dyn(),
-        )
+        visitor.visit(path, ParamKind::MovingMean, self.moving_mean.view_mut().into_dyn())?;
+        visitor.visit(path, ParamKind::MovingVariance, self.moving_variance.view_mut().into_dyn())
     }
 }

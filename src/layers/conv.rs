@@ -1,9 +1,6 @@
 use ndarray::{Array1, Array4, ArrayViewD};
 
-use super::{
-    as_slice, contiguous, expect_param_shape, nhwc, tensor, Layer, LayerPath, ParamKind,
-    ParamVisitor, Tensor,
-};
+use super::{as_slice, contiguous, expect_param_shape, nhwc, tensor, Layer, LayerPath, ParamKind, ParamVisitor, Tensor};
 use crate::error::{Error, Result};
 use crate::kernels::{self, ConvGeometry, Epilogue, Padding, Window2d};
 
@@ -86,12 +83,7 @@ impl Conv2dConfig {
 
     /// Shape of the kernel: `(kh, kw, in_channels, filters)`.
     pub fn kernel_shape(&self) -> [usize; 4] {
-        [
-            self.kernel_size[0],
-            self.kernel_size[1],
-            self.in_channels,
-            self.filters,
-        ]
+        [self.kernel_size[0], self.kernel_size[1], self.in_channels, self.filters]
     }
 
     fn validate(&self) -> Result<()> {
@@ -136,11 +128,7 @@ impl Conv2d {
 
     /// A convolution with the given HWIO kernel and bias (which must be present exactly when
     /// `config.use_bias`).
-    pub fn with_weights(
-        config: Conv2dConfig,
-        kernel: Array4<f32>,
-        bias: Option<Array1<f32>>,
-    ) -> Result<Self> {
+    pub fn with_weights(config: Conv2dConfig, kernel: Array4<f32>, bias: Option<Array1<f32>>) -> Result<Self> {
         let mut conv = Conv2d::new(config)?;
         conv.set_weights(kernel, bias)?;
         Ok(conv)
@@ -193,8 +181,7 @@ impl Conv2d {
                 format!("{c} (input {})", crate::error::ShapeFmt(input)),
             ));
         }
-        ConvGeometry::new([n, h, w, c], self.config.filters, self.config.window())
-            .map_err(|e| rename(e, NAME))
+        ConvGeometry::new([n, h, w, c], self.config.filters, self.config.window()).map_err(|e| rename(e, NAME))
     }
 }
 
@@ -210,10 +197,7 @@ pub(crate) fn rename(e: Error, layer: &str) -> Error {
             layer: layer.into(),
             reason,
         },
-        Error::Overflow { what, .. } => Error::Overflow {
-            layer: layer.into(),
-            what,
-        },
+        Error::Overflow { what, .. } => Error::Overflow { layer: layer.into(), what },
         other => other,
     }
 }
@@ -240,38 +224,18 @@ impl Layer for Conv2d {
             .kernel
             .as_slice()
             .ok_or_else(|| Error::config(NAME, "kernel is not contiguous"))?;
-        kernels::conv2d(
-            as_slice(&x),
-            &g,
-            kernel,
-            &epilogue,
-            &mut out,
-            &mut Vec::new(),
-        )
-        .map_err(|e| rename(e, NAME))?;
-        tensor(
-            NAME,
-            &[g.batch, g.out_hw[0], g.out_hw[1], g.out_channels],
-            out,
-        )
+        kernels::conv2d(as_slice(&x), &g, kernel, &epilogue, &mut out, &mut Vec::new()).map_err(|e| rename(e, NAME))?;
+        tensor(NAME, &[g.batch, g.out_hw[0], g.out_hw[1], g.out_channels], out)
     }
 
-    fn visit_params(
-        &self,
-        path: &mut LayerPath,
-        f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>),
-    ) {
+    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
         f(path, ParamKind::Kernel, self.kernel.view().into_dyn());
         if let Some(b) = &self.bias {
             f(path, ParamKind::Bias, b.view().into_dyn());
         }
     }
 
-    fn visit_params_mut(
-        &mut self,
-        path: &mut LayerPath,
-        visitor: &mut dyn ParamVisitor,
-    ) -> Result<()> {
+    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
         visitor.visit(path, ParamKind::Kernel, self.kernel.view_mut().into_dyn())?;
         if let Some(b) = &mut self.bias {
             visitor.visit(path, ParamKind::Bias, b.view_mut().into_dyn())?;

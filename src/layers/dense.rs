@@ -34,11 +34,7 @@ impl Dense {
     }
 
     /// A layer with the given `(in, out)` kernel and optional bias.
-    pub fn with_weights(
-        kernel: Array2<f32>,
-        bias: Option<Array1<f32>>,
-        activation: Option<Activation>,
-    ) -> Result<Self> {
+    pub fn with_weights(kernel: Array2<f32>, bias: Option<Array1<f32>>, activation: Option<Activation>) -> Result<Self> {
         let (i, o) = kernel.dim();
         let mut d = Dense::new(i, o, activation)?;
         if let Some(b) = &bias {
@@ -102,8 +98,7 @@ impl Layer for Dense {
             .into_dimensionality::<Ix2>()
             .map_err(|e| Error::shape(NAME, "a rank-2 batch", e.to_string()))?;
         let mut y = Array2::<f32>::zeros((n, self.units()));
-        kernels::sgemm(1.0, x2, self.kernel.view(), 0.0, y.view_mut())
-            .map_err(|e| super::conv::rename(e, NAME))?;
+        kernels::sgemm(1.0, x2, self.kernel.view(), 0.0, y.view_mut()).map_err(|e| super::conv::rename(e, NAME))?;
         if let Some(b) = &self.bias {
             y += b;
         }
@@ -114,22 +109,14 @@ impl Layer for Dense {
         Ok(y)
     }
 
-    fn visit_params(
-        &self,
-        path: &mut LayerPath,
-        f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>),
-    ) {
+    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
         f(path, ParamKind::Kernel, self.kernel.view().into_dyn());
         if let Some(b) = &self.bias {
             f(path, ParamKind::Bias, b.view().into_dyn());
         }
     }
 
-    fn visit_params_mut(
-        &mut self,
-        path: &mut LayerPath,
-        visitor: &mut dyn ParamVisitor,
-    ) -> Result<()> {
+    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
         visitor.visit(path, ParamKind::Kernel, self.kernel.view_mut().into_dyn())?;
         if let Some(b) = &mut self.bias {
             visitor.visit(path, ParamKind::Bias, b.view_mut().into_dyn())?;

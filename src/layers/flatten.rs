@@ -13,16 +13,9 @@ impl Layer for Flatten {
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         if input.len() < 2 {
-            return Err(Error::shape(
-                "Flatten",
-                "a batch of rank >= 2",
-                format!("{}", ShapeFmt(input)),
-            ));
+            return Err(Error::shape("Flatten", "a batch of rank >= 2", format!("{}", ShapeFmt(input))));
         }
-        Ok(vec![
-            input[0],
-            crate::error::checked_product("Flatten", &input[1..])?,
-        ])
+        Ok(vec![input[0], crate::error::checked_product("Flatten", &input[1..])?])
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

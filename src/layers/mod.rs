@@ -56,40 +56,21 @@ pub trait Layer: Send + Sync + fmt::Debug {
 
     /// Like [`forward`](Layer::forward), and calls `tap` with the path and output of every
     /// named sub-layer (containers override this; leaves have nothing inside to show).
-    fn forward_tapped(
-        &self,
-        x: &Tensor,
-        _path: &mut LayerPath,
-        _tap: &mut Tap<'_>,
-    ) -> Result<Tensor> {
+    fn forward_tapped(&self, x: &Tensor, _path: &mut LayerPath, _tap: &mut Tap<'_>) -> Result<Tensor> {
         self.forward(x)
     }
 
     /// Shows every parameter tensor, read-only, with its path and kind.
-    fn visit_params(
-        &self,
-        _path: &mut LayerPath,
-        _f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>),
-    ) {
-    }
+    fn visit_params(&self, _path: &mut LayerPath, _f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {}
 
     /// Hands every parameter tensor, writable, to `visitor` (weight loaders use this).
-    fn visit_params_mut(
-        &mut self,
-        _path: &mut LayerPath,
-        _visitor: &mut dyn ParamVisitor,
-    ) -> Result<()> {
+    fn visit_params_mut(&mut self, _path: &mut LayerPath, _visitor: &mut dyn ParamVisitor) -> Result<()> {
         Ok(())
     }
 
     /// Appends this layer's summary rows (containers: one per sub-layer) and returns the
     /// output shape.
-    fn summarize(
-        &self,
-        path: &mut LayerPath,
-        input: &[usize],
-        rows: &mut Vec<SummaryRow>,
-    ) -> Result<Vec<usize>> {
+    fn summarize(&self, path: &mut LayerPath, input: &[usize], rows: &mut Vec<SummaryRow>) -> Result<Vec<usize>> {
         let output = self.output_shape(input)?;
         rows.push(SummaryRow {
             path: path.clone(),
@@ -103,9 +84,7 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// Trainable and non-trainable parameter counts.
     fn param_count(&self) -> ParamCount {
         let mut count = ParamCount::default();
-        self.visit_params(&mut LayerPath::default(), &mut |_, kind, v| {
-            count.add(kind, v.len())
-        });
+        self.visit_params(&mut LayerPath::default(), &mut |_, kind, v| count.add(kind, v.len()));
         count
     }
 }
@@ -137,22 +116,12 @@ pub(crate) fn as_slice<'a>(x: &'a CowArray<'_, f32, IxDyn>) -> &'a [f32] {
 /// Builds a tensor of `shape` from `data`, mapping ndarray's error into ours.
 pub(crate) fn tensor(layer: &str, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
     let len = data.len();
-    ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|_| {
-        Error::shape(
-            layer,
-            format!("{} elements for {}", len, ShapeFmt(shape)),
-            format!("{len}"),
-        )
-    })
+    ArrayD::from_shape_vec(IxDyn(shape), data)
+        .map_err(|_| Error::shape(layer, format!("{} elements for {}", len, ShapeFmt(shape)), format!("{len}")))
 }
 
 /// Checks that a parameter tensor handed in by a caller has the shape the layer needs.
-pub(crate) fn expect_param_shape(
-    layer: &str,
-    what: &str,
-    want: &[usize],
-    got: &[usize],
-) -> Result<()> {
+pub(crate) fn expect_param_shape(layer: &str, what: &str, want: &[usize], got: &[usize]) -> Result<()> {
     if want != got {
         return Err(Error::shape(
             layer,

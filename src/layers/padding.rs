@@ -46,8 +46,7 @@ impl Layer for ZeroPadding2d {
         let p = self.padding;
         let mut y = ArrayD::zeros(IxDyn(&out));
         let (h, w) = (x.shape()[1], x.shape()[2]);
-        y.slice_mut(s![.., p.top..p.top + h, p.left..p.left + w, ..])
-            .assign(x);
+        y.slice_mut(s![.., p.top..p.top + h, p.left..p.left + w, ..]).assign(x);
         Ok(y)
     }
 }

@@ -134,10 +134,5 @@ impl std::ops::Add for ParamCount {
 pub trait ParamVisitor {
     /// Called once per parameter tensor with its layer path and kind; the visitor may
     /// overwrite the values (not the shape).
-    fn visit(
-        &mut self,
-        path: &LayerPath,
-        kind: ParamKind,
-        value: ArrayViewMutD<'_, f32>,
-    ) -> Result<()>;
+    fn visit(&mut self, path: &LayerPath, kind: ParamKind, value: ArrayViewMutD<'_, f32>) -> Result<()>;
 }

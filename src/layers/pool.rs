@@ -136,8 +136,7 @@ impl Layer for GlobalAvgPool {
         let dims = nhwc("GlobalAveragePooling2D", x.shape())?;
         let x = contiguous(x);
         let mut y = vec![0.0; out[0] * out[1]];
-        kernels::global_avg_pool(as_slice(&x), dims, &mut y)
-            .map_err(|e| super::conv::rename(e, "GlobalAveragePooling2D"))?;
+        kernels::global_avg_pool(as_slice(&x), dims, &mut y).map_err(|e| super::conv::rename(e, "GlobalAveragePooling2D"))?;
         tensor("GlobalAveragePooling2D", &out, y)
     }
 }

@@ -1,9 +1,6 @@
 use ndarray::ArrayViewD;
 
-use super::{
-    Activation, Layer, LayerPath, ParamCount, ParamKind, ParamVisitor, Sequential, SummaryRow, Tap,
-    Tensor,
-};
+use super::{Activation, Layer, LayerPath, ParamCount, ParamKind, ParamVisitor, Sequential, SummaryRow, Tap, Tensor};
 use crate::error::{Error, Result, ShapeFmt};
 
 const NAME: &str = "Residual";
@@ -23,11 +20,7 @@ pub struct Residual {
 
 impl Residual {
     /// A residual block; `activation` runs after the add (ResNets use `Some(Activation::Relu)`).
-    pub fn new(
-        main: Sequential,
-        shortcut: Option<Sequential>,
-        activation: Option<Activation>,
-    ) -> Result<Self> {
+    pub fn new(main: Sequential, shortcut: Option<Sequential>, activation: Option<Activation>) -> Result<Self> {
         if let Some(s) = &shortcut {
             if let Some((name, _)) = s.iter().find(|(n, _)| main.get(n).is_some()) {
                 return Err(Error::config(
@@ -113,12 +106,7 @@ impl Layer for Residual {
         }
     }
 
-    fn forward_tapped(
-        &self,
-        x: &Tensor,
-        path: &mut LayerPath,
-        tap: &mut Tap<'_>,
-    ) -> Result<Tensor> {
+    fn forward_tapped(&self, x: &Tensor, path: &mut LayerPath, tap: &mut Tap<'_>) -> Result<Tensor> {
         let main = self.main.forward_tapped(x, path, tap)?;
         match &self.shortcut {
             Some(s) => {
@@ -129,22 +117,14 @@ impl Layer for Residual {
         }
     }
 
-    fn visit_params(
-        &self,
-        path: &mut LayerPath,
-        f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>),
-    ) {
+    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
         self.main.visit_params(path, f);
         if let Some(s) = &self.shortcut {
             s.visit_params(path, f);
         }
     }
 
-    fn visit_params_mut(
-        &mut self,
-        path: &mut LayerPath,
-        visitor: &mut dyn ParamVisitor,
-    ) -> Result<()> {
+    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
         self.main.visit_params_mut(path, visitor)?;
         if let Some(s) = &mut self.shortcut {
             s.visit_params_mut(path, visitor)?;
@@ -152,12 +132,7 @@ impl Layer for Residual {
         Ok(())
     }
 
-    fn summarize(
-        &self,
-        path: &mut LayerPath,
-        input: &[usize],
-        rows: &mut Vec<SummaryRow>,
-    ) -> Result<Vec<usize>> {
+    fn summarize(&self, path: &mut LayerPath, input: &[usize], rows: &mut Vec<SummaryRow>) -> Result<Vec<usize>> {
         let main = self.main.summarize(path, input, rows)?;
         let short = match &self.shortcut {
             Some(s) => s.summarize(path, input, rows)?,
@@ -173,10 +148,12 @@ impl Layer for Residual {
             params: ParamCount::default(),
         };
         if self.activation.is_some() {
-            let add = if path.leaf().is_empty() {
+            // `res2a_add` under a named block; plain `add` under an indexed one (`layer1.0.add`).
+            let leaf = path.leaf();
+            let add = if leaf.is_empty() || leaf.bytes().all(|b| b.is_ascii_digit()) {
                 "add".to_string()
             } else {
-                format!("{}_add", path.leaf())
+                format!("{leaf}_add")
             };
             rows.push(row(path.scoped(&add, |p| p.clone()), "Add"));
             rows.push(row(path.clone(), "Activation"));

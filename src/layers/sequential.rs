@@ -25,20 +25,12 @@ impl Sequential {
     }
 
     /// Appends `layer` under `name`; names must be non-empty, without `/`, and unique here.
-    pub fn push(
-        &mut self,
-        name: impl Into<String>,
-        layer: impl Layer + 'static,
-    ) -> Result<&mut Self> {
+    pub fn push(&mut self, name: impl Into<String>, layer: impl Layer + 'static) -> Result<&mut Self> {
         self.push_boxed(name, Box::new(layer))
     }
 
     /// [`push`](Sequential::push) for a layer that is already boxed.
-    pub fn push_boxed(
-        &mut self,
-        name: impl Into<String>,
-        layer: Box<dyn Layer>,
-    ) -> Result<&mut Self> {
+    pub fn push_boxed(&mut self, name: impl Into<String>, layer: Box<dyn Layer>) -> Result<&mut Self> {
         let name = name.into();
         if name.is_empty() || name.contains('/') {
             return Err(Error::config(
@@ -47,10 +39,7 @@ impl Sequential {
             ));
         }
         if self.get(&name).is_some() {
-            return Err(Error::config(
-                "Sequential",
-                format!("the name {name:?} is used twice"),
-            ));
+            return Err(Error::config("Sequential", format!("the name {name:?} is used twice")));
         }
         self.layers.push((name, layer));
         Ok(self)
@@ -79,18 +68,12 @@ impl Sequential {
 
     /// The direct child called `name`.
     pub fn get(&self, name: &str) -> Option<&dyn Layer> {
-        self.layers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, l)| l.as_ref())
+        self.layers.iter().find(|(n, _)| n == name).map(|(_, l)| l.as_ref())
     }
 
     /// The direct child called `name`, mutable.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Box<dyn Layer>> {
-        self.layers
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .map(|(_, l)| l)
+        self.layers.iter_mut().find(|(n, _)| n == name).map(|(_, l)| l)
     }
 
     /// The children, mutable, with their names (for passes that rewrite a model).
@@ -107,11 +90,7 @@ impl Sequential {
 
     /// Runs the model and returns the outputs of the named sub-layers whose paths (as
     /// displayed, e.g. `res2c` or `layer1/0/conv1`) are in `names`, plus the final output.
-    pub fn forward_with_taps(
-        &self,
-        x: &Tensor,
-        names: &[&str],
-    ) -> Result<(Tensor, Vec<(String, Tensor)>)> {
+    pub fn forward_with_taps(&self, x: &Tensor, names: &[&str]) -> Result<(Tensor, Vec<(String, Tensor)>)> {
         let mut taps = Vec::new();
         let y = self.forward_tapped(x, &mut LayerPath::default(), &mut |path, t| {
             let p = path.to_string();
@@ -129,11 +108,9 @@ impl Layer for Sequential {
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        self.layers
-            .iter()
-            .try_fold(input.to_vec(), |shape, (name, l)| {
-                l.output_shape(&shape).map_err(|e| e.in_layer(name))
-            })
+        self.layers.iter().try_fold(input.to_vec(), |shape, (name, l)| {
+            l.output_shape(&shape).map_err(|e| e.in_layer(name))
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -147,18 +124,11 @@ impl Layer for Sequential {
         Ok(y)
     }
 
-    fn forward_tapped(
-        &self,
-        x: &Tensor,
-        path: &mut LayerPath,
-        tap: &mut Tap<'_>,
-    ) -> Result<Tensor> {
+    fn forward_tapped(&self, x: &Tensor, path: &mut LayerPath, tap: &mut Tap<'_>) -> Result<Tensor> {
         let mut y = x.clone();
         for (name, l) in &self.layers {
             path.push(name);
-            let r = l
-                .forward_tapped(&y, path, tap)
-                .map_err(|e| e.in_layer(name));
+            let r = l.forward_tapped(&y, path, tap).map_err(|e| e.in_layer(name));
             if let Ok(out) = &r {
                 tap(path, out);
             }
@@ -168,38 +138,23 @@ impl Layer for Sequential {
         Ok(y)
     }
 
-    fn visit_params(
-        &self,
-        path: &mut LayerPath,
-        f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>),
-    ) {
+    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
         for (name, l) in &self.layers {
             path.scoped(name, |p| l.visit_params(p, f));
         }
     }
 
-    fn visit_params_mut(
-        &mut self,
-        path: &mut LayerPath,
-        visitor: &mut dyn ParamVisitor,
-    ) -> Result<()> {
+    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
         for (name, l) in &mut self.layers {
             path.scoped(name, |p| l.visit_params_mut(p, visitor))?;
         }
         Ok(())
     }
 
-    fn summarize(
-        &self,
-        path: &mut LayerPath,
-        input: &[usize],
-        rows: &mut Vec<SummaryRow>,
-    ) -> Result<Vec<usize>> {
+    fn summarize(&self, path: &mut LayerPath, input: &[usize], rows: &mut Vec<SummaryRow>) -> Result<Vec<usize>> {
         let mut shape = input.to_vec();
         for (name, l) in &self.layers {
-            shape = path
-                .scoped(name, |p| l.summarize(p, &shape, rows))
-                .map_err(|e| e.in_layer(name))?;
+            shape = path.scoped(name, |p| l.summarize(p, &shape, rows)).map_err(|e| e.in_layer(name))?;
         }
         Ok(shape)
     }

@@ -46,9 +46,7 @@ impl Summary {
 
     /// Sum over the rows.
     pub fn total(&self) -> ParamCount {
-        self.rows
-            .iter()
-            .fold(ParamCount::default(), |acc, r| acc + r.params)
+        self.rows.iter().fold(ParamCount::default(), |acc, r| acc + r.params)
     }
 }
 
@@ -105,13 +103,7 @@ impl fmt::Display for Summary {
         writeln!(f, "{}", "_".repeat(width))?;
         writeln!(f, " {:<w0$}{:<w1$}Param #", "Layer (type)", "Output Shape")?;
         writeln!(f, "{}", "=".repeat(width))?;
-        writeln!(
-            f,
-            " {:<w0$}{:<w1$}{}",
-            "input (InputLayer)",
-            keras_shape(&self.input_shape),
-            0
-        )?;
+        writeln!(f, " {:<w0$}{:<w1$}{}", "input (InputLayer)", keras_shape(&self.input_shape), 0)?;
         for (r, name) in self.rows.iter().zip(&names) {
             writeln!(
                 f,

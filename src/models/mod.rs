@@ -3,6 +3,5 @@
 pub mod resnet;
 
 pub use resnet::{
-    BasicBlock, BlockConfig, BlockKind, BlockNames, Bottleneck, Depth, Head, NameStyle, PadMode,
-    ResNet, ResNetConfig, StridePlacement,
+    BasicBlock, BlockConfig, BlockKind, BlockNames, Bottleneck, Depth, Head, NameStyle, PadMode, ResNet, ResNetConfig, StridePlacement,
 };

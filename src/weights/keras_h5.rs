@@ -17,12 +17,8 @@ fn strings(v: &AttrValue) -> Option<Vec<String>> {
         | AttrValue::AsciiStringArray(v)
         | AttrValue::VarLenStringArray(v)
         | AttrValue::VarLenAsciiStringArray(v) => v.clone(),
-        AttrValue::StringArraySized { values, .. }
-        | AttrValue::AsciiStringArraySized { values, .. } => values.clone(),
-        AttrValue::String(s)
-        | AttrValue::AsciiString(s)
-        | AttrValue::VarLenString(s)
-        | AttrValue::VarLenAsciiString(s) => vec![s.clone()],
+        AttrValue::StringArraySized { values, .. } | AttrValue::AsciiStringArraySized { values, .. } => values.clone(),
+        AttrValue::String(s) | AttrValue::AsciiString(s) | AttrValue::VarLenString(s) | AttrValue::VarLenAsciiString(s) => vec![s.clone()],
         AttrValue::StringSized { value, .. } | AttrValue::AsciiStringSized { value, .. } => {
             vec![value.clone()]
         }
@@ -35,18 +31,9 @@ fn strings(v: &AttrValue) -> Option<Vec<String>> {
 }
 
 /// Reads attribute `name`, or its chunks `name0`, `name1`, ... (Keras splits long lists).
-fn string_list(
-    attrs: &HashMap<String, AttrValue>,
-    name: &str,
-    file: &WeightFile,
-    owner: &str,
-) -> Result<Option<Vec<String>>> {
+fn string_list(attrs: &HashMap<String, AttrValue>, name: &str, file: &WeightFile, owner: &str) -> Result<Option<Vec<String>>> {
     let decode = |key: &str, v: &AttrValue| {
-        strings(v).ok_or_else(|| {
-            file.format_error(format!(
-                "attribute {key} of {owner} is not a list of strings"
-            ))
-        })
+        strings(v).ok_or_else(|| file.format_error(format!("attribute {key} of {owner} is not a list of strings")))
     };
     if let Some(v) = attrs.get(name) {
         return decode(name, v).map(Some);
@@ -68,10 +55,7 @@ fn canonical_slot(layer: &str, weight_name: &str) -> String {
         Some((head, tail)) if tail.bytes().all(|b| b.is_ascii_digit()) => head,
         _ => last,
     };
-    let bare = bare
-        .strip_prefix(layer)
-        .and_then(|s| s.strip_prefix('_'))
-        .unwrap_or(bare);
+    let bare = bare.strip_prefix(layer).and_then(|s| s.strip_prefix('_')).unwrap_or(bare);
     match bare {
         "kernel" | "W" => "kernel",
         "bias" | "b" => "bias",
@@ -94,12 +78,8 @@ pub(super) fn read(bytes: Vec<u8>, name: &str) -> Result<WeightFile> {
         .ok_or_else(|| out.format_error("no layer_names attribute at the root: not a Keras weights file (a full saved model keeps them under model_weights/, save the weights alone)"))?;
     let mut tensors = Vec::new();
     for layer in &layers {
-        let group = root
-            .group(layer)
-            .map_err(|e| h5err(e, &format!("layer group {layer}")))?;
-        let attrs = group
-            .attrs()
-            .map_err(|e| h5err(e, &format!("attributes of {layer}")))?;
+        let group = root.group(layer).map_err(|e| h5err(e, &format!("layer group {layer}")))?;
+        let attrs = group.attrs().map_err(|e| h5err(e, &format!("attributes of {layer}")))?;
         let weights = string_list(&attrs, "weight_names", &out, layer)?.unwrap_or_default();
         for w in weights {
             let key = format!("{layer}/{}", canonical_slot(layer, &w));
@@ -113,29 +93,17 @@ pub(super) fn read(bytes: Vec<u8>, name: &str) -> Result<WeightFile> {
     Ok(out)
 }
 
-fn read_dataset(
-    group: &Group,
-    layer: &str,
-    weight: &str,
-    file_len: usize,
-    out: &WeightFile,
-) -> Result<StoredTensor> {
+fn read_dataset(group: &Group, layer: &str, weight: &str, file_len: usize, out: &WeightFile) -> Result<StoredTensor> {
     let at = format!("{layer}/{weight}");
-    let ds = group
-        .dataset(weight)
-        .map_err(|e| out.format_error(format!("dataset {at}: {e}")))?;
+    let ds = group.dataset(weight).map_err(|e| out.format_error(format!("dataset {at}: {e}")))?;
     let shape: Vec<usize> = ds
         .shape()
         .map_err(|e| out.format_error(format!("shape of {at}: {e}")))?
         .into_iter()
-        .map(|d| {
-            usize::try_from(d).map_err(|_| out.format_error(format!("{at} has a dimension of {d}")))
-        })
+        .map(|d| usize::try_from(d).map_err(|_| out.format_error(format!("{at} has a dimension of {d}"))))
         .collect::<Result<_>>()?;
     let count = crate::error::checked_product(&at, &shape)?;
-    let dtype = ds
-        .dtype()
-        .map_err(|e| out.format_error(format!("type of {at}: {e}")))?;
+    let dtype = ds.dtype().map_err(|e| out.format_error(format!("type of {at}: {e}")))?;
     let width = match dtype {
         DType::F32 => 4,
         DType::F64 => 8,
@@ -154,14 +122,9 @@ fn read_dataset(
             "{at} declares {count} values of {width} bytes, more than the file's {file_len} bytes"
         )));
     }
-    let data = ds
-        .read_f32()
-        .map_err(|e| out.format_error(format!("data of {at}: {e}")))?;
+    let data = ds.read_f32().map_err(|e| out.format_error(format!("data of {at}: {e}")))?;
     if data.len() != count {
-        return Err(out.format_error(format!(
-            "{at} holds {} values for its shape {shape:?}",
-            data.len()
-        )));
+        return Err(out.format_error(format!("{at} holds {} values for its shape {shape:?}", data.len())));
     }
     StoredTensor::new(shape, data)
 }
@@ -175,17 +138,8 @@ mod tests {
         assert_eq!(canonical_slot("conv1", "conv1/kernel:0"), "kernel");
         assert_eq!(canonical_slot("conv1", "conv1_W:0"), "kernel");
         assert_eq!(canonical_slot("conv1", "conv1_b:0"), "bias");
-        assert_eq!(
-            canonical_slot("bn_conv1", "bn_conv1_running_std:0"),
-            "moving_variance"
-        );
-        assert_eq!(
-            canonical_slot("bn_conv1", "bn_conv1/moving_mean:0"),
-            "moving_mean"
-        );
-        assert_eq!(
-            canonical_slot("bn2a_branch2a", "bn2a_branch2a_gamma:0"),
-            "gamma"
-        );
+        assert_eq!(canonical_slot("bn_conv1", "bn_conv1_running_std:0"), "moving_variance");
+        assert_eq!(canonical_slot("bn_conv1", "bn_conv1/moving_mean:0"), "moving_mean");
+        assert_eq!(canonical_slot("bn2a_branch2a", "bn2a_branch2a_gamma:0"), "gamma");
     }
 }

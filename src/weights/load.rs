@@ -93,13 +93,9 @@ impl fmt::Display for LoadReport {
 
 /// Converts a stored tensor to the model's layout: PyTorch conv kernels `(O, I, H, W)` to
 /// HWIO, `Linear` weights `(out, in)` to `(in, out)`; Keras tensors are already there.
-fn to_model_layout(
-    convention: Convention,
-    kind: ParamKind,
-    t: &StoredTensor,
-) -> Result<ndarray::ArrayD<f32>> {
-    let a = ArrayViewD::from_shape(IxDyn(&t.shape), &t.data)
-        .map_err(|e| Error::shape("weights", format!("{:?}", t.shape), e.to_string()))?;
+fn to_model_layout(convention: Convention, kind: ParamKind, t: &StoredTensor) -> Result<ndarray::ArrayD<f32>> {
+    let a =
+        ArrayViewD::from_shape(IxDyn(&t.shape), &t.data).map_err(|e| Error::shape("weights", format!("{:?}", t.shape), e.to_string()))?;
     let a = match (convention, kind, t.shape.len()) {
         (Convention::Torch, ParamKind::Kernel, 4) => a.permuted_axes(IxDyn(&[2, 3, 1, 0])),
         (Convention::Torch, ParamKind::Kernel, 2) => a.reversed_axes(),
@@ -117,17 +113,10 @@ struct Matcher<'a> {
 }
 
 impl ParamVisitor for Matcher<'_> {
-    fn visit(
-        &mut self,
-        path: &LayerPath,
-        kind: ParamKind,
-        mut value: ArrayViewMutD<'_, f32>,
-    ) -> Result<()> {
+    fn visit(&mut self, path: &LayerPath, kind: ParamKind, mut value: ArrayViewMutD<'_, f32>) -> Result<()> {
         let key = self.file.convention.key(path, kind);
         let Some(stored) = self.file.tensors.get(&key) else {
-            self.report
-                .missing
-                .push(format!("{path} ({}) <- {key}", kind.keras_name()));
+            self.report.missing.push(format!("{path} ({}) <- {key}", kind.keras_name()));
             return Ok(());
         };
         self.used.insert(key.clone());
@@ -177,12 +166,7 @@ impl WeightFile {
             report: LoadReport::default(),
         };
         model.visit_params_mut(&mut LayerPath::default(), &mut dry)?;
-        dry.report.unused = self
-            .tensors
-            .keys()
-            .filter(|k| !dry.used.contains(*k))
-            .cloned()
-            .collect();
+        dry.report.unused = self.tensors.keys().filter(|k| !dry.used.contains(*k)).cloned().collect();
         let report = dry.report;
         if options.strict {
             if let Some(m) = report.mismatched.first() {

@@ -140,11 +140,7 @@ impl WeightFile {
 
     /// A weights source from tensors already in memory (e.g. read from `.npy` files), named in
     /// `convention`.
-    pub fn from_tensors(
-        name: &str,
-        convention: Convention,
-        tensors: impl IntoIterator<Item = (String, StoredTensor)>,
-    ) -> Result<Self> {
+    pub fn from_tensors(name: &str, convention: Convention, tensors: impl IntoIterator<Item = (String, StoredTensor)>) -> Result<Self> {
         let mut file = WeightFile {
             name: name.into(),
             format: "in-memory",

@@ -104,17 +104,12 @@ impl<'a> Machine<'a> {
 
     fn u64(&mut self) -> PResult<u64> {
         let b = self.take(8)?;
-        Ok(u64::from_le_bytes([
-            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-        ]))
+        Ok(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
     }
 
     fn line(&mut self) -> PResult<String> {
         let rest = &self.data[self.pos..];
-        let n = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or("unterminated GLOBAL")?;
+        let n = rest.iter().position(|&b| b == b'\n').ok_or("unterminated GLOBAL")?;
         let s = String::from_utf8(rest[..n].to_vec()).map_err(|_| "GLOBAL name is not UTF-8")?;
         self.pos += n + 1;
         Ok(s)
@@ -122,41 +117,27 @@ impl<'a> Machine<'a> {
 
     fn text(&mut self, n: usize) -> PResult<Value> {
         let b = self.take(n)?;
-        Ok(Value::Str(
-            String::from_utf8(b.to_vec()).map_err(|_| "string is not UTF-8")?,
-        ))
+        Ok(Value::Str(String::from_utf8(b.to_vec()).map_err(|_| "string is not UTF-8")?))
     }
 
     fn pop(&mut self) -> PResult<Value> {
-        self.stack
-            .pop()
-            .ok_or_else(|| "stack underflow".to_string())
+        self.stack.pop().ok_or_else(|| "stack underflow".to_string())
     }
 
     fn top(&mut self) -> PResult<&mut Value> {
-        self.stack
-            .last_mut()
-            .ok_or_else(|| "stack underflow".to_string())
+        self.stack.last_mut().ok_or_else(|| "stack underflow".to_string())
     }
 
     /// Pops everything down to the last MARK.
     fn pop_mark(&mut self) -> PResult<Vec<Value>> {
-        let at = self
-            .stack
-            .iter()
-            .rposition(|v| *v == Value::Mark)
-            .ok_or("MARK missing")?;
+        let at = self.stack.iter().rposition(|v| *v == Value::Mark).ok_or("MARK missing")?;
         let items = self.stack.split_off(at + 1);
         self.stack.pop();
         Ok(items)
     }
 
     fn memo_get(&mut self, k: u32) -> PResult<()> {
-        let v = self
-            .memo
-            .get(&k)
-            .cloned()
-            .ok_or_else(|| format!("memo key {k} unset"))?;
+        let v = self.memo.get(&k).cloned().ok_or_else(|| format!("memo key {k} unset"))?;
         self.stack.push(v);
         Ok(())
     }
@@ -202,15 +183,8 @@ impl<'a> Machine<'a> {
         let v = match func.as_str() {
             "collections.OrderedDict" if args.is_empty() => Value::Dict(Vec::new()),
             "torch._utils._rebuild_tensor_v2" => rebuild_tensor(args)?,
-            "torch._utils._rebuild_parameter" => args
-                .into_iter()
-                .next()
-                .ok_or("_rebuild_parameter without data")?,
-            other => {
-                return Err(format!(
-                    "call of {other} with these arguments is not part of a state_dict"
-                ))
-            }
+            "torch._utils._rebuild_parameter" => args.into_iter().next().ok_or("_rebuild_parameter without data")?,
+            other => return Err(format!("call of {other} with these arguments is not part of a state_dict")),
         };
         self.stack.push(v);
         Ok(())
@@ -222,13 +196,9 @@ impl<'a> Machine<'a> {
             return Err("persistent id is not a tuple".into());
         };
         match t.as_slice() {
-            [Value::Str(tag), Value::Global(ty), Value::Str(key), _location, Value::Int(numel)]
-                if tag == "storage" =>
-            {
-                let dtype =
-                    storage_dtype(ty).ok_or_else(|| format!("{ty} is not a storage type"))?;
-                let numel = usize::try_from(*numel)
-                    .map_err(|_| format!("storage {key} has {numel} elements"))?;
+            [Value::Str(tag), Value::Global(ty), Value::Str(key), _location, Value::Int(numel)] if tag == "storage" => {
+                let dtype = storage_dtype(ty).ok_or_else(|| format!("{ty} is not a storage type"))?;
+                let numel = usize::try_from(*numel).map_err(|_| format!("storage {key} has {numel} elements"))?;
                 self.stack.push(Value::Storage {
                     dtype: dtype.into(),
                     key: key.clone(),
@@ -284,9 +254,8 @@ impl<'a> Machine<'a> {
                 }
                 b'G' => {
                     let b = self.take(8)?;
-                    self.stack.push(Value::Float(f64::from_be_bytes([
-                        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-                    ])));
+                    self.stack
+                        .push(Value::Float(f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])));
                 }
                 b'X' => {
                     let n = self.u32()? as usize;
@@ -441,12 +410,17 @@ fn rebuild_tensor(args: Vec<Value>) -> PResult<Value> {
     }
     // The furthest element the view reaches must lie inside the storage.
     if !shape.contains(&0) {
-        let last = shape.iter().zip(&stride).try_fold(offset, |acc, (&d, &s)| {
-            (d - 1).checked_mul(s).and_then(|v| v.checked_add(acc))
-        });
+        let last = shape
+            .iter()
+            .zip(&stride)
+            .try_fold(offset, |acc, (&d, &s)| (d - 1).checked_mul(s).and_then(|v| v.checked_add(acc)));
         match last {
             Some(l) if l < *numel => {}
-            _ => return Err(format!("tensor view {shape:?}/{stride:?}+{offset} reaches past its storage of {numel} elements")),
+            _ => {
+                return Err(format!(
+                    "tensor view {shape:?}/{stride:?}+{offset} reaches past its storage of {numel} elements"
+                ))
+            }
         }
     }
     Ok(Value::Tensor(TensorRef {

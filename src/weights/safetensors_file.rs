@@ -20,12 +20,8 @@ pub(super) fn read(bytes: &[u8], name: &str) -> Result<WeightFile> {
             other => &format!("{other:?}"),
         };
         let data = floats_from_le(view.data(), dtype, name, &key)?;
-        let t = StoredTensor::new(view.shape().to_vec(), data).map_err(|_| {
-            out.format_error(format!(
-                "{key}: data does not fill its shape {:?}",
-                view.shape()
-            ))
-        })?;
+        let t = StoredTensor::new(view.shape().to_vec(), data)
+            .map_err(|_| out.format_error(format!("{key}: data does not fill its shape {:?}", view.shape())))?;
         out.insert(key, t)?;
     }
     Ok(out)

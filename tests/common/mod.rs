@@ -10,9 +10,7 @@ use ndarray_npy::{NpzReader, ReadNpyExt};
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
 }
 
 /// Reads a float32 `.npy` file.
@@ -29,20 +27,14 @@ pub fn npz(rel: &str) -> NpzReader<File> {
 /// Reads array `name` from an open `.npz`, or `None` if absent.
 pub fn npz_array(z: &mut NpzReader<File>, name: &str) -> Option<ArrayD<f32>> {
     let names = z.names().unwrap();
-    let key = names
-        .iter()
-        .find(|n| *n == name || *n == &format!("{name}.npy"))?
-        .clone();
+    let key = names.iter().find(|n| *n == name || *n == &format!("{name}.npy"))?.clone();
     Some(z.by_name::<ndarray::OwnedRepr<f32>, IxDyn>(&key).unwrap())
 }
 
 /// Largest absolute element difference; panics if the shapes differ.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.iter()
-        .zip(b.iter())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Largest difference relative to the reference's overall scale (max |b|).

@@ -87,11 +87,7 @@ impl BlockConfig {
     }
 
     fn conv(&self, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv2d> {
-        let padding = if k == 1 {
-            Padding::Valid
-        } else {
-            self.pad_mode.for_kernel(k)
-        };
+        let padding = if k == 1 { Padding::Valid } else { self.pad_mode.for_kernel(k) };
         Conv2d::new(
             Conv2dConfig::new(cin, cout, [k, k])
                 .with_strides([stride, stride])
@@ -101,15 +97,8 @@ impl BlockConfig {
     }
 
     /// Main branch from `(cin, cout, kernel, stride)` steps, then the shortcut, joined with ReLU.
-    fn assemble(
-        &self,
-        steps: &[(usize, usize, usize, usize)],
-        names: &BlockNames,
-    ) -> Result<Residual> {
-        if names.convs.len() != steps.len()
-            || names.bns.len() != steps.len()
-            || names.relus.len() + 1 != steps.len()
-        {
+    fn assemble(&self, steps: &[(usize, usize, usize, usize)], names: &BlockNames) -> Result<Residual> {
+        if names.convs.len() != steps.len() || names.bns.len() != steps.len() || names.relus.len() + 1 != steps.len() {
             return Err(Error::config(
                 "residual block",
                 format!(
@@ -129,10 +118,7 @@ impl BlockConfig {
         let out = steps.last().map_or(self.in_channels, |s| s.1);
         let shortcut = if self.needs_projection(out) {
             let mut proj = Sequential::new();
-            proj.push(
-                &names.shortcut_conv,
-                self.conv(self.in_channels, out, 1, self.stride)?,
-            )?;
+            proj.push(&names.shortcut_conv, self.conv(self.in_channels, out, 1, self.stride)?)?;
             proj.push(&names.shortcut_bn, BatchNorm::new(out, self.bn_epsilon)?)?;
             Some(match &names.shortcut_group {
                 Some(group) => Sequential::new().with(group, proj)?,
@@ -173,14 +159,7 @@ impl Bottleneck {
             StridePlacement::FirstConv => (s, 1),
             StridePlacement::SpatialConv => (1, s),
         };
-        c.assemble(
-            &[
-                (c.in_channels, p, 1, s1),
-                (p, p, 3, s2),
-                (p, p * Self::EXPANSION, 1, 1),
-            ],
-            names,
-        )
+        c.assemble(&[(c.in_channels, p, 1, s1), (p, p, 3, s2), (p, p * Self::EXPANSION, 1, 1)], names)
     }
 }
 
@@ -197,13 +176,7 @@ impl BasicBlock {
     pub fn build(&self, names: &BlockNames) -> Result<Residual> {
         let c = &self.0;
         c.validate()?;
-        c.assemble(
-            &[
-                (c.in_channels, c.planes, 3, c.stride),
-                (c.planes, c.planes, 3, 1),
-            ],
-            names,
-        )
+        c.assemble(&[(c.in_channels, c.planes, 3, c.stride), (c.planes, c.planes, 3, 1)], names)
     }
 }
 

@@ -182,9 +182,7 @@ impl ResNetConfig {
     pub fn with_width_divisor(mut self, divisor: usize) -> Self {
         let d = divisor.max(1);
         self.stem_width = (self.stem_width / d).max(1);
-        self.stage_widths
-            .iter_mut()
-            .for_each(|w| *w = (*w / d).max(1));
+        self.stage_widths.iter_mut().for_each(|w| *w = (*w / d).max(1));
         self
     }
 
@@ -202,8 +200,7 @@ impl ResNetConfig {
 
     /// Checks that the configuration can be built.
     pub fn validate(&self) -> Result<()> {
-        let bad =
-            |reason: String| Err(Error::config(format!("ResNetConfig {}", self.name), reason));
+        let bad = |reason: String| Err(Error::config(format!("ResNetConfig {}", self.name), reason));
         if self.stage_blocks.is_empty() || self.stage_blocks.len() != self.stage_widths.len() {
             return bad(format!(
                 "needs one width per stage, got {} stages and {} widths",
@@ -211,15 +208,11 @@ impl ResNetConfig {
                 self.stage_widths.len()
             ));
         }
-        if self.stage_blocks.contains(&0) || self.stage_widths.contains(&0) || self.stem_width == 0
-        {
+        if self.stage_blocks.contains(&0) || self.stage_widths.contains(&0) || self.stem_width == 0 {
             return bad("every stage needs at least one block and a width of at least 1".into());
         }
         if self.input_shape.contains(&0) {
-            return bad(format!(
-                "input shape {:?} has a zero dimension",
-                self.input_shape
-            ));
+            return bad(format!("input shape {:?} has a zero dimension", self.input_shape));
         }
         Ok(())
     }

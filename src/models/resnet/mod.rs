@@ -22,9 +22,8 @@ use ndarray::ArrayViewD;
 use crate::error::Result;
 use crate::kernels::{Padding, Padding2d};
 use crate::layers::{
-    Activation, AvgPool2d, BatchNorm, Conv2d, Conv2dConfig, Dense, Flatten, GlobalAvgPool, Layer,
-    LayerPath, MaxPool2d, ParamCount, ParamKind, ParamVisitor, Pool2dConfig, Relu, Sequential,
-    Summary, SummaryRow, Tap, Tensor, ZeroPadding2d,
+    Activation, AvgPool2d, BatchNorm, Conv2d, Conv2dConfig, Dense, Flatten, GlobalAvgPool, Layer, LayerPath, MaxPool2d, ParamCount,
+    ParamKind, ParamVisitor, Pool2dConfig, Relu, Sequential, Summary, SummaryRow, Tap, Tensor, ZeroPadding2d,
 };
 
 /// A residual network: the [`ResNetConfig`] it was built from and the layers.
@@ -90,11 +89,7 @@ impl ResNet {
 
     /// Runs the model and also returns the outputs of the layers named in `names` (paths as
     /// displayed: `res2c`, `pool1`, `layer1/0`).
-    pub fn forward_with_taps(
-        &self,
-        x: &Tensor,
-        names: &[&str],
-    ) -> Result<(Tensor, Vec<(String, Tensor)>)> {
+    pub fn forward_with_taps(&self, x: &Tensor, names: &[&str]) -> Result<(Tensor, Vec<(String, Tensor)>)> {
         self.net.forward_with_taps(x, names)
     }
 }
@@ -112,37 +107,19 @@ impl Layer for ResNet {
         self.net.forward(x)
     }
 
-    fn forward_tapped(
-        &self,
-        x: &Tensor,
-        path: &mut LayerPath,
-        tap: &mut Tap<'_>,
-    ) -> Result<Tensor> {
+    fn forward_tapped(&self, x: &Tensor, path: &mut LayerPath, tap: &mut Tap<'_>) -> Result<Tensor> {
         self.net.forward_tapped(x, path, tap)
     }
 
-    fn visit_params(
-        &self,
-        path: &mut LayerPath,
-        f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>),
-    ) {
+    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
         self.net.visit_params(path, f)
     }
 
-    fn visit_params_mut(
-        &mut self,
-        path: &mut LayerPath,
-        visitor: &mut dyn ParamVisitor,
-    ) -> Result<()> {
+    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
         self.net.visit_params_mut(path, visitor)
     }
 
-    fn summarize(
-        &self,
-        path: &mut LayerPath,
-        input: &[usize],
-        rows: &mut Vec<SummaryRow>,
-    ) -> Result<Vec<usize>> {
+    fn summarize(&self, path: &mut LayerPath, input: &[usize], rows: &mut Vec<SummaryRow>) -> Result<Vec<usize>> {
         self.net.summarize(path, input, rows)
     }
 
@@ -165,26 +142,17 @@ fn build_stem(c: &ResNetConfig, net: &mut Sequential) -> Result<usize> {
         NameStyle::KerasClassic | NameStyle::KerasModern => {
             let modern = c.names == NameStyle::KerasModern;
             net.push("conv1_pad", ZeroPadding2d::uniform(3))?;
-            net.push(
-                if modern { "conv1_conv" } else { "conv1" },
-                Conv2d::new(conv(Padding::Valid))?,
-            )?;
+            net.push(if modern { "conv1_conv" } else { "conv1" }, Conv2d::new(conv(Padding::Valid))?)?;
             net.push(if modern { "conv1_bn" } else { "bn_conv1" }, bn)?;
             net.push("conv1_relu", Relu)?;
             if c.stem_pool_padding > 0 {
                 // After a ReLU, zero padding never wins a max, as -inf padding would not.
                 net.push("pool1_pad", ZeroPadding2d::uniform(c.stem_pool_padding))?;
             }
-            net.push(
-                if modern { "pool1_pool" } else { "pool1" },
-                MaxPool2d::new(pool)?,
-            )?;
+            net.push(if modern { "pool1_pool" } else { "pool1" }, MaxPool2d::new(pool)?)?;
         }
         NameStyle::Torchvision => {
-            net.push(
-                "conv1",
-                Conv2d::new(conv(Padding::Explicit(Padding2d::uniform(3))))?,
-            )?;
+            net.push("conv1", Conv2d::new(conv(Padding::Explicit(Padding2d::uniform(3))))?)?;
             net.push("bn1", bn)?;
             net.push("relu", Relu)?;
             let pad = Padding::Explicit(Padding2d::uniform(c.stem_pool_padding));
@@ -227,17 +195,10 @@ fn build_stages(c: &ResNetConfig, net: &mut Sequential, mut channels: usize) -> 
 }
 
 fn build_head(c: &ResNetConfig, net: &mut Sequential, channels: usize) -> Result<()> {
-    let pool_name = if c.names == NameStyle::Torchvision {
-        "avgpool"
-    } else {
-        "avg_pool"
-    };
+    let pool_name = if c.names == NameStyle::Torchvision { "avgpool" } else { "avg_pool" };
     match c.head {
         Head::AvgPoolFlatten { pool_size } => {
-            net.push(
-                pool_name,
-                AvgPool2d::new(Pool2dConfig::new([pool_size, pool_size]))?,
-            )?;
+            net.push(pool_name, AvgPool2d::new(Pool2dConfig::new([pool_size, pool_size]))?)?;
             net.push("flatten", Flatten)?;
         }
         Head::GlobalAvgPool => {
@@ -250,14 +211,7 @@ fn build_head(c: &ResNetConfig, net: &mut Sequential, channels: usize) -> Result
             NameStyle::KerasModern => "predictions",
             NameStyle::Torchvision => "fc",
         };
-        net.push(
-            fc,
-            Dense::new(
-                channels,
-                c.classes,
-                c.softmax.then_some(Activation::Softmax),
-            )?,
-        )?;
+        net.push(fc, Dense::new(channels, c.classes, c.softmax.then_some(Activation::Softmax))?)?;
     }
     Ok(())
 }

@@ -57,32 +57,16 @@ impl BlockNames {
     /// Names in `style` for block `index` (0-based) of stage `stage` (0-based: the first
     /// residual stage is Keras' stage 2 and torchvision's `layer1`), a block of `convs`
     /// main-branch convolutions (2 basic, 3 bottleneck) in a stage of `blocks_in_stage` blocks.
-    pub fn new(
-        style: NameStyle,
-        stage: usize,
-        index: usize,
-        blocks_in_stage: usize,
-        convs: usize,
-    ) -> Self {
+    pub fn new(style: NameStyle, stage: usize, index: usize, blocks_in_stage: usize, convs: usize) -> Self {
         match style {
             NameStyle::KerasClassic => {
-                let id = format!(
-                    "{}{}",
-                    stage + 2,
-                    keras_block_letter(index, blocks_in_stage)
-                );
+                let id = format!("{}{}", stage + 2, keras_block_letter(index, blocks_in_stage));
                 let branch = |i: usize| char::from(b'a' + i as u8);
                 BlockNames {
                     block: format!("res{id}"),
-                    convs: (0..convs)
-                        .map(|i| format!("res{id}_branch2{}", branch(i)))
-                        .collect(),
-                    bns: (0..convs)
-                        .map(|i| format!("bn{id}_branch2{}", branch(i)))
-                        .collect(),
-                    relus: (0..convs - 1)
-                        .map(|i| format!("res{id}_branch2{}_relu", branch(i)))
-                        .collect(),
+                    convs: (0..convs).map(|i| format!("res{id}_branch2{}", branch(i))).collect(),
+                    bns: (0..convs).map(|i| format!("bn{id}_branch2{}", branch(i))).collect(),
+                    relus: (0..convs - 1).map(|i| format!("res{id}_branch2{}_relu", branch(i))).collect(),
                     shortcut_group: None,
                     shortcut_conv: format!("res{id}_branch1"),
                     shortcut_bn: format!("bn{id}_branch1"),
@@ -121,23 +105,14 @@ mod tests {
     fn names_match_each_reference() {
         let k = BlockNames::new(NameStyle::KerasClassic, 0, 0, 3, 3);
         assert_eq!(k.block, "res2a");
-        assert_eq!(
-            k.convs,
-            ["res2a_branch2a", "res2a_branch2b", "res2a_branch2c"]
-        );
+        assert_eq!(k.convs, ["res2a_branch2a", "res2a_branch2b", "res2a_branch2c"]);
         assert_eq!(k.bns[2], "bn2a_branch2c");
         assert_eq!(
             (k.shortcut_conv.as_str(), k.shortcut_bn.as_str()),
             ("res2a_branch1", "bn2a_branch1")
         );
-        assert_eq!(
-            BlockNames::new(NameStyle::KerasClassic, 2, 5, 6, 3).block,
-            "res4f"
-        );
-        assert_eq!(
-            BlockNames::new(NameStyle::KerasClassic, 2, 22, 23, 3).block,
-            "res4b22"
-        );
+        assert_eq!(BlockNames::new(NameStyle::KerasClassic, 2, 5, 6, 3).block, "res4f");
+        assert_eq!(BlockNames::new(NameStyle::KerasClassic, 2, 22, 23, 3).block, "res4b22");
         let m = BlockNames::new(NameStyle::KerasModern, 1, 3, 4, 3);
         assert_eq!(m.convs[1], "conv3_block4_2_conv");
         assert_eq!(m.shortcut_bn, "conv3_block4_0_bn");
