@@ -70,6 +70,7 @@
 pub mod download;
 pub mod error;
 pub mod imagenet;
+pub mod inference;
 pub mod kernels;
 pub mod layers;
 pub mod models;

@@ -9,6 +9,7 @@ pub mod conv;
 pub mod gemm;
 pub mod geometry;
 pub mod im2col;
+pub mod packed_gemm;
 pub mod pool;
 pub mod reference;
 

@@ -55,6 +55,10 @@ impl Layer for Relu {
         "Activation"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         Ok(input.to_vec())
     }
@@ -71,6 +75,10 @@ pub struct Softmax;
 impl Layer for Softmax {
     fn type_name(&self) -> &'static str {
         "Activation"
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

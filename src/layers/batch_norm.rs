@@ -100,6 +100,10 @@ impl Layer for BatchNorm {
         NAME
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         self.check(input)?;
         Ok(input.to_vec())

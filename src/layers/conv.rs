@@ -207,6 +207,10 @@ impl Layer for Conv2d {
         NAME
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         let g = self.geometry(input)?;
         Ok(vec![g.batch, g.out_hw[0], g.out_hw[1], g.out_channels])

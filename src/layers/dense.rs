@@ -87,6 +87,10 @@ impl Layer for Dense {
         NAME
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         Ok(vec![self.check(input)?, self.units()])
     }

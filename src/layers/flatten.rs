@@ -11,6 +11,10 @@ impl Layer for Flatten {
         "Flatten"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         if input.len() < 2 {
             return Err(Error::shape("Flatten", "a batch of rank >= 2", format!("{}", ShapeFmt(input))));

@@ -47,6 +47,10 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// The layer's type as a summary prints it (Keras' class names: `Conv2D`, `Dense`, ...).
     fn type_name(&self) -> &'static str;
 
+    /// The layer as `Any`, so passes such as [`inference::CompiledModel`](crate::inference::CompiledModel)
+    /// can recognise the concrete layer types they know how to lower.
+    fn as_any(&self) -> &dyn std::any::Any;
+
     /// The output shape for an input of `input` (batch axis included), or the shape error a
     /// forward pass on such an input would give.
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>>;

@@ -30,6 +30,10 @@ impl Layer for ZeroPadding2d {
         "ZeroPadding2D"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         let [n, h, w, c] = nhwc("ZeroPadding2D", input)?;
         let p = self.padding;

@@ -80,6 +80,10 @@ macro_rules! pool_layer {
                 $name
             }
 
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+
             fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
                 let g = self.config.geometry($name, input)?;
                 Ok(vec![g.batch, g.out_hw[0], g.out_hw[1], g.channels])
@@ -117,6 +121,10 @@ pub struct GlobalAvgPool;
 impl Layer for GlobalAvgPool {
     fn type_name(&self) -> &'static str {
         "GlobalAveragePooling2D"
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

@@ -86,6 +86,10 @@ impl Layer for Residual {
         NAME
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         let main = self.main.output_shape(input)?;
         let short = match &self.shortcut {

@@ -107,6 +107,10 @@ impl Layer for Sequential {
         "Sequential"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         self.layers.iter().try_fold(input.to_vec(), |shape, (name, l)| {
             l.output_shape(&shape).map_err(|e| e.in_layer(name))

@@ -99,6 +99,10 @@ impl Layer for ResNet {
         "ResNet"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         self.net.output_shape(input)
     }

@@ -1,0 +1,363 @@
+//! The compiled model's operations and how each one runs.
+
+use std::sync::Mutex;
+
+use super::pool::ThreadPool;
+use super::Value;
+use crate::error::Result;
+use crate::kernels::packed_gemm::{gemm_packed_raw, GemmEpilogue, PackedB, MR};
+use crate::kernels::{self, ConvGeometry, PoolGeometry};
+
+/// Bytes of im2col tile a thread fills before multiplying it (sized for L2).
+const IM2COL_TILE_BYTES: usize = 512 << 10;
+
+/// Everything an op needs at run time besides the buffers.
+pub(crate) struct Ctx<'a> {
+    pub values: &'a [Value],
+    pub batch: usize,
+    pub pool: &'a ThreadPool,
+    pub workspaces: &'a [Mutex<Vec<f32>>],
+}
+
+/// A convolution with folded weights and a fused epilogue.
+pub(crate) struct ConvOp {
+    pub name: String,
+    /// Geometry for one image (the batch is set at run time).
+    pub geometry: ConvGeometry,
+    pub weights: PackedB,
+    /// A folded BatchNorm's per-channel scale, applied in the GEMM's output pass.
+    pub scale: Option<Vec<f32>>,
+    pub bias: Vec<f32>,
+    pub relu: bool,
+    pub residual: Option<usize>,
+    pub x: usize,
+    pub y: usize,
+}
+
+impl ConvOp {
+    fn pointwise(&self) -> bool {
+        self.geometry.window.kernel == [1, 1] && self.geometry.window.stride == [1, 1] && self.geometry.pad.is_zero()
+    }
+
+    /// Output rows per tile: as many as fit [`IM2COL_TILE_BYTES`], a multiple of `MR`, at least 8 `MR`.
+    fn tile_rows(&self) -> usize {
+        let k = self.geometry.patch_len().max(1);
+        ((IM2COL_TILE_BYTES / (4 * k)) / MR * MR).max(8 * MR)
+    }
+}
+
+pub(crate) enum Op {
+    Conv(ConvOp),
+    /// Per-channel `y = x * scale + shift`, then optional ReLU (an unfolded BatchNorm).
+    Affine {
+        name: String,
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        relu: bool,
+        x: usize,
+        y: usize,
+    },
+    Relu {
+        name: String,
+        x: usize,
+        y: usize,
+    },
+    Add {
+        name: String,
+        a: usize,
+        b: usize,
+        relu: bool,
+        y: usize,
+    },
+    Pad {
+        name: String,
+        pad: kernels::Padding2d,
+        x: usize,
+        y: usize,
+    },
+    MaxPool {
+        name: String,
+        geometry: PoolGeometry,
+        x: usize,
+        y: usize,
+    },
+    AvgPool {
+        name: String,
+        geometry: PoolGeometry,
+        x: usize,
+        y: usize,
+    },
+    GlobalAvgPool {
+        name: String,
+        x: usize,
+        y: usize,
+    },
+    Dense {
+        name: String,
+        weights: PackedB,
+        bias: Vec<f32>,
+        x: usize,
+        y: usize,
+    },
+    Softmax {
+        name: String,
+        x: usize,
+        y: usize,
+    },
+}
+
+/// Read-only views of up to two buffers and a writable view of another, distinct one.
+/// (`b` may repeat `a`; no allocation.)
+fn split(bufs: &mut [Vec<f32>], a: usize, b: usize, write: usize) -> (&[f32], &[f32], &mut [f32]) {
+    assert!(
+        a != write && b != write && a < bufs.len() && b < bufs.len() && write < bufs.len(),
+        "an op may not write its own input"
+    );
+    let ptr = bufs.as_mut_ptr();
+    // SAFETY: all indices are in bounds, and `write` differs from `a` and `b`, so the mutable
+    // borrow does not overlap the shared ones.
+    unsafe { ((*ptr.add(a)).as_slice(), (*ptr.add(b)).as_slice(), (*ptr.add(write)).as_mut_slice()) }
+}
+
+/// `[total * t / n, total * (t + 1) / n)`: thread `t`'s share of `total` items.
+fn share(total: usize, t: usize, n: usize) -> std::ops::Range<usize> {
+    total * t / n..total * (t + 1) / n
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: threads write disjoint blocks through it (see `conv`).
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl Op {
+    /// The values this op reads.
+    pub fn inputs(&self) -> [Option<usize>; 2] {
+        match self {
+            Op::Conv(c) => [Some(c.x), c.residual],
+            Op::Add { a, b, .. } => [Some(*a), Some(*b)],
+            Op::Affine { x, .. }
+            | Op::Relu { x, .. }
+            | Op::Pad { x, .. }
+            | Op::MaxPool { x, .. }
+            | Op::AvgPool { x, .. }
+            | Op::GlobalAvgPool { x, .. }
+            | Op::Dense { x, .. }
+            | Op::Softmax { x, .. } => [Some(*x), None],
+        }
+    }
+
+    /// The value this op writes.
+    pub fn output(&self) -> usize {
+        match self {
+            Op::Conv(c) => c.y,
+            Op::Affine { y, .. }
+            | Op::Relu { y, .. }
+            | Op::Add { y, .. }
+            | Op::Pad { y, .. }
+            | Op::MaxPool { y, .. }
+            | Op::AvgPool { y, .. }
+            | Op::GlobalAvgPool { y, .. }
+            | Op::Dense { y, .. }
+            | Op::Softmax { y, .. } => *y,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Op::Conv(c) => &c.name,
+            Op::Affine { name, .. }
+            | Op::Relu { name, .. }
+            | Op::Add { name, .. }
+            | Op::Pad { name, .. }
+            | Op::MaxPool { name, .. }
+            | Op::AvgPool { name, .. }
+            | Op::GlobalAvgPool { name, .. }
+            | Op::Dense { name, .. }
+            | Op::Softmax { name, .. } => name,
+        }
+    }
+
+    /// Scratch floats a thread needs for this op at `batch`.
+    pub fn workspace_len(&self, batch: usize) -> usize {
+        match self {
+            Op::Conv(c) if !c.pointwise() => {
+                let g = ConvGeometry { batch, ..c.geometry };
+                c.tile_rows().min(g.out_pixels()) * g.patch_len()
+            }
+            _ => 0,
+        }
+    }
+
+    pub fn run(&self, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+        let v = |i: usize| &ctx.values[i];
+        let n = ctx.batch;
+        match self {
+            Op::Conv(c) => conv(c, ctx, bufs),
+            Op::Affine {
+                scale, shift, relu, x, y, ..
+            } => {
+                let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
+                let len = n * v(*x).len();
+                for (dst, src) in w[..len].chunks_exact_mut(scale.len()).zip(r0[..len].chunks_exact(scale.len())) {
+                    for (((d, &s), &a), &b) in dst.iter_mut().zip(src).zip(scale).zip(shift) {
+                        let t = s * a + b;
+                        *d = if *relu { t.max(0.0) } else { t };
+                    }
+                }
+                Ok(())
+            }
+            Op::Relu { x, y, .. } => {
+                let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
+                let len = n * v(*x).len();
+                w[..len].iter_mut().zip(&r0[..len]).for_each(|(d, s)| *d = s.max(0.0));
+                Ok(())
+            }
+            Op::Add { a, b, relu, y, .. } => {
+                let (r0, r1, w) = split(bufs, v(*a).slot, v(*b).slot, v(*y).slot);
+                let len = n * v(*a).len();
+                for ((d, p), q) in w[..len].iter_mut().zip(&r0[..len]).zip(&r1[..len]) {
+                    let t = p + q;
+                    *d = if *relu { t.max(0.0) } else { t };
+                }
+                Ok(())
+            }
+            Op::Pad { pad, x, y, .. } => {
+                let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
+                let (xs, ys) = (&v(*x).shape, &v(*y).shape);
+                let (ih, iw, c) = (xs[0], xs[1], xs[2]);
+                let (oh, ow) = (ys[0], ys[1]);
+                w[..n * oh * ow * c].fill(0.0);
+                for img in 0..n {
+                    for row in 0..ih {
+                        let src = &r0[((img * ih + row) * iw) * c..((img * ih + row) * iw + iw) * c];
+                        let at = ((img * oh + row + pad.top) * ow + pad.left) * c;
+                        w[at..at + iw * c].copy_from_slice(src);
+                    }
+                }
+                Ok(())
+            }
+            Op::MaxPool { geometry, x, y, .. } | Op::AvgPool { geometry, x, y, .. } => {
+                let g = PoolGeometry { batch: n, ..*geometry };
+                let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
+                let (src, dst) = (&r0[..g.input_len()], &mut w[..g.output_len()]);
+                match self {
+                    Op::MaxPool { .. } => kernels::max_pool2d(src, &g, dst),
+                    _ => kernels::avg_pool2d(src, &g, dst),
+                }
+            }
+            Op::GlobalAvgPool { x, y, .. } => {
+                let s = &v(*x).shape;
+                let dims = [n, s[0], s[1], s[2]];
+                let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
+                kernels::global_avg_pool(&r0[..n * v(*x).len()], dims, &mut w[..n * s[2]])
+            }
+            Op::Dense { weights, bias, x, y, .. } => {
+                let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
+                let (k, units) = (weights.k(), weights.n());
+                let a = &r0[..n * k];
+                let out = SendPtr(w.as_mut_ptr());
+                let out_len = n * units;
+                let e = GemmEpilogue {
+                    scale: None,
+                    bias: Some(bias),
+                    residual: None,
+                    relu: false,
+                };
+                let panels = weights.panels();
+                let threads = ctx.pool.threads();
+                let failed = Mutex::new(None);
+                ctx.pool.run(&|t| {
+                    let mine = share(panels, t, threads);
+                    // SAFETY: threads take disjoint panel ranges of the output.
+                    if let Err(e) = unsafe { gemm_packed_raw(a, k, 0, weights, out.get(), out_len, units, 0..n, mine, &e) } {
+                        *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    }
+                });
+                failed
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .map_or(Ok(()), Err)
+            }
+            Op::Softmax { x, y, .. } => {
+                let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
+                let c = v(*x).len();
+                for (dst, src) in w[..n * c].chunks_exact_mut(c).zip(r0[..n * c].chunks_exact(c)) {
+                    let max = src.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    let mut sum = 0.0;
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = (s - max).exp();
+                        sum += *d;
+                    }
+                    dst.iter_mut().for_each(|d| *d /= sum);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn conv(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+    let v = |i: usize| &ctx.values[i];
+    let g = ConvGeometry {
+        batch: ctx.batch,
+        ..c.geometry
+    };
+    let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_channels);
+    let xs = v(c.x).slot;
+    let (x, res, w) = split(bufs, xs, c.residual.map_or(xs, |r| v(r).slot), v(c.y).slot);
+    let x = &x[..g.input_len()];
+    let residual = c.residual.map(|_| &res[..g.output_len()]);
+    let out = SendPtr(w.as_mut_ptr());
+    let out_len = g.output_len();
+    let e = GemmEpilogue {
+        scale: c.scale.as_deref(),
+        bias: Some(&c.bias),
+        residual,
+        relu: c.relu,
+    };
+    let pointwise = c.pointwise();
+    let tile = c.tile_rows().min(m);
+    let tiles = m.div_ceil(tile);
+    let panels = c.weights.panels();
+    let threads = ctx.pool.threads();
+    // Enough row tiles: split them; else split the output channels (skinny late-stage GEMMs).
+    let by_rows = tiles >= 2 * threads || panels < threads;
+    let failed = Mutex::new(None);
+    ctx.pool.run(&|t| {
+        let (my_tiles, my_panels) = if by_rows {
+            (share(tiles, t, threads), 0..panels)
+        } else {
+            (0..tiles, share(panels, t, threads))
+        };
+        if my_tiles.is_empty() || my_panels.is_empty() {
+            return;
+        }
+        let mut ws = ctx.workspaces[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ti in my_tiles {
+            let rows = ti * tile..((ti + 1) * tile).min(m);
+            let result = if pointwise {
+                // SAFETY: this thread alone writes these rows x panels of the output.
+                unsafe { gemm_packed_raw(x, k, 0, &c.weights, out.get(), out_len, n, rows, my_panels.clone(), &e) }
+            } else {
+                let a = &mut ws[..rows.len() * k];
+                kernels::im2col::im2col_unchecked(x, &g, rows.start, rows.len(), a);
+                // SAFETY: as above.
+                unsafe { gemm_packed_raw(a, k, rows.start, &c.weights, out.get(), out_len, n, rows, my_panels.clone(), &e) }
+            };
+            if let Err(err) = result {
+                *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err);
+                return;
+            }
+        }
+    });
+    failed
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .map_or(Ok(()), Err)
+}

@@ -1,0 +1,235 @@
+//! Fast inference: a model compiled into a flat list of kernel calls over preallocated
+//! buffers, with BatchNorm folded into the preceding convolutions and bias, residual add and
+//! ReLU fused into each GEMM's output pass.
+//!
+//! ```
+//! use convnet::inference::{CompiledModel, InferenceOptions};
+//! use convnet::models::{ResNet, ResNetConfig};
+//! let model = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(8))?;
+//! let mut fast = CompiledModel::new(&model, &[224, 224, 3], &InferenceOptions { threads: 2, ..Default::default() })?;
+//! let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 224, 224, 3]));
+//! let probs = fast.run(&x)?;
+//! assert_eq!(probs.shape(), &[1, 1000]);
+//! # Ok::<(), convnet::Error>(())
+//! ```
+//!
+//! Compiling is an explicit step: the model it came from is untouched and keeps its unfused
+//! layers (for per-layer taps, or to compare). What the compiled model does:
+//!
+//! - **BatchNorm folding** (`fold_batch_norm`, on by default): a BatchNorm after a convolution
+//!   becomes a per-channel scale of its kernel and a shift of its bias.
+//! - **Epilogue fusion**: bias, the residual add of a ResNet block, and ReLU happen in the
+//!   GEMM micro-kernel's store ([`kernels::packed_gemm`](crate::kernels::packed_gemm)); a
+//!   `ZeroPadding2D` before a convolution becomes its padding.
+//! - **No im2col for 1x1 stride-1 convolutions**; other convolutions im2col a cache-sized tile
+//!   of output rows at a time, inside the thread that multiplies it.
+//! - **Buffers allocated once per batch size** and reused by liveness: a steady-state
+//!   [`CompiledModel::run_into`] allocates nothing.
+//! - **Threads** ([`InferenceOptions::threads`]): each convolution is split over output-row
+//!   tiles when there are enough of them, else over output-channel panels (the skinny GEMMs of
+//!   the last stages), so every thread gets work. Each output element is computed by one
+//!   thread with the same summation order whatever the thread count, so results are identical
+//!   for every thread count. With one thread nothing is spawned.
+
+mod compile;
+mod exec;
+mod pool;
+
+pub use pool::ThreadPool;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+
+use crate::error::{Error, Result, ShapeFmt};
+use crate::layers::Layer;
+use exec::Op;
+
+/// How to compile a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InferenceOptions {
+    /// Threads that run each layer (the caller's included); 1 spawns nothing.
+    pub threads: usize,
+    /// Fold each BatchNorm into the convolution before it.
+    pub fold_batch_norm: bool,
+}
+
+impl Default for InferenceOptions {
+    /// All available cores, BatchNorm folded.
+    fn default() -> Self {
+        InferenceOptions {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            fold_batch_norm: true,
+        }
+    }
+}
+
+/// One intermediate tensor of the compiled graph: its per-image shape and where it lives.
+#[derive(Clone, Debug)]
+pub(crate) struct Value {
+    pub shape: Vec<usize>,
+    pub slot: usize,
+}
+
+impl Value {
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A model compiled for fast inference (see the [module docs](self)).
+pub struct CompiledModel {
+    ops: Vec<Op>,
+    values: Vec<Value>,
+    /// Per-image capacity (elements) of each buffer slot.
+    slot_sizes: Vec<usize>,
+    input: usize,
+    output: usize,
+    pool: ThreadPool,
+    batch: usize,
+    buffers: Vec<Vec<f32>>,
+    workspaces: Vec<Mutex<Vec<f32>>>,
+}
+
+impl std::fmt::Debug for CompiledModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledModel")
+            .field("ops", &self.ops.len())
+            .field("threads", &self.pool.threads())
+            .field("batch", &self.batch)
+            .finish()
+    }
+}
+
+impl CompiledModel {
+    /// Compiles `model` for inputs of per-image shape `input_shape` (`[h, w, c]`, no batch
+    /// axis). Fails for layer types it cannot lower.
+    pub fn new(model: &dyn Layer, input_shape: &[usize], options: &InferenceOptions) -> Result<Self> {
+        let graph = compile::compile(model, input_shape, options)?;
+        let workspaces = (0..options.threads.max(1)).map(|_| Mutex::new(Vec::new())).collect();
+        Ok(CompiledModel {
+            ops: graph.ops,
+            values: graph.values,
+            slot_sizes: graph.slot_sizes,
+            input: graph.input,
+            output: graph.output,
+            pool: ThreadPool::new(options.threads)?,
+            batch: 0,
+            buffers: Vec::new(),
+            workspaces,
+        })
+    }
+
+    /// Threads used per layer.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Number of kernel calls per forward pass.
+    pub fn op_count(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Per-image output shape.
+    pub fn output_shape(&self) -> &[usize] {
+        &self.values[self.output].shape
+    }
+
+    /// Bytes of activation buffers and workspaces currently allocated.
+    pub fn buffer_bytes(&self) -> usize {
+        4 * (self.buffers.iter().map(Vec::capacity).sum::<usize>()
+            + self.workspaces.iter().map(|w| w.lock().map_or(0, |w| w.capacity())).sum::<usize>())
+    }
+
+    /// Runs a batch and returns the output as a new tensor.
+    pub fn run(&mut self, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let batch = self.check_input(x.shape())?;
+        let mut shape = vec![batch];
+        shape.extend_from_slice(&self.values[self.output].shape);
+        let mut out = vec![0.0; batch * self.values[self.output].len()];
+        self.run_into(x.view(), &mut out)?;
+        ArrayD::from_shape_vec(IxDyn(&shape), out)
+            .map_err(|e| Error::shape("CompiledModel", format!("{}", ShapeFmt(&shape)), e.to_string()))
+    }
+
+    /// Runs a batch into `out` (`batch * per-image output` elements). After the first call at a
+    /// given batch size, this allocates nothing.
+    pub fn run_into(&mut self, x: ArrayViewD<'_, f32>, out: &mut [f32]) -> Result<()> {
+        self.run_inner(x, out, None)
+    }
+
+    /// Runs a batch and returns how long each kernel call took, by layer name.
+    pub fn profile(&mut self, x: &ArrayD<f32>) -> Result<Vec<(String, Duration)>> {
+        let batch = self.check_input(x.shape())?;
+        let mut out = vec![0.0; batch * self.values[self.output].len()];
+        let mut times = Vec::with_capacity(self.ops.len());
+        self.run_inner(x.view(), &mut out, Some(&mut times))?;
+        Ok(times)
+    }
+
+    fn check_input(&self, shape: &[usize]) -> Result<usize> {
+        let want = &self.values[self.input].shape;
+        if shape.len() != want.len() + 1 || &shape[1..] != want.as_slice() || shape[0] == 0 {
+            return Err(Error::shape(
+                "CompiledModel",
+                format!("a batch of shape (n, {})", &ShapeFmt(want).to_string()[1..]),
+                format!("{}", ShapeFmt(shape)),
+            ));
+        }
+        Ok(shape[0])
+    }
+
+    fn ensure_batch(&mut self, batch: usize) -> Result<()> {
+        if self.batch == batch {
+            return Ok(());
+        }
+        self.buffers = self
+            .slot_sizes
+            .iter()
+            .map(|&s| crate::error::checked_product("CompiledModel", &[s, batch]).map(|n| vec![0.0; n]))
+            .collect::<Result<_>>()?;
+        let ws = self.ops.iter().map(|op| op.workspace_len(batch)).max().unwrap_or(0);
+        for w in &self.workspaces {
+            let mut w = w.lock().map_err(|_| Error::config("CompiledModel", "a worker panicked earlier"))?;
+            *w = vec![0.0; ws];
+        }
+        self.batch = batch;
+        Ok(())
+    }
+
+    fn run_inner(&mut self, x: ArrayViewD<'_, f32>, out: &mut [f32], mut times: Option<&mut Vec<(String, Duration)>>) -> Result<()> {
+        let batch = self.check_input(x.shape())?;
+        let out_len = batch * self.values[self.output].len();
+        if out.len() != out_len {
+            return Err(Error::shape(
+                "CompiledModel",
+                format!("an output of {out_len} elements"),
+                format!("{}", out.len()),
+            ));
+        }
+        self.ensure_batch(batch)?;
+        let input = &mut self.buffers[self.values[self.input].slot];
+        let n_in = batch * self.values[self.input].len();
+        match x.as_slice() {
+            Some(s) => input[..n_in].copy_from_slice(s),
+            None => input[..n_in].iter_mut().zip(x.iter()).for_each(|(d, s)| *d = *s),
+        }
+        let ctx = exec::Ctx {
+            values: &self.values,
+            batch,
+            pool: &self.pool,
+            workspaces: &self.workspaces,
+        };
+        for op in &self.ops {
+            let start = times.as_ref().map(|_| Instant::now());
+            op.run(&ctx, &mut self.buffers)?;
+            if let (Some(t), Some(s)) = (times.as_deref_mut(), start) {
+                t.push((op.name().to_string(), s.elapsed()));
+            }
+        }
+        let src = &self.buffers[self.values[self.output].slot][..out_len];
+        out.copy_from_slice(src);
+        Ok(())
+    }
+}

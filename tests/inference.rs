@@ -1,0 +1,168 @@
+//! The compiled inference path (BatchNorm folded, epilogues fused, threads) against the same
+//! Keras and PyTorch references as the layer-by-layer path, at the same tolerances.
+
+mod common;
+
+use convnet::inference::{CompiledModel, InferenceOptions};
+use convnet::layers::{Layer, Tensor};
+use convnet::models::{Depth, ResNet, ResNetConfig};
+use convnet::weights::{LoadOptions, WeightFile};
+use ndarray::{concatenate, Axis};
+
+const IMAGES: [&str; 4] = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"];
+
+fn batch() -> Tensor {
+    let images = IMAGES.map(|i| common::npy(&format!("keras_resnet50_w8/input_{i}.npy")));
+    concatenate(Axis(0), &images.iter().map(|a| a.view()).collect::<Vec<_>>()).unwrap()
+}
+
+fn keras_w8() -> ResNet {
+    let mut m = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(8)).unwrap();
+    WeightFile::open(common::fixture("keras_resnet50_w8/resnet50.h5"))
+        .unwrap()
+        .load_into(&mut m, &LoadOptions::strict())
+        .unwrap();
+    m
+}
+
+fn opts(threads: usize, fold: bool) -> InferenceOptions {
+    InferenceOptions {
+        threads,
+        fold_batch_norm: fold,
+    }
+}
+
+#[test]
+fn compiled_keras_resnet50_matches_keras_for_every_thread_count() {
+    let model = keras_w8();
+    let want = common::npy("keras_resnet50_w8/batch_probs.npy");
+    let x = batch();
+    let mut first: Option<Tensor> = None;
+    for threads in [1, 2, 3] {
+        for fold in [true, false] {
+            let mut fast = CompiledModel::new(&model, &[224, 224, 3], &opts(threads, fold)).unwrap();
+            let got = fast.run(&x).unwrap();
+            let err = common::max_abs_diff(&got, &want);
+            println!("threads {threads} fold {fold}: max abs error {err:e}");
+            assert!(err <= 1e-5, "threads {threads}, fold {fold}: {err}");
+            // Single images through the same compiled model (a second batch size).
+            for (i, image) in IMAGES.iter().enumerate() {
+                let one = fast.run(&common::npy(&format!("keras_resnet50_w8/input_{image}.npy"))).unwrap();
+                assert!(common::max_abs_diff(&one, &want.slice(ndarray::s![i..i + 1, ..]).to_owned().into_dyn()) <= 1e-5);
+            }
+            if fold {
+                // Deterministic, and identical whatever the thread count.
+                assert_eq!(fast.run(&x).unwrap(), got);
+                match &first {
+                    None => first = Some(got),
+                    Some(f) => assert_eq!(f, &got, "threads {threads} differ from 1 thread"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn compiled_torchvision_resnets_match_pytorch() {
+    for (depth, dir, file) in [
+        (Depth::R18, "torch_resnet18_w8", "resnet18.pth"),
+        (Depth::R50, "torch_resnet50_w8", "resnet50.safetensors"),
+    ] {
+        let mut model = ResNet::new(ResNetConfig::torchvision(depth).with_width_divisor(8)).unwrap();
+        WeightFile::open(common::fixture(&format!("{dir}/{file}")))
+            .unwrap()
+            .load_into(&mut model, &LoadOptions::strict())
+            .unwrap();
+        let mut fast = CompiledModel::new(&model, &[224, 224, 3], &opts(2, true)).unwrap();
+        let got = fast.run(&batch()).unwrap();
+        let want = common::npy(&format!("{dir}/logits.npy"));
+        let (abs, rel) = (common::max_abs_diff(&got, &want), common::max_rel_diff(&got, &want));
+        println!("{file}: abs {abs:e} rel {rel:e}");
+        // The same bounds as tests/torch_resnets.rs (see there for ResNet50's conditioning).
+        match depth {
+            Depth::R18 => assert!(abs <= 1e-4, "{file}: {abs}"),
+            _ => assert!(rel <= 1e-4, "{file}: {rel}"),
+        }
+    }
+}
+
+/// Fills a model with deterministic pseudo-random weights (He-scaled kernels, BN statistics
+/// near identity).
+fn randomize(model: &mut dyn Layer, seed: u32) {
+    struct Fill(u32);
+    impl convnet::layers::ParamVisitor for Fill {
+        fn visit(
+            &mut self,
+            _: &convnet::layers::LayerPath,
+            kind: convnet::layers::ParamKind,
+            mut v: ndarray::ArrayViewMutD<'_, f32>,
+        ) -> convnet::Result<()> {
+            let fan_in: usize = v.shape().iter().rev().skip(1).product::<usize>().max(1);
+            let scale = (6.0 / fan_in as f32).sqrt();
+            v.mapv_inplace(|_| {
+                self.0 = self.0.wrapping_mul(1664525).wrapping_add(1013904223);
+                let r = (self.0 >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+                match kind {
+                    convnet::layers::ParamKind::MovingVariance => 0.5 + r.abs(),
+                    convnet::layers::ParamKind::Gamma => 1.0 + 0.5 * r,
+                    convnet::layers::ParamKind::Kernel => r * scale,
+                    _ => 0.2 * r,
+                }
+            });
+            Ok(())
+        }
+    }
+    model.visit_params_mut(&mut Default::default(), &mut Fill(seed)).unwrap();
+}
+
+/// Every preset's structure (padding folded into pools, global pooling heads, basic blocks,
+/// modern Keras names) gives the same numbers compiled as layer by layer.
+#[test]
+fn compiled_presets_match_their_layer_by_layer_forward() {
+    let x = batch().slice(ndarray::s![0..2, .., .., ..]).to_owned().into_dyn();
+    for cfg in [
+        ResNetConfig::keras_applications_resnet50().with_width_divisor(8),
+        ResNetConfig::keras_modern(Depth::R101).unwrap().with_width_divisor(16),
+        ResNetConfig::torchvision(Depth::R34).with_width_divisor(8),
+    ] {
+        let mut model = ResNet::new(cfg.clone()).unwrap();
+        randomize(&mut model, 7);
+        let want = model.forward(&x).unwrap();
+        for threads in [1, 2] {
+            let mut fast = CompiledModel::new(&model, &[224, 224, 3], &opts(threads, true)).unwrap();
+            let got = fast.run(&x).unwrap();
+            let rel = common::max_rel_diff(&got, &want);
+            assert!(rel <= 1e-4, "{} threads {threads}: relative error {rel}", cfg.name);
+        }
+    }
+}
+
+#[test]
+fn wrong_input_shapes_are_typed_errors() {
+    let model = keras_w8();
+    let mut fast = CompiledModel::new(&model, &[224, 224, 3], &opts(1, true)).unwrap();
+    let e = fast.run(&ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 200, 224, 3]))).unwrap_err();
+    assert!(matches!(e, convnet::Error::Shape { .. }), "{e}");
+    assert!(fast.run(&ndarray::ArrayD::zeros(ndarray::IxDyn(&[224, 224, 3]))).is_err());
+    // Compiling for an input the fixed head cannot take fails at compile time.
+    assert!(CompiledModel::new(&model, &[160, 160, 3], &opts(1, true)).is_err());
+    let mut out = vec![0.0; 999];
+    assert!(fast
+        .run_into(ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 224, 224, 3])).view(), &mut out)
+        .is_err());
+}
+
+#[test]
+fn profile_names_every_layer() {
+    let model = keras_w8();
+    let mut fast = CompiledModel::new(&model, &[224, 224, 3], &opts(1, true)).unwrap();
+    let times = fast.profile(&common::npy("keras_resnet50_w8/input_chelsea.png.npy")).unwrap();
+    assert_eq!(times.len(), fast.op_count());
+    let names: Vec<&str> = times.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"conv1") && names.contains(&"res2a/res2a_branch2c") && names.contains(&"fc1000"),
+        "{names:?}"
+    );
+    // 53 convolutions (BN folded, ReLU and the residual add fused), pool1, avg_pool, fc1000, softmax.
+    assert_eq!(names.len(), 53 + 4, "{names:?}");
+}
