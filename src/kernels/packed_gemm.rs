@@ -232,10 +232,9 @@ unsafe fn gemm_unchecked(
 ) {
     let k = b.k;
     let mut k0 = 0;
-    loop {
+    while k0 < k {
         let kc = KC.min(k - k0);
-        let first = k0 == 0;
-        let last = k0 + kc >= k;
+        let (first, last) = (k0 == 0, k0 + kc >= k);
         for p in panels.clone() {
             let cols = NR.min(b.n - p * NR);
             let bp = &b.panel(p)[k0 * NR..(k0 + kc) * NR];
@@ -260,13 +259,12 @@ unsafe fn gemm_unchecked(
             }
         }
         k0 += kc;
-        if k0 >= k {
-            break;
-        }
     }
 }
 
-/// One micro-kernel call: `rows x cols` outputs at `c[c_off..]`, `kc` deep.
+/// One micro-kernel call: `rows x cols` outputs at `c[c_off..]`, `kc` deep, from `rows` rows of
+/// `A` `lda` apart. (Packing `A` into micro-panels first was measured: it did not pay on
+/// ResNet50's shapes, the broadcasts stream from L1/L2 either way.)
 struct Tile<'a> {
     a: &'a [f32],
     lda: usize,
@@ -302,19 +300,20 @@ impl Tile<'_> {
     /// As [`Tile::run`].
     unsafe fn portable(&self, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
         let mut acc = [[0.0f32; NR]; MR];
-        for (r, row) in acc.iter_mut().enumerate().take(self.rows) {
-            let arow = &self.a[r * self.lda..r * self.lda + self.kc];
-            for (p, &av) in arow.iter().enumerate() {
-                let brow = &self.b[p * NR..(p + 1) * NR];
+        let rows = self.rows;
+        for p in 0..self.kc {
+            let brow = &self.b[p * NR..(p + 1) * NR];
+            for (r, row) in acc.iter_mut().enumerate().take(rows) {
+                let av = self.a[r * self.lda + p];
                 for (x, &bv) in row.iter_mut().zip(brow) {
                     *x += av * bv;
                 }
             }
         }
-        for (r, row) in acc.iter().enumerate().take(self.rows) {
+        for (r, row) in acc.iter().enumerate().take(rows) {
             let at = self.c_off + r * self.ldc;
-            for j in 0..self.cols {
-                let mut v = row[j];
+            for (j, &acc) in row.iter().enumerate().take(self.cols) {
+                let mut v = acc;
                 // SAFETY: (at + j) is inside the tile, which the caller guarantees `c` covers.
                 let out = unsafe { c.add(at + j) };
                 if !self.first {
@@ -374,16 +373,17 @@ mod avx512 {
         } else {
             0
         };
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut acc0 = [_mm512_setzero_ps(); R];
+        let mut acc1 = [_mm512_setzero_ps(); R];
         let a = t.a.as_ptr();
         let b = t.b.as_ptr();
         for p in 0..t.kc {
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
-            for (r, acc) in acc.iter_mut().enumerate() {
+            for r in 0..R {
                 let av = _mm512_set1_ps(*a.add(r * t.lda + p));
-                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+                acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
             }
         }
         let (bias0, bias1) = match e.and_then(|e| e.bias) {
@@ -402,9 +402,9 @@ mod avx512 {
         };
         let scaled = e.is_some_and(|e| e.scale.is_some());
         let zero = _mm512_setzero_ps();
-        for (r, acc) in acc.iter_mut().enumerate() {
+        for r in 0..R {
             let at = t.c_off + r * t.ldc;
-            let (mut v0, mut v1) = (acc[0], acc[1]);
+            let (mut v0, mut v1) = (acc0[r], acc1[r]);
             if !t.first {
                 v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cp.add(at)));
                 v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cp.wrapping_add(at + 16)));
