@@ -5,18 +5,29 @@ use std::sync::Mutex;
 use super::pool::ThreadPool;
 use super::Value;
 use crate::error::Result;
-use crate::kernels::packed_gemm::{gemm_packed_raw, GemmEpilogue, PackedB, MR};
+use crate::kernels::packed_gemm::{gemm_packed_raw, gemm_segments, GemmEpilogue, PackedB, Segment, MR, NR};
 use crate::kernels::{self, ConvGeometry, PoolGeometry};
 
 /// Bytes of im2col tile a thread fills before multiplying it (sized for L2).
-const IM2COL_TILE_BYTES: usize = 512 << 10;
+const IM2COL_TILE_BYTES: usize = 1 << 20;
+
+/// Input channels from which a convolution reads its input in place (one GEMM segment per
+/// kernel tap) instead of copying it through im2col.
+const IMPLICIT_MIN_CHANNELS: usize = 16;
+
+/// One thread's scratch space: an im2col tile or gathered edge taps, and the segment list.
+#[derive(Debug, Default)]
+pub(crate) struct Workspace {
+    pub floats: Vec<f32>,
+    pub segments: Vec<Segment>,
+}
 
 /// Everything an op needs at run time besides the buffers.
 pub(crate) struct Ctx<'a> {
     pub values: &'a [Value],
     pub batch: usize,
     pub pool: &'a ThreadPool,
-    pub workspaces: &'a [Mutex<Vec<f32>>],
+    pub workspaces: &'a [Mutex<Workspace>],
 }
 
 /// A convolution with folded weights and a fused epilogue.
@@ -37,6 +48,15 @@ pub(crate) struct ConvOp {
 impl ConvOp {
     fn pointwise(&self) -> bool {
         self.geometry.window.kernel == [1, 1] && self.geometry.window.stride == [1, 1] && self.geometry.pad.is_zero()
+    }
+
+    /// Reads its input in place, tap by tap (no im2col).
+    fn implicit(&self) -> bool {
+        !self.pointwise() && self.geometry.in_channels >= IMPLICIT_MIN_CHANNELS
+    }
+
+    fn taps(&self) -> usize {
+        self.geometry.window.kernel[0] * self.geometry.window.kernel[1]
     }
 
     /// Output rows per tile: as many as fit [`IM2COL_TILE_BYTES`], a multiple of `MR`, at least 8 `MR`.
@@ -183,14 +203,15 @@ impl Op {
         }
     }
 
-    /// Scratch floats a thread needs for this op at `batch`.
-    pub fn workspace_len(&self, batch: usize) -> usize {
+    /// Scratch floats a thread needs for this op at `batch`, and segments.
+    pub fn workspace_len(&self, batch: usize) -> (usize, usize) {
         match self {
+            Op::Conv(c) if c.implicit() => (c.taps() * MR * c.geometry.in_channels, c.taps()),
             Op::Conv(c) if !c.pointwise() => {
                 let g = ConvGeometry { batch, ..c.geometry };
-                c.tile_rows().min(g.out_pixels()) * g.patch_len()
+                (c.tile_rows().min(g.out_pixels()) * g.patch_len(), 0)
             }
-            _ => 0,
+            _ => (0, 0),
         }
     }
 
@@ -198,6 +219,7 @@ impl Op {
         let v = |i: usize| &ctx.values[i];
         let n = ctx.batch;
         match self {
+            Op::Conv(c) if c.implicit() => conv_implicit(c, ctx, bufs),
             Op::Conv(c) => conv(c, ctx, bufs),
             Op::Affine {
                 scale, shift, relu, x, y, ..
@@ -345,7 +367,7 @@ fn conv(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
                 // SAFETY: this thread alone writes these rows x panels of the output.
                 unsafe { gemm_packed_raw(x, k, 0, &c.weights, out.get(), out_len, n, rows, my_panels.clone(), &e) }
             } else {
-                let a = &mut ws[..rows.len() * k];
+                let a = &mut ws.floats[..rows.len() * k];
                 kernels::im2col::im2col_unchecked(x, &g, rows.start, rows.len(), a);
                 // SAFETY: as above.
                 unsafe { gemm_packed_raw(a, k, rows.start, &c.weights, out.get(), out_len, n, rows, my_panels.clone(), &e) }
@@ -353,6 +375,122 @@ fn conv(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
             if let Err(err) = result {
                 *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err);
                 return;
+            }
+        }
+    });
+    failed
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .map_or(Ok(()), Err)
+}
+
+/// Sizes of the near-equal pieces `total` splits into with at most `max` per piece.
+fn pieces(total: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let n = total.div_ceil(max).max(1);
+    let (base, extra) = (total / n, total % n);
+    (0..n).scan(0, move |at, i| {
+        let len = base + usize::from(i < extra);
+        let r = *at..*at + len;
+        *at += len;
+        Some(r)
+    })
+}
+
+/// A convolution without im2col: each micro-tile of up to `MR` output pixels in one output row
+/// multiplies, for every kernel tap, the input pixels under it (consecutive in NHWC, `stride *
+/// channels` apart) straight from the input. Taps that straddle the padding are gathered into
+/// a small per-thread buffer; taps entirely in the padding are skipped.
+fn conv_implicit(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+    let v = |i: usize| &ctx.values[i];
+    let g = ConvGeometry {
+        batch: ctx.batch,
+        ..c.geometry
+    };
+    let ([ih, iw], [oh, ow]) = (g.in_hw, g.out_hw);
+    let ([kh, kw], [sh, sw], [dh, dw]) = (g.window.kernel, g.window.stride, g.window.dilation);
+    let (cin, n) = (g.in_channels, g.out_channels);
+    let xs = v(c.x).slot;
+    let (x, res, w) = split(bufs, xs, c.residual.map_or(xs, |r| v(r).slot), v(c.y).slot);
+    let x = &x[..g.input_len()];
+    let residual = c.residual.map(|_| &res[..g.output_len()]);
+    let out = SendPtr(w.as_mut_ptr());
+    let e = GemmEpilogue {
+        scale: c.scale.as_deref(),
+        bias: Some(&c.bias),
+        residual,
+        relu: c.relu,
+    };
+    let units = g.batch * oh;
+    let panels = c.weights.panels();
+    let threads = ctx.pool.threads();
+    let by_rows = units >= 2 * threads || panels < threads;
+    let failed = Mutex::new(None);
+    ctx.pool.run(&|t| {
+        let (my_units, my_panels) = if by_rows {
+            (share(units, t, threads), 0..panels)
+        } else {
+            (0..units, share(panels, t, threads))
+        };
+        if my_units.is_empty() || my_panels.is_empty() {
+            return;
+        }
+        let mut ws = ctx.workspaces[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Workspace { floats, segments } = &mut *ws;
+        // Panel-major: one packed panel of B stays in cache while every row uses it.
+        for p in my_panels {
+            for u in my_units.clone() {
+                let (img, oy) = (u / oh, u % oh);
+                for cols in pieces(ow, MR) {
+                    let r = cols.len();
+                    segments.clear();
+                    let mut gathered = 0;
+                    for ky in 0..kh {
+                        let iy = (oy * sh + ky * dh) as isize - g.pad.top as isize;
+                        if iy < 0 || iy >= ih as isize {
+                            continue;
+                        }
+                        let line = (img * ih + iy as usize) * iw;
+                        for kx in 0..kw {
+                            let b_row = (ky * kw + kx) * cin;
+                            let ix0 = (cols.start * sw + kx * dw) as isize - g.pad.left as isize;
+                            let ix_last = ix0 + ((r - 1) * sw) as isize;
+                            if ix0 >= 0 && ix_last < iw as isize {
+                                segments.push(Segment {
+                                    a: (line + ix0 as usize) * cin,
+                                    lda: sw * cin,
+                                    b_row,
+                                    kc: cin,
+                                    gathered: false,
+                                });
+                            } else if ix_last >= 0 && ix0 < iw as isize {
+                                for rr in 0..r {
+                                    let ix = ix0 + (rr * sw) as isize;
+                                    let dst = &mut floats[gathered + rr * cin..gathered + (rr + 1) * cin];
+                                    if ix >= 0 && ix < iw as isize {
+                                        dst.copy_from_slice(&x[(line + ix as usize) * cin..(line + ix as usize + 1) * cin]);
+                                    } else {
+                                        dst.fill(0.0);
+                                    }
+                                }
+                                segments.push(Segment {
+                                    a: gathered,
+                                    lda: cin,
+                                    b_row,
+                                    kc: cin,
+                                    gathered: true,
+                                });
+                                gathered += r * cin;
+                            }
+                        }
+                    }
+                    let c_off = ((img * oh + oy) * ow + cols.start) * n + p * NR;
+                    // SAFETY: this thread alone writes these pixels x this panel of the output.
+                    let result = unsafe { gemm_segments(x, floats, segments, r, &c.weights, p, out.get(), c_off, n, &e) };
+                    if let Err(err) = result {
+                        *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err);
+                        return;
+                    }
+                }
             }
         }
     });

@@ -89,7 +89,7 @@ pub struct CompiledModel {
     pool: ThreadPool,
     batch: usize,
     buffers: Vec<Vec<f32>>,
-    workspaces: Vec<Mutex<Vec<f32>>>,
+    workspaces: Vec<Mutex<exec::Workspace>>,
 }
 
 impl std::fmt::Debug for CompiledModel {
@@ -107,7 +107,9 @@ impl CompiledModel {
     /// axis). Fails for layer types it cannot lower.
     pub fn new(model: &dyn Layer, input_shape: &[usize], options: &InferenceOptions) -> Result<Self> {
         let graph = compile::compile(model, input_shape, options)?;
-        let workspaces = (0..options.threads.max(1)).map(|_| Mutex::new(Vec::new())).collect();
+        let workspaces = (0..options.threads.max(1))
+            .map(|_| Mutex::new(exec::Workspace::default()))
+            .collect();
         Ok(CompiledModel {
             ops: graph.ops,
             values: graph.values,
@@ -139,7 +141,11 @@ impl CompiledModel {
     /// Bytes of activation buffers and workspaces currently allocated.
     pub fn buffer_bytes(&self) -> usize {
         4 * (self.buffers.iter().map(Vec::capacity).sum::<usize>()
-            + self.workspaces.iter().map(|w| w.lock().map_or(0, |w| w.capacity())).sum::<usize>())
+            + self
+                .workspaces
+                .iter()
+                .map(|w| w.lock().map_or(0, |w| w.floats.capacity()))
+                .sum::<usize>())
     }
 
     /// Runs a batch and returns the output as a new tensor.
@@ -189,10 +195,12 @@ impl CompiledModel {
             .iter()
             .map(|&s| crate::error::checked_product("CompiledModel", &[s, batch]).map(|n| vec![0.0; n]))
             .collect::<Result<_>>()?;
-        let ws = self.ops.iter().map(|op| op.workspace_len(batch)).max().unwrap_or(0);
+        let floats = self.ops.iter().map(|op| op.workspace_len(batch).0).max().unwrap_or(0);
+        let segments = self.ops.iter().map(|op| op.workspace_len(batch).1).max().unwrap_or(0);
         for w in &self.workspaces {
             let mut w = w.lock().map_err(|_| Error::config("CompiledModel", "a worker panicked earlier"))?;
-            *w = vec![0.0; ws];
+            w.floats = vec![0.0; floats];
+            w.segments = Vec::with_capacity(segments);
         }
         self.batch = batch;
         Ok(())

@@ -1,37 +1,37 @@
 //! A small fixed thread pool for data-parallel loops: `run(f)` calls `f(0)` on the calling
 //! thread and `f(1)` ... `f(threads - 1)` on persistent workers, and returns when all are done.
 //! A dispatch allocates nothing, and a pool of one thread spawns nothing.
+//!
+//! Workers spin briefly on an atomic generation counter before sleeping on a condition
+//! variable, so the back-to-back dispatches of a forward pass (one per layer) cost no system
+//! call, and an idle pool costs no CPU.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 type Job = dyn Fn(usize) + Sync;
 
-struct State {
-    generation: u64,
-    /// The current job, with its lifetime erased; only dereferenced between a dispatch and its
-    /// completion, while `run` keeps the real borrow alive.
-    job: Option<*const Job>,
-    pending: usize,
-    panicked: bool,
-    shutdown: bool,
-}
+/// Spins (about 50-100 us) before a waiting thread goes to sleep.
+const SPINS: u32 = 20_000;
 
-// SAFETY: the raw job pointer is only used while `run` blocks on its completion, and the job
-// itself is `Sync`.
-unsafe impl Send for State {}
+/// A job pointer with its lifetime erased; only dereferenced between a dispatch and its
+/// completion, while `run` keeps the real borrow alive.
+#[derive(Clone, Copy)]
+struct JobPtr(*const Job);
+
+// SAFETY: the pointee is `Sync` and outlives every use (see `ThreadPool::run`).
+unsafe impl Send for JobPtr {}
 
 struct Shared {
-    state: Mutex<State>,
-    start: Condvar,
-    done: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+    job: Mutex<Option<JobPtr>>,
+    generation: AtomicU64,
+    pending: AtomicUsize,
+    panicked: AtomicBool,
+    shutdown: AtomicBool,
+    sleep: Mutex<()>,
+    wake: Condvar,
 }
 
 /// A pool of `threads - 1` worker threads plus the caller.
@@ -52,15 +52,13 @@ impl ThreadPool {
     pub fn new(threads: usize) -> crate::Result<Self> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                generation: 0,
-                job: None,
-                pending: 0,
-                panicked: false,
-                shutdown: false,
-            }),
-            start: Condvar::new(),
-            done: Condvar::new(),
+            job: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
         });
         let mut pool = ThreadPool {
             threads,
@@ -90,66 +88,80 @@ impl ThreadPool {
             f(0);
             return;
         }
+        let s = &*self.shared;
+        // SAFETY (lifetime erasure): the pointer is cleared below before this function returns,
+        // and workers only use it until they decrement `pending`, which this function waits out.
+        let erased: &'static Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
+        *s.job.lock().unwrap_or_else(PoisonError::into_inner) = Some(JobPtr(erased));
+        s.panicked.store(false, Ordering::Relaxed);
+        s.pending.store(self.threads - 1, Ordering::Release);
+        s.generation.fetch_add(1, Ordering::AcqRel);
         {
-            let mut s = self.shared.lock();
-            // SAFETY (lifetime erasure): the pointer is cleared below before this function
-            // returns, and workers only use it while `pending > 0`, which this function waits out.
-            let erased: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
-            s.job = Some(erased);
-            s.pending = self.threads - 1;
-            s.panicked = false;
-            s.generation += 1;
+            let _guard = s.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+            s.wake.notify_all();
         }
-        self.shared.start.notify_all();
         let mine = panic::catch_unwind(AssertUnwindSafe(|| f(0)));
-        let mut s = self.shared.lock();
-        while s.pending > 0 {
-            s = self.shared.done.wait(s).unwrap_or_else(PoisonError::into_inner);
+        let mut spins = 0u32;
+        while s.pending.load(Ordering::Acquire) > 0 {
+            if spins < SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
-        s.job = None;
-        let theirs = s.panicked;
-        drop(s);
+        *s.job.lock().unwrap_or_else(PoisonError::into_inner) = None;
         if let Err(p) = mine {
             panic::resume_unwind(p);
         }
-        if theirs {
+        if s.panicked.load(Ordering::Acquire) {
             panic!("a convnet worker thread panicked");
         }
     }
 }
 
-fn worker(shared: &Shared, index: usize) {
+fn worker(s: &Shared, index: usize) {
     let mut seen = 0u64;
     loop {
-        let job = {
-            let mut s = shared.lock();
-            while s.generation == seen && !s.shutdown {
-                s = shared.start.wait(s).unwrap_or_else(PoisonError::into_inner);
-            }
-            if s.shutdown {
+        let mut spins = 0u32;
+        loop {
+            if s.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            seen = s.generation;
-            s.job
-        };
-        let ok = match job {
-            // SAFETY: `run` keeps the job alive until `pending` reaches zero.
-            Some(job) => panic::catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(index) })).is_ok(),
-            None => true,
-        };
-        let mut s = shared.lock();
-        s.panicked |= !ok;
-        s.pending -= 1;
-        if s.pending == 0 {
-            shared.done.notify_one();
+            let g = s.generation.load(Ordering::Acquire);
+            if g != seen {
+                seen = g;
+                break;
+            }
+            if spins < SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                let guard = s.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+                if s.generation.load(Ordering::Acquire) == seen && !s.shutdown.load(Ordering::Acquire) {
+                    drop(s.wake.wait(guard).unwrap_or_else(PoisonError::into_inner));
+                }
+            }
         }
+        let job = *s.job.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(JobPtr(job)) = job {
+            // SAFETY: `run` keeps the job alive until `pending` reaches zero.
+            let ok = panic::catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(index) })).is_ok();
+            if !ok {
+                s.panicked.store(true, Ordering::Release);
+            }
+        }
+        s.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        self.shared.lock().shutdown = true;
-        self.shared.start.notify_all();
+        self.shared.shutdown.store(true, Ordering::Release);
+        {
+            let _guard = self.shared.sleep.lock().unwrap_or_else(PoisonError::into_inner);
+            self.shared.wake.notify_all();
+        }
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -159,19 +171,22 @@ impl Drop for ThreadPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn every_index_runs_once_per_dispatch() {
         for threads in [1, 2, 3] {
             let pool = ThreadPool::new(threads).unwrap();
             let hits: Vec<AtomicUsize> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
-            for _ in 0..100 {
+            for round in 0..200 {
+                if round == 100 {
+                    // let the workers fall asleep once
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
                 pool.run(&|i| {
                     hits[i].fetch_add(1, Ordering::Relaxed);
                 });
             }
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 100));
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 200));
         }
     }
 

@@ -46,16 +46,27 @@ pub(crate) fn im2col_unchecked(input: &[f32], g: &ConvGeometry, first: usize, ro
         let oy = (p % per_image) / ow;
         let ox = p % ow;
         let image = &input[n * ih * iw * c..(n + 1) * ih * iw * c];
-        for (t, dst) in row.chunks_exact_mut(c).enumerate() {
-            let (ky, kx) = (t / kw, t % kw);
+        for (ky, dst_row) in row.chunks_exact_mut(kw * c).enumerate() {
             // A tap above/left of the input wraps to a huge value and fails the bound too.
             let iy = (oy * sh + ky * dh).wrapping_sub(g.pad.top);
-            let ix = (ox * sw + kx * dw).wrapping_sub(g.pad.left);
-            if iy < ih && ix < iw {
-                let at = (iy * iw + ix) * c;
-                dst.copy_from_slice(&image[at..at + c]);
-            } else {
-                dst.fill(0.0);
+            if iy >= ih {
+                dst_row.fill(0.0);
+                continue;
+            }
+            let ix0 = (ox * sw).wrapping_sub(g.pad.left);
+            let line = &image[iy * iw * c..(iy + 1) * iw * c];
+            if dw == 1 && ix0 < iw && ix0 + kw <= iw {
+                // The whole row of taps is inside: one contiguous copy of kw * c floats.
+                dst_row.copy_from_slice(&line[ix0 * c..(ix0 + kw) * c]);
+                continue;
+            }
+            for (kx, dst) in dst_row.chunks_exact_mut(c).enumerate() {
+                let ix = (ox * sw + kx * dw).wrapping_sub(g.pad.left);
+                if ix < iw {
+                    dst.copy_from_slice(&line[ix * c..(ix + 1) * c]);
+                } else {
+                    dst.fill(0.0);
+                }
             }
         }
     }

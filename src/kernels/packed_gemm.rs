@@ -238,9 +238,13 @@ unsafe fn gemm_unchecked(
         for p in panels.clone() {
             let cols = NR.min(b.n - p * NR);
             let bp = &b.panel(p)[k0 * NR..(k0 + kc) * NR];
+            // Rows in near-equal micro-tiles of at most MR (49 rows: 10, 10, 10, 10, 9 rather
+            // than 12, 12, 12, 12, 1), so no tile runs nearly empty.
+            let tiles = rows.len().div_ceil(MR);
+            let (base, extra) = (rows.len() / tiles, rows.len() % tiles);
             let mut i = rows.start;
-            while i < rows.end {
-                let r = MR.min(rows.end - i);
+            for t in 0..tiles {
+                let r = base + usize::from(t < extra);
                 let tile = Tile {
                     a: &a[(i - a_row0) * lda + k0..],
                     lda,
@@ -310,7 +314,16 @@ impl Tile<'_> {
                 }
             }
         }
-        for (r, row) in acc.iter().enumerate().take(rows) {
+        // SAFETY: forwarded.
+        unsafe { self.store_portable(&acc, c, e) };
+    }
+
+    /// Applies the epilogue to `acc` and writes the tile.
+    ///
+    /// # Safety
+    /// As [`Tile::run`].
+    unsafe fn store_portable(&self, acc: &[[f32; NR]; MR], c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
+        for (r, row) in acc.iter().enumerate().take(self.rows) {
             let at = self.c_off + r * self.ldc;
             for (j, &acc) in row.iter().enumerate().take(self.cols) {
                 let mut v = acc;
@@ -339,77 +352,204 @@ impl Tile<'_> {
     }
 }
 
+/// One stretch of `K` for a micro-tile of a convolution computed without im2col: `rows` rows of
+/// `A` read from `source[a..]`, `lda` apart, `kc` deep, multiplying rows `b_row..b_row + kc` of
+/// the packed panel. For a stride-1 3x3 convolution each kernel tap is one segment whose rows
+/// are consecutive input pixels (`lda` = channels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Segment {
+    /// Offset of row 0 in its source.
+    pub a: usize,
+    /// Distance between rows.
+    pub lda: usize,
+    /// First row of `B` it multiplies.
+    pub b_row: usize,
+    /// Depth.
+    pub kc: usize,
+    /// Read from the gather buffer (edge taps with padding) instead of the input.
+    pub gathered: bool,
+}
+
+/// `C[rows, panel] = epilogue(sum over segments of A_seg B[b_row.., panel])` for one micro-tile
+/// of `rows <= MR` output rows starting at `c_off`; `K` segments absent from `segs` count as
+/// zero (taps entirely in the padding).
+///
+/// # Safety
+/// `c` must cover the tile (`rows` rows `ldc` apart, the panel's columns at `c_off`), which no
+/// other thread accesses meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_segments(
+    input: &[f32],
+    gathered: &[f32],
+    segs: &[Segment],
+    rows: usize,
+    b: &PackedB,
+    panel: usize,
+    c: *mut f32,
+    c_off: usize,
+    ldc: usize,
+    e: &GemmEpilogue<'_>,
+) -> Result<()> {
+    let cols = NR.min(b.n - panel * NR);
+    for s in segs {
+        let src = if s.gathered { gathered.len() } else { input.len() };
+        if rows == 0 || rows > MR || s.b_row + s.kc > b.k || (rows - 1) * s.lda + s.a + s.kc > src || panel >= b.panels() {
+            return Err(Error::shape(
+                "gemm_segments",
+                format!("segments inside A ({src}) and B ({} rows), at most {MR} rows", b.k),
+                format!("{s:?} with {rows} rows"),
+            ));
+        }
+    }
+    let seg = SegTile {
+        input,
+        gathered,
+        segs,
+        rows,
+        b: b.panel(panel),
+        c_off,
+        ldc,
+        cols,
+        col0: panel * NR,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if simd_available() {
+        // SAFETY: AVX-512F is present; the segments were checked above to lie inside their
+        // sources and `B`, and the caller guarantees the output tile.
+        unsafe { avx512::segments(&seg, c, e) };
+        return Ok(());
+    }
+    // SAFETY: as above.
+    unsafe { seg.portable(c, e) };
+    Ok(())
+}
+
+struct SegTile<'a> {
+    input: &'a [f32],
+    gathered: &'a [f32],
+    segs: &'a [Segment],
+    rows: usize,
+    b: &'a [f32],
+    c_off: usize,
+    ldc: usize,
+    cols: usize,
+    col0: usize,
+}
+
+impl SegTile<'_> {
+    /// # Safety
+    /// As [`gemm_segments`].
+    unsafe fn portable(&self, c: *mut f32, e: &GemmEpilogue<'_>) {
+        let mut acc = [[0.0f32; NR]; MR];
+        for s in self.segs {
+            let src = if s.gathered { self.gathered } else { self.input };
+            for p in 0..s.kc {
+                let brow = &self.b[(s.b_row + p) * NR..(s.b_row + p + 1) * NR];
+                for (r, row) in acc.iter_mut().enumerate().take(self.rows) {
+                    let av = src[s.a + r * s.lda + p];
+                    row.iter_mut().zip(brow).for_each(|(x, &bv)| *x += av * bv);
+                }
+            }
+        }
+        let tile = Tile {
+            a: &[],
+            lda: 0,
+            b: &[],
+            kc: 0,
+            c_off: self.c_off,
+            ldc: self.ldc,
+            rows: self.rows,
+            cols: self.cols,
+            first: true,
+            col0: self.col0,
+        };
+        // SAFETY: forwarded.
+        unsafe { tile.store_portable(&acc, c, Some(e)) };
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{GemmEpilogue, Tile, MR};
+    use super::{GemmEpilogue, SegTile, Tile, MR};
+
+    macro_rules! by_rows {
+        ($rows:expr, $f:ident, $($arg:expr),*) => {
+            match $rows {
+                12 => $f::<12>($($arg),*),
+                11 => $f::<11>($($arg),*),
+                10 => $f::<10>($($arg),*),
+                9 => $f::<9>($($arg),*),
+                8 => $f::<8>($($arg),*),
+                7 => $f::<7>($($arg),*),
+                6 => $f::<6>($($arg),*),
+                5 => $f::<5>($($arg),*),
+                4 => $f::<4>($($arg),*),
+                3 => $f::<3>($($arg),*),
+                2 => $f::<2>($($arg),*),
+                _ => $f::<1>($($arg),*),
+            }
+        };
+    }
 
     pub(super) unsafe fn tile(t: &Tile<'_>, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
-        match t.rows {
-            12 => kernel::<12>(t, c, e),
-            11 => kernel::<11>(t, c, e),
-            10 => kernel::<10>(t, c, e),
-            9 => kernel::<9>(t, c, e),
-            8 => kernel::<8>(t, c, e),
-            7 => kernel::<7>(t, c, e),
-            6 => kernel::<6>(t, c, e),
-            5 => kernel::<5>(t, c, e),
-            4 => kernel::<4>(t, c, e),
-            3 => kernel::<3>(t, c, e),
-            2 => kernel::<2>(t, c, e),
-            _ => kernel::<1>(t, c, e),
+        by_rows!(t.rows, kernel, t, c, e)
+    }
+
+    pub(super) unsafe fn segments(t: &SegTile<'_>, c: *mut f32, e: &GemmEpilogue<'_>) {
+        by_rows!(t.rows, seg_kernel, t, c, e)
+    }
+
+    /// Where a tile's outputs go and what happens to them on the way.
+    struct Store<'a, 'e> {
+        c: *mut f32,
+        c_off: usize,
+        ldc: usize,
+        cols: usize,
+        col0: usize,
+        first: bool,
+        e: Option<&'a GemmEpilogue<'e>>,
+    }
+
+    /// Columns `col0..col0 + 32` of a per-column vector (masked), or `default` everywhere.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load2(v: Option<&[f32]>, default: f32, m0: __mmask16, m1: __mmask16, col0: usize) -> (__m512, __m512) {
+        match v {
+            Some(v) => (
+                _mm512_maskz_loadu_ps(m0, v.as_ptr().add(col0)),
+                _mm512_maskz_loadu_ps(m1, v.as_ptr().wrapping_add(col0 + 16)),
+            ),
+            None => (_mm512_set1_ps(default), _mm512_set1_ps(default)),
         }
     }
 
+    /// Writes `R` rows of accumulators: adds the old `C` unless `first`, then the epilogue.
+    #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel<const R: usize>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>) {
-        const { assert!(R <= MR) };
-        let m0: __mmask16 = if t.cols >= 16 { 0xFFFF } else { ((1u32 << t.cols) - 1) as u16 };
-        let m1: __mmask16 = if t.cols >= 32 {
+    unsafe fn store<const R: usize>(acc0: &[__m512; R], acc1: &[__m512; R], s: &Store<'_, '_>) {
+        let m0: __mmask16 = if s.cols >= 16 { 0xFFFF } else { ((1u32 << s.cols) - 1) as u16 };
+        let m1: __mmask16 = if s.cols >= 32 {
             0xFFFF
-        } else if t.cols > 16 {
-            ((1u32 << (t.cols - 16)) - 1) as u16
+        } else if s.cols > 16 {
+            ((1u32 << (s.cols - 16)) - 1) as u16
         } else {
             0
         };
-        let mut acc0 = [_mm512_setzero_ps(); R];
-        let mut acc1 = [_mm512_setzero_ps(); R];
-        let a = t.a.as_ptr();
-        let b = t.b.as_ptr();
-        for p in 0..t.kc {
-            let b0 = _mm512_loadu_ps(b.add(p * 32));
-            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
-            for r in 0..R {
-                let av = _mm512_set1_ps(*a.add(r * t.lda + p));
-                acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
-                acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
-            }
-        }
-        let (bias0, bias1) = match e.and_then(|e| e.bias) {
-            Some(bias) => (
-                _mm512_maskz_loadu_ps(m0, bias.as_ptr().add(t.col0)),
-                _mm512_maskz_loadu_ps(m1, bias.as_ptr().wrapping_add(t.col0 + 16)),
-            ),
-            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
-        };
-        let (scale0, scale1) = match e.and_then(|e| e.scale) {
-            Some(scale) => (
-                _mm512_maskz_loadu_ps(m0, scale.as_ptr().add(t.col0)),
-                _mm512_maskz_loadu_ps(m1, scale.as_ptr().wrapping_add(t.col0 + 16)),
-            ),
-            None => (_mm512_set1_ps(1.0), _mm512_set1_ps(1.0)),
-        };
-        let scaled = e.is_some_and(|e| e.scale.is_some());
+        let cp = s.c;
+        let (bias0, bias1) = load2(s.e.and_then(|e| e.bias), 0.0, m0, m1, s.col0);
+        let (scale0, scale1) = load2(s.e.and_then(|e| e.scale), 1.0, m0, m1, s.col0);
+        let scaled = s.e.is_some_and(|e| e.scale.is_some());
         let zero = _mm512_setzero_ps();
         for r in 0..R {
-            let at = t.c_off + r * t.ldc;
+            let at = s.c_off + r * s.ldc;
             let (mut v0, mut v1) = (acc0[r], acc1[r]);
-            if !t.first {
+            if !s.first {
                 v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cp.add(at)));
                 v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cp.wrapping_add(at + 16)));
             }
-            if let Some(e) = e {
+            if let Some(e) = s.e {
                 if scaled {
                     v0 = _mm512_mul_ps(v0, scale0);
                     v1 = _mm512_mul_ps(v1, scale1);
@@ -428,5 +568,72 @@ mod avx512 {
             _mm512_mask_storeu_ps(cp.add(at), m0, v0);
             _mm512_mask_storeu_ps(cp.wrapping_add(at + 16), m1, v1);
         }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel<const R: usize>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>) {
+        const { assert!(R <= MR) };
+        // Two separate accumulator arrays: with one `[[__m512; 2]; R]` LLVM split the loop in
+        // two and ran at a third of the speed.
+        let mut acc0 = [_mm512_setzero_ps(); R];
+        let mut acc1 = [_mm512_setzero_ps(); R];
+        let a = t.a.as_ptr();
+        let b = t.b.as_ptr();
+        for p in 0..t.kc {
+            let b0 = _mm512_loadu_ps(b.add(p * 32));
+            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            for r in 0..R {
+                let av = _mm512_set1_ps(*a.add(r * t.lda + p));
+                acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+                acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+            }
+        }
+        store(
+            &acc0,
+            &acc1,
+            &Store {
+                c: cp,
+                c_off: t.c_off,
+                ldc: t.ldc,
+                cols: t.cols,
+                col0: t.col0,
+                first: t.first,
+                e,
+            },
+        );
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn seg_kernel<const R: usize>(t: &SegTile<'_>, cp: *mut f32, e: &GemmEpilogue<'_>) {
+        const { assert!(R <= MR) };
+        let mut acc0 = [_mm512_setzero_ps(); R];
+        let mut acc1 = [_mm512_setzero_ps(); R];
+        for s in t.segs {
+            let a = if s.gathered { t.gathered.as_ptr() } else { t.input.as_ptr() }.add(s.a);
+            let b = t.b.as_ptr().add(s.b_row * 32);
+            let lda = s.lda;
+            for p in 0..s.kc {
+                let b0 = _mm512_loadu_ps(b.add(p * 32));
+                let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+                for r in 0..R {
+                    let av = _mm512_set1_ps(*a.add(r * lda + p));
+                    acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+                    acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+                }
+            }
+        }
+        store(
+            &acc0,
+            &acc1,
+            &Store {
+                c: cp,
+                c_off: t.c_off,
+                ldc: t.ldc,
+                cols: t.cols,
+                col0: t.col0,
+                first: true,
+                e: Some(e),
+            },
+        );
     }
 }
