@@ -166,3 +166,59 @@ fn profile_names_every_layer() {
     // 53 convolutions (BN folded, ReLU and the residual add fused), pool1, avg_pool, fc1000, softmax.
     assert_eq!(names.len(), 53 + 4, "{names:?}");
 }
+
+mod compiled_conv {
+    use convnet::inference::{CompiledModel, InferenceOptions};
+    use convnet::kernels::{reference, ConvGeometry, Padding, Padding2d, Window2d};
+    use convnet::layers::{Conv2d, Conv2dConfig, Relu, Sequential};
+    use ndarray::{Array1, Array4, ArrayD, IxDyn};
+    use proptest::prelude::*;
+
+    fn fill(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        /// The compiled convolution (im2col for few channels, in-place taps for 16 or more, both
+        /// with fused bias and ReLU, split over 1-3 threads) against the direct-loop reference.
+        #[test]
+        fn compiled_conv_matches_reference(
+            (n, h, w, cin, cout) in (1usize..=3, 1usize..=13, 1usize..=13, 1usize..=40, 1usize..=70),
+            (kh, kw, sh, sw, dh, dw) in (1usize..=5, 1usize..=5, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
+            pad in prop_oneof![Just(Padding::Valid), Just(Padding::Same), (0usize..3, 0usize..3, 0usize..3, 0usize..3).prop_map(|(t, b, l, r)| Padding::Explicit(Padding2d::new(t, b, l, r)))],
+            (threads, relu, seed) in (1usize..=3, any::<bool>(), any::<u64>()),
+        ) {
+            let window = Window2d { kernel: [kh, kw], stride: [sh, sw], dilation: [dh, dw], padding: pad };
+            let Ok(g) = ConvGeometry::new([n, h, w, cin], cout, window) else { return Ok(()) };
+            let kernel = fill(g.kernel_len(), seed);
+            let bias = fill(cout, seed ^ 1);
+            let x = fill(g.input_len(), seed ^ 2);
+            let cfg = Conv2dConfig::new(cin, cout, [kh, kw]).with_strides([sh, sw]).with_dilation([dh, dw]).with_padding(pad);
+            let conv = Conv2d::with_weights(cfg, Array4::from_shape_vec((kh, kw, cin, cout), kernel.clone()).unwrap(), Some(Array1::from(bias.clone()))).unwrap();
+            let mut net = Sequential::new();
+            net.push("conv", conv).unwrap();
+            if relu {
+                net.push("relu", Relu).unwrap();
+            }
+            let mut fast = CompiledModel::new(&net, &[h, w, cin], &InferenceOptions { threads, fold_batch_norm: true }).unwrap();
+            let got = fast.run(&ArrayD::from_shape_vec(IxDyn(&[n, h, w, cin]), x.clone()).unwrap()).unwrap();
+            let mut want = vec![0.0; g.output_len()];
+            reference::conv2d(&x, &g, &kernel, Some(&bias), &mut want);
+            let mut scale = vec![0.0; g.output_len()];
+            let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<_>>();
+            reference::conv2d(&abs(&x), &g, &abs(&kernel), None, &mut scale);
+            for (i, (a, (b, s))) in got.iter().zip(want.iter().zip(&scale)).enumerate() {
+                let b = if relu { b.max(0.0) } else { *b };
+                prop_assert!((a - b).abs() <= 1e-5 * (s + 1.0), "element {i}: {a} vs {b} for {g:?}");
+            }
+        }
+    }
+}
