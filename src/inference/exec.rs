@@ -144,13 +144,13 @@ fn share(total: usize, t: usize, n: usize) -> std::ops::Range<usize> {
     total * t / n..total * (t + 1) / n
 }
 
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: threads write disjoint blocks through it (see `conv`).
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
-    fn get(&self) -> *mut f32 {
+    pub(crate) fn get(&self) -> *mut f32 {
         self.0
     }
 }

@@ -87,9 +87,19 @@ pub struct CompiledModel {
     input: usize,
     output: usize,
     pool: ThreadPool,
+    /// Buffers for the layer-parallel mode, sized for `batch` images.
     batch: usize,
     buffers: Vec<Vec<f32>>,
     workspaces: Vec<Mutex<exec::Workspace>>,
+    /// One single-image lane per thread for the batch-parallel mode (allocated on first use).
+    lanes: Vec<Mutex<Lane>>,
+    serial: ThreadPool,
+}
+
+/// What one thread needs to run whole images on its own.
+struct Lane {
+    buffers: Vec<Vec<f32>>,
+    workspace: [Mutex<exec::Workspace>; 1],
 }
 
 impl std::fmt::Debug for CompiledModel {
@@ -120,6 +130,8 @@ impl CompiledModel {
             batch: 0,
             buffers: Vec::new(),
             workspaces,
+            lanes: Vec::new(),
+            serial: ThreadPool::new(1)?,
         })
     }
 
@@ -186,24 +198,60 @@ impl CompiledModel {
         Ok(shape[0])
     }
 
+    fn workspace_sizes(&self, batch: usize) -> (usize, usize) {
+        let floats = self.ops.iter().map(|op| op.workspace_len(batch).0).max().unwrap_or(0);
+        let segments = self.ops.iter().map(|op| op.workspace_len(batch).1).max().unwrap_or(0);
+        (floats, segments)
+    }
+
+    fn alloc_buffers(&self, batch: usize) -> Result<Vec<Vec<f32>>> {
+        self.slot_sizes
+            .iter()
+            .map(|&s| crate::error::checked_product("CompiledModel", &[s, batch]).map(|n| vec![0.0; n]))
+            .collect()
+    }
+
     fn ensure_batch(&mut self, batch: usize) -> Result<()> {
         if self.batch == batch {
             return Ok(());
         }
-        self.buffers = self
-            .slot_sizes
-            .iter()
-            .map(|&s| crate::error::checked_product("CompiledModel", &[s, batch]).map(|n| vec![0.0; n]))
-            .collect::<Result<_>>()?;
-        let floats = self.ops.iter().map(|op| op.workspace_len(batch).0).max().unwrap_or(0);
-        let segments = self.ops.iter().map(|op| op.workspace_len(batch).1).max().unwrap_or(0);
+        self.buffers = Vec::new();
+        self.buffers = self.alloc_buffers(batch)?;
+        let (floats, segments) = self.workspace_sizes(batch);
         for w in &self.workspaces {
             let mut w = w.lock().map_err(|_| Error::config("CompiledModel", "a worker panicked earlier"))?;
-            w.floats = vec![0.0; floats];
-            w.segments = Vec::with_capacity(segments);
+            *w = exec::Workspace {
+                floats: vec![0.0; floats],
+                segments: Vec::with_capacity(segments),
+            };
         }
         self.batch = batch;
         Ok(())
+    }
+
+    fn ensure_lanes(&mut self) -> Result<()> {
+        if !self.lanes.is_empty() {
+            return Ok(());
+        }
+        let (floats, segments) = self.workspace_sizes(1);
+        for _ in 0..self.pool.threads() {
+            let workspace = [Mutex::new(exec::Workspace {
+                floats: vec![0.0; floats],
+                segments: Vec::with_capacity(segments),
+            })];
+            self.lanes.push(Mutex::new(Lane {
+                buffers: self.alloc_buffers(1)?,
+                workspace,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Whether a batch is split image by image over the threads (each thread running whole
+    /// images alone, which keeps every activation in its core's cache) rather than layer by
+    /// layer.
+    fn batch_parallel(&self, batch: usize) -> bool {
+        self.pool.threads() > 1 && batch >= self.pool.threads()
     }
 
     fn run_inner(&mut self, x: ArrayViewD<'_, f32>, out: &mut [f32], mut times: Option<&mut Vec<(String, Duration)>>) -> Result<()> {
@@ -216,13 +264,47 @@ impl CompiledModel {
                 format!("{}", out.len()),
             ));
         }
+        let per_in = self.values[self.input].len();
+        let per_out = self.values[self.output].len();
+        let x = x.as_standard_layout();
+        let x = x
+            .as_slice()
+            .ok_or_else(|| Error::shape("CompiledModel", "a contiguous input", "a strided view"))?;
+        if times.is_none() && self.batch_parallel(batch) {
+            self.ensure_lanes()?;
+            let threads = self.pool.threads();
+            let out_ptr = exec::SendPtr(out.as_mut_ptr());
+            let failed = Mutex::new(None);
+            let (ops, values, serial, lanes) = (&self.ops, &self.values, &self.serial, &self.lanes);
+            let (input_slot, output_slot) = (values[self.input].slot, values[self.output].slot);
+            self.pool.run(&|t| {
+                let mut lane = lanes[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let Lane { buffers, workspace } = &mut *lane;
+                let ctx = exec::Ctx {
+                    values,
+                    batch: 1,
+                    pool: serial,
+                    workspaces: workspace,
+                };
+                for image in (batch * t / threads)..(batch * (t + 1) / threads) {
+                    buffers[input_slot][..per_in].copy_from_slice(&x[image * per_in..(image + 1) * per_in]);
+                    if let Err(e) = ops.iter().try_for_each(|op| op.run(&ctx, buffers)) {
+                        *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                        return;
+                    }
+                    // SAFETY: each image's output rows are written by exactly one thread.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(image * per_out), per_out) };
+                    dst.copy_from_slice(&buffers[output_slot][..per_out]);
+                }
+            });
+            return failed
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .map_or(Ok(()), Err);
+        }
         self.ensure_batch(batch)?;
         let input = &mut self.buffers[self.values[self.input].slot];
-        let n_in = batch * self.values[self.input].len();
-        match x.as_slice() {
-            Some(s) => input[..n_in].copy_from_slice(s),
-            None => input[..n_in].iter_mut().zip(x.iter()).for_each(|(d, s)| *d = *s),
-        }
+        input[..batch * per_in].copy_from_slice(x);
         let ctx = exec::Ctx {
             values: &self.values,
             batch,

@@ -16,7 +16,10 @@ pub const NR: usize = 32;
 /// Rows per micro-kernel call.
 pub const MR: usize = 12;
 /// Depth of one `K` block (the `kc x NR` block of `B` stays in L1).
-pub const KC: usize = 256;
+pub const KC: usize = 512;
+
+/// Largest packed `B` (bytes) multiplied rows-outermost (see `gemm_unchecked`).
+pub(crate) const ROWS_OUTER_MAX_B_BYTES: usize = 256 << 10;
 
 /// `B` (`k x n`, row-major) packed into `ceil(n / NR)` panels of `k x NR` floats, the last one
 /// zero-padded.
@@ -231,35 +234,50 @@ unsafe fn gemm_unchecked(
     simd: bool,
 ) {
     let k = b.k;
+    // Rows in near-equal micro-tiles of at most MR (49 rows: 10, 10, 10, 10, 9 rather than
+    // 12, 12, 12, 12, 1), so no tile runs nearly empty.
+    let tiles = rows.len().div_ceil(MR);
+    let (base, extra) = (rows.len() / tiles, rows.len() % tiles);
+    let tile_rows = |t: usize| base + usize::from(t < extra);
+    // Small B (it stays in L2): rows outermost, so each micro-tile of A stays in L1 across the
+    // panels and C is written row by row. Large B: panels outermost, so each panel block stays in
+    // L1 across the micro-tiles.
+    let rows_outer = b.k * b.n * 4 <= ROWS_OUTER_MAX_B_BYTES;
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
         let (first, last) = (k0 == 0, k0 + kc >= k);
-        for p in panels.clone() {
-            let cols = NR.min(b.n - p * NR);
-            let bp = &b.panel(p)[k0 * NR..(k0 + kc) * NR];
-            // Rows in near-equal micro-tiles of at most MR (49 rows: 10, 10, 10, 10, 9 rather
-            // than 12, 12, 12, 12, 1), so no tile runs nearly empty.
-            let tiles = rows.len().div_ceil(MR);
-            let (base, extra) = (rows.len() / tiles, rows.len() % tiles);
+        let run = |i: usize, r: usize, p: usize| {
+            let tile = Tile {
+                a: &a[(i - a_row0) * lda + k0..],
+                lda,
+                b: &b.panel(p)[k0 * NR..(k0 + kc) * NR],
+                kc,
+                c_off: i * ldc + p * NR,
+                ldc,
+                rows: r,
+                cols: NR.min(b.n - p * NR),
+                first,
+                col0: p * NR,
+            };
+            // SAFETY: forwarded from this function's contract.
+            unsafe { tile.run(c, if last { Some(e) } else { None }, simd) };
+        };
+        if rows_outer {
             let mut i = rows.start;
             for t in 0..tiles {
-                let r = base + usize::from(t < extra);
-                let tile = Tile {
-                    a: &a[(i - a_row0) * lda + k0..],
-                    lda,
-                    b: bp,
-                    kc,
-                    c_off: i * ldc + p * NR,
-                    ldc,
-                    rows: r,
-                    cols,
-                    first,
-                    col0: p * NR,
-                };
-                // SAFETY: forwarded from this function's contract.
-                unsafe { tile.run(c, if last { Some(e) } else { None }, simd) };
-                i += r;
+                for p in panels.clone() {
+                    run(i, tile_rows(t), p);
+                }
+                i += tile_rows(t);
+            }
+        } else {
+            for p in panels.clone() {
+                let mut i = rows.start;
+                for t in 0..tiles {
+                    run(i, tile_rows(t), p);
+                    i += tile_rows(t);
+                }
             }
         }
         k0 += kc;
