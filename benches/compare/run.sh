@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Side-by-side: convnet (examples/bench_resnet50) and onnxruntime on the same ResNet50 and the
+# same weights, on this machine, in one run. Prints one JSON line per measurement and a
+# markdown table. Needs: pip install numpy onnx onnxruntime h5py
+#   bash benches/compare/run.sh [ITERS] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+iters=${1:-20}
+rounds=${2:-3}
+dir=${COMPARE_DIR:-target/compare}
+mkdir -p "$dir"
+[ -f "$dir/resnet50.onnx" ] || python3 benches/compare/export_onnx.py --out "$dir"
+cargo build --release --example bench_resnet50 >/dev/null
+out="$dir/results.jsonl"
+: > "$out"
+# Alternate the engines, several rounds, so drift on a noisy machine hits both alike.
+for round in $(seq "$rounds"); do
+  for cfg in "1 1" "1 2" "8 1" "8 2"; do
+    set -- $cfg
+    target/release/examples/bench_resnet50 --weights "$dir/resnet50.h5" --batch "$1" --threads "$2" --iters "$iters" --warmup 3 \
+      | tail -n 1 | sed 's/^{/{"engine": "convnet", /' | tee -a "$out"
+    python3 benches/compare/ort_bench.py "$dir/resnet50.onnx" --batch "$1" --threads "$2" --iters "$iters" --warmup 3 | tee -a "$out"
+  done
+done
+python3 benches/compare/table.py "$out"

@@ -1,0 +1,25 @@
+#!/usr/bin/env python3
+"""Markdown table from run.sh's JSON lines: per (batch, threads), each engine's median of the
+per-round medians, the spread (p10-p90 of the round with the median), and the ratio."""
+import json
+import statistics
+import sys
+
+GFLOP = 7.73  # the seed's ResNet50, 2 * multiply-adds per image
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+by = {}
+for r in rows:
+    engine = "convnet" if r["engine"] == "convnet" else "onnxruntime"
+    by.setdefault((r["batch"], r["threads"]), {}).setdefault(engine, []).append(r)
+
+print("| batch | threads | convnet median ms (p10-p90) | onnxruntime median ms (p10-p90) | convnet / ort latency | convnet img/s | ort img/s | convnet GFLOP/s | convnet RSS MiB | ort RSS MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for (batch, threads), e in sorted(by.items()):
+    def pick(runs):
+        runs = sorted(runs, key=lambda r: r["median_ms"])
+        return runs[len(runs) // 2]
+    c, o = pick(e["convnet"]), pick(e["onnxruntime"])
+    print(f"| {batch} | {threads} | {c['median_ms']:.1f} ({c['p10_ms']:.1f}-{c['p90_ms']:.1f}) | {o['median_ms']:.1f} ({o['p10_ms']:.1f}-{o['p90_ms']:.1f}) "
+          f"| {c['median_ms'] / o['median_ms']:.2f} | {c['images_per_s']:.1f} | {o['images_per_s']:.1f} | {GFLOP * batch / c['median_ms'] * 1000:.0f} "
+          f"| {c['peak_rss_mib']:.0f} | {o['peak_rss_mib']:.0f} |")
