@@ -32,12 +32,22 @@ impl ParamVisitor for Fill {
 
 fn resnet50(c: &mut Criterion) {
     let mut model = ResNet::new(ResNetConfig::keras_resnet50()).expect("the preset builds");
-    model.visit_params_mut(&mut LayerPath::default(), &mut Fill(7)).expect("filling weights");
+    model
+        .visit_params_mut(&mut LayerPath::default(), &mut Fill(7))
+        .expect("filling weights");
     let mut group = c.benchmark_group("resnet50-keras");
     group.sample_size(10);
     for batch in [1usize, 8] {
         for threads in [1usize, 2] {
-            let mut fast = CompiledModel::new(&model, &[224, 224, 3], &InferenceOptions { threads, ..Default::default() }).expect("compiles");
+            let mut fast = CompiledModel::new(
+                &model,
+                &[224, 224, 3],
+                &InferenceOptions {
+                    threads,
+                    ..Default::default()
+                },
+            )
+            .expect("compiles");
             let x = ArrayD::from_shape_fn(IxDyn(&[batch, 224, 224, 3]), |i| (i[1] % 13) as f32 - (i[2] % 7) as f32);
             let mut out = vec![0.0; batch * 1000];
             group.throughput(Throughput::Elements(batch as u64));

@@ -54,6 +54,8 @@
 //!   report of what was applied, missing, unused or mis-shaped.
 //! - [`imagenet`]: the 1000 classes, `decode_predictions`, and Keras' and torchvision's image
 //!   pipelines (Pillow-exact resizing).
+//! - [`inference`]: a model compiled for speed: BatchNorm folded, bias/residual/ReLU fused into
+//!   an AVX-512 GEMM's output pass, convolutions without im2col, buffers planned once, threads.
 //! - `download` (feature `download`): md5-verified, atomic downloads into a cache.
 //! - [`error`]: the one [`Error`] type; bad input is a typed error, never a panic.
 //!

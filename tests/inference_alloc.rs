@@ -41,22 +41,42 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn steady_state_forward_passes_allocate_nothing() {
     let mut model = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(8)).unwrap();
-    WeightFile::open(common::fixture("keras_resnet50_w8/resnet50.h5")).unwrap().load_into(&mut model, &LoadOptions::strict()).unwrap();
+    WeightFile::open(common::fixture("keras_resnet50_w8/resnet50.h5"))
+        .unwrap()
+        .load_into(&mut model, &LoadOptions::strict())
+        .unwrap();
     // batch 1 runs layer-parallel; batch 4 on 2 threads runs image-parallel lanes
     for (threads, batch) in [(1, 1), (2, 1), (2, 4), (3, 2)] {
-        let mut fast = CompiledModel::new(&model, &[224, 224, 3], &InferenceOptions { threads, fold_batch_norm: true }).unwrap();
+        let mut fast = CompiledModel::new(
+            &model,
+            &[224, 224, 3],
+            &InferenceOptions {
+                threads,
+                fold_batch_norm: true,
+            },
+        )
+        .unwrap();
         let x = ArrayD::from_shape_fn(IxDyn(&[batch, 224, 224, 3]), |i| (i[1] % 7) as f32 - (i[2] % 5) as f32);
         let mut out = vec![0.0; batch * 1000];
         let fresh = ALLOCATIONS.load(Ordering::SeqCst);
         fast.run_into(x.view(), &mut out).unwrap(); // the first call at a batch size allocates
-        assert!(ALLOCATIONS.load(Ordering::SeqCst) > fresh, "the counter must see the buffers being allocated");
+        assert!(
+            ALLOCATIONS.load(Ordering::SeqCst) > fresh,
+            "the counter must see the buffers being allocated"
+        );
         let first = out.clone();
         let before = (ALLOCATIONS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
         for _ in 0..3 {
             fast.run_into(x.view(), &mut out).unwrap();
         }
         let after = (ALLOCATIONS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
-        assert_eq!(after.0 - before.0, 0, "threads {threads}, batch {batch}: {} allocations ({} bytes) in steady state", after.0 - before.0, after.1 - before.1);
+        assert_eq!(
+            after.0 - before.0,
+            0,
+            "threads {threads}, batch {batch}: {} allocations ({} bytes) in steady state",
+            after.0 - before.0,
+            after.1 - before.1
+        );
         assert_eq!(out, first);
         assert!(out.iter().all(|v| v.is_finite()));
     }
