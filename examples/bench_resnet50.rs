@@ -1,12 +1,14 @@
 //! Times the seed's full-width ResNet50 on the compiled inference path.
 //!
 //! ```text
-//! cargo run --release --example bench_resnet50 -- [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused]
+//! cargo run --release --example bench_resnet50 -- [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--check DIR]
 //! ```
 //!
 //! Random (deterministic, He-scaled) weights unless `--weights` names a Keras HDF5 file.
 //! `--profile` prints the time of each layer (median over the iterations) before the summary;
-//! `--unfused` times the layer-by-layer forward pass instead, for comparison. The last line
+//! `--unfused` times the layer-by-layer forward pass instead, for comparison; `--check DIR`
+//! first compares the output on `DIR/check_input.npy` with `DIR/check_probs.npy` (written by
+//! `benches/compare/export_onnx.py` from onnxruntime). The last line
 //! printed is one JSON object:
 //! `{"model": "resnet50-keras", "batch": N, "threads": T, "iters": K, "median_ms": ..., "p10_ms": ...,
 //!   "p90_ms": ..., "images_per_s": ..., "peak_rss_mib": ...}`.
@@ -28,6 +30,7 @@ struct Args {
     warmup: usize,
     profile: bool,
     unfused: bool,
+    check: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -39,6 +42,7 @@ fn parse() -> Result<Args, String> {
         warmup: 3,
         profile: false,
         unfused: false,
+        check: None,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, what: &str| v.and_then(|v| v.parse::<usize>().ok()).ok_or(format!("{what} needs a number"));
@@ -51,6 +55,7 @@ fn parse() -> Result<Args, String> {
             "--warmup" => a.warmup = num(it.next(), "--warmup")?,
             "--profile" => a.profile = true,
             "--unfused" => a.unfused = true,
+            "--check" => a.check = Some(it.next().ok_or("--check needs a folder")?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -101,6 +106,36 @@ fn run(a: Args) -> convnet::Result<()> {
             WeightFile::open(path)?.load_into(&mut model, &LoadOptions::strict())?;
         }
         None => convnet::layers::Layer::visit_params_mut(&mut model, &mut Default::default(), &mut RandomWeights(42))?,
+    }
+    if let Some(dir) = &a.check {
+        use ndarray_npy::ReadNpyExt;
+        let read = |name: &str| {
+            let path = format!("{dir}/{name}");
+            let f = std::fs::File::open(&path).map_err(|e| convnet::Error::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            ArrayD::<f32>::read_npy(f).map_err(|e| convnet::Error::Format {
+                format: "npy",
+                path,
+                reason: e.to_string(),
+            })
+        };
+        let (input, want) = (read("check_input.npy")?, read("check_probs.npy")?);
+        let mut fast = CompiledModel::new(
+            &model,
+            &[224, 224, 3],
+            &InferenceOptions {
+                threads: a.threads,
+                ..Default::default()
+            },
+        )?;
+        let got = fast.run(&input)?;
+        let diff = got.iter().zip(want.iter()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        println!(
+            "check against onnxruntime: {} images, max abs difference of the probabilities {diff:e}",
+            input.shape()[0]
+        );
     }
     let x = ArrayD::from_shape_fn(IxDyn(&[a.batch, 224, 224, 3]), |i| {
         ((i[1] * 7 + i[2] * 13 + i[3] * 29 + i[0]) % 255) as f32 - 120.0
@@ -178,7 +213,7 @@ fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e}\nusage: bench_resnet50 [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused]");
+            eprintln!("error: {e}\nusage: bench_resnet50 [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--check DIR]");
             return ExitCode::from(2);
         }
     };

@@ -11,6 +11,8 @@ dir=${COMPARE_DIR:-target/compare}
 mkdir -p "$dir"
 [ -f "$dir/resnet50.onnx" ] || python3 benches/compare/export_onnx.py --out "$dir"
 cargo build --release --example bench_resnet50 >/dev/null
+# Same network, same weights: the outputs agree before anything is timed.
+target/release/examples/bench_resnet50 --weights "$dir/resnet50.h5" --check "$dir" --iters 1 --warmup 0 | grep "^check"
 out="$dir/results.jsonl"
 : > "$out"
 # Alternate the engines, several rounds, so drift on a noisy machine hits both alike.
