@@ -179,7 +179,7 @@ fn run(a: Args) -> convnet::Result<()> {
         }
     }
     if a.profile && !per_layer.is_empty() {
-        let mut rows: Vec<(String, f64)> = per_layer
+        let rows: Vec<(String, f64)> = per_layer
             .into_iter()
             .map(|(n, mut v)| {
                 v.sort_by(f64::total_cmp);
@@ -191,7 +191,6 @@ fn run(a: Args) -> convnet::Result<()> {
         for (n, t) in &rows {
             println!("  {n:<40} {t:8.3}  {:5.1}%", 100.0 * t / total);
         }
-        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     }
     times.sort_by(f64::total_cmp);
     let median = percentile(&times, 0.5);

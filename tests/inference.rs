@@ -4,7 +4,7 @@
 mod common;
 
 use convnet::inference::{CompiledModel, InferenceOptions};
-use convnet::layers::{Layer, Tensor};
+use convnet::layers::Tensor;
 use convnet::models::{Depth, ResNet, ResNetConfig};
 use convnet::weights::{LoadOptions, WeightFile};
 use ndarray::{concatenate, Axis};
@@ -86,35 +86,6 @@ fn compiled_torchvision_resnets_match_pytorch() {
     }
 }
 
-/// Fills a model with deterministic pseudo-random weights (He-scaled kernels, BN statistics
-/// near identity).
-fn randomize(model: &mut dyn Layer, seed: u32) {
-    struct Fill(u32);
-    impl convnet::layers::ParamVisitor for Fill {
-        fn visit(
-            &mut self,
-            _: &convnet::layers::LayerPath,
-            kind: convnet::layers::ParamKind,
-            mut v: ndarray::ArrayViewMutD<'_, f32>,
-        ) -> convnet::Result<()> {
-            let fan_in: usize = v.shape().iter().rev().skip(1).product::<usize>().max(1);
-            let scale = (6.0 / fan_in as f32).sqrt();
-            v.mapv_inplace(|_| {
-                self.0 = self.0.wrapping_mul(1664525).wrapping_add(1013904223);
-                let r = (self.0 >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-                match kind {
-                    convnet::layers::ParamKind::MovingVariance => 0.5 + r.abs(),
-                    convnet::layers::ParamKind::Gamma => 1.0 + 0.5 * r,
-                    convnet::layers::ParamKind::Kernel => r * scale,
-                    _ => 0.2 * r,
-                }
-            });
-            Ok(())
-        }
-    }
-    model.visit_params_mut(&mut Default::default(), &mut Fill(seed)).unwrap();
-}
-
 /// Every preset's structure (padding folded into pools, global pooling heads, basic blocks,
 /// modern Keras names) gives the same numbers compiled as layer by layer.
 #[test]
@@ -126,7 +97,7 @@ fn compiled_presets_match_their_layer_by_layer_forward() {
         ResNetConfig::torchvision(Depth::R34).with_width_divisor(8),
     ] {
         let mut model = ResNet::new(cfg.clone()).unwrap();
-        randomize(&mut model, 7);
+        common::randomize(&mut model, 7);
         let want = model.forward(&x).unwrap();
         for threads in [1, 2] {
             let mut fast = CompiledModel::new(&model, &[224, 224, 3], &opts(threads, true)).unwrap();
@@ -174,15 +145,7 @@ mod compiled_conv {
     use ndarray::{Array1, Array4, ArrayD, IxDyn};
     use proptest::prelude::*;
 
-    fn fill(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use super::common::fill;
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]

@@ -6,16 +6,9 @@
 use convnet::kernels::{self, reference, ConvGeometry, ConvStrategy, Epilogue, Padding, Padding2d, PoolGeometry, Window2d};
 use proptest::prelude::*;
 
-/// A deterministic pseudo-random fill in [-1, 1).
-fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+mod common;
+
+use common::fill;
 
 fn padding_strategy() -> impl Strategy<Value = Padding> {
     prop_oneof![

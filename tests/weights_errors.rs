@@ -163,31 +163,7 @@ fn full_width_seed_model_gives_probabilities() {
     let mut m = ResNet::new(ResNetConfig::keras_resnet50()).unwrap();
     assert_eq!(m.param_count().total(), 25_636_712);
     // No pretrained file here: He-scaled deterministic pseudo-random weights instead.
-    let mut i = 0u32;
-    struct Fill<'a>(&'a mut u32);
-    impl convnet::layers::ParamVisitor for Fill<'_> {
-        fn visit(
-            &mut self,
-            _: &convnet::layers::LayerPath,
-            kind: convnet::layers::ParamKind,
-            mut v: ndarray::ArrayViewMutD<'_, f32>,
-        ) -> convnet::Result<()> {
-            let fan_in: usize = v.shape().iter().rev().skip(1).product::<usize>().max(1);
-            let scale = (2.0 / fan_in as f32).sqrt();
-            v.mapv_inplace(|_| {
-                *self.0 = self.0.wrapping_mul(1664525).wrapping_add(1013904223);
-                let r = (*self.0 >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-                match kind {
-                    convnet::layers::ParamKind::MovingVariance => 1.0 + r.abs(),
-                    convnet::layers::ParamKind::Gamma => 1.0,
-                    convnet::layers::ParamKind::Kernel => r * scale,
-                    _ => r * 0.1,
-                }
-            });
-            Ok(())
-        }
-    }
-    m.visit_params_mut(&mut Default::default(), &mut Fill(&mut i)).unwrap();
+    common::randomize(&mut m, 1);
     let x = ndarray::Array4::<f32>::from_shape_fn((2, 224, 224, 3), |(n, y, x, c)| ((n * 7 + y * 3 + x * 5 + c) % 255) as f32 - 120.0)
         .into_dyn();
     let p = m.forward(&x).unwrap();

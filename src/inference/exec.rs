@@ -139,6 +139,20 @@ fn split(bufs: &mut [Vec<f32>], a: usize, b: usize, write: usize) -> (&[f32], &[
     unsafe { ((*ptr.add(a)).as_slice(), (*ptr.add(b)).as_slice(), (*ptr.add(write)).as_mut_slice()) }
 }
 
+/// Runs `f(t)` on every thread of the pool and returns the first error any of them reported.
+fn parallel(pool: &ThreadPool, f: &(dyn Fn(usize) -> Result<()> + Sync)) -> Result<()> {
+    let failed = Mutex::new(None);
+    pool.run(&|t| {
+        if let Err(e) = f(t) {
+            *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+        }
+    });
+    failed
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .map_or(Ok(()), Err)
+}
+
 /// `[total * t / n, total * (t + 1) / n)`: thread `t`'s share of `total` items.
 fn share(total: usize, t: usize, n: usize) -> std::ops::Range<usize> {
     total * t / n..total * (t + 1) / n
@@ -293,18 +307,10 @@ impl Op {
                 };
                 let panels = weights.panels();
                 let threads = ctx.pool.threads();
-                let failed = Mutex::new(None);
-                ctx.pool.run(&|t| {
-                    let mine = share(panels, t, threads);
+                parallel(ctx.pool, &|t| {
                     // SAFETY: threads take disjoint panel ranges of the output.
-                    if let Err(e) = unsafe { gemm_packed_raw(a, k, 0, weights, out.get(), out_len, units, 0..n, mine, &e) } {
-                        *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
-                    }
-                });
-                failed
-                    .into_inner()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .map_or(Ok(()), Err)
+                    unsafe { gemm_packed_raw(a, k, 0, weights, out.get(), out_len, units, 0..n, share(panels, t, threads), &e) }
+                })
             }
             Op::Softmax { x, y, .. } => {
                 let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
@@ -350,38 +356,30 @@ fn conv(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
     let threads = ctx.pool.threads();
     // Enough row tiles: split them; else split the output channels (skinny late-stage GEMMs).
     let by_rows = tiles >= 2 * threads || panels < threads;
-    let failed = Mutex::new(None);
-    ctx.pool.run(&|t| {
+    parallel(ctx.pool, &|t| {
         let (my_tiles, my_panels) = if by_rows {
             (share(tiles, t, threads), 0..panels)
         } else {
             (0..tiles, share(panels, t, threads))
         };
         if my_tiles.is_empty() || my_panels.is_empty() {
-            return;
+            return Ok(());
         }
         let mut ws = ctx.workspaces[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for ti in my_tiles {
             let rows = ti * tile..((ti + 1) * tile).min(m);
-            let result = if pointwise {
+            if pointwise {
                 // SAFETY: this thread alone writes these rows x panels of the output.
-                unsafe { gemm_packed_raw(x, k, 0, &c.weights, out.get(), out_len, n, rows, my_panels.clone(), &e) }
+                unsafe { gemm_packed_raw(x, k, 0, &c.weights, out.get(), out_len, n, rows, my_panels.clone(), &e)? }
             } else {
                 let a = &mut ws.floats[..rows.len() * k];
                 kernels::im2col::im2col_unchecked(x, &g, rows.start, rows.len(), a);
                 // SAFETY: as above.
-                unsafe { gemm_packed_raw(a, k, rows.start, &c.weights, out.get(), out_len, n, rows, my_panels.clone(), &e) }
-            };
-            if let Err(err) = result {
-                *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err);
-                return;
+                unsafe { gemm_packed_raw(a, k, rows.start, &c.weights, out.get(), out_len, n, rows, my_panels.clone(), &e)? }
             }
         }
-    });
-    failed
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .map_or(Ok(()), Err)
+        Ok(())
+    })
 }
 
 /// Sizes of the near-equal pieces `total` splits into with at most `max` per piece.
@@ -424,15 +422,14 @@ fn conv_implicit(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()>
     let panels = c.weights.panels();
     let threads = ctx.pool.threads();
     let by_rows = units >= 2 * threads || panels < threads;
-    let failed = Mutex::new(None);
-    ctx.pool.run(&|t| {
+    parallel(ctx.pool, &|t| {
         let (my_units, my_panels) = if by_rows {
             (share(units, t, threads), 0..panels)
         } else {
             (0..units, share(panels, t, threads))
         };
         if my_units.is_empty() || my_panels.is_empty() {
-            return;
+            return Ok(());
         }
         let mut ws = ctx.workspaces[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Workspace { floats, segments } = &mut *ws;
@@ -485,17 +482,10 @@ fn conv_implicit(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()>
                     }
                     let c_off = ((img * oh + oy) * ow + cols.start) * n + p * NR;
                     // SAFETY: this thread alone writes these pixels x this panel of the output.
-                    let result = unsafe { gemm_segments(x, floats, segments, r, &c.weights, p, out.get(), c_off, n, &e) };
-                    if let Err(err) = result {
-                        *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err);
-                        return;
-                    }
+                    unsafe { gemm_segments(x, floats, segments, r, &c.weights, p, out.get(), c_off, n, &e)? };
                 }
             }
         }
-    });
-    failed
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .map_or(Ok(()), Err)
+        Ok(())
+    })
 }

@@ -42,3 +42,39 @@ pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
     max_abs_diff(a, b) / scale
 }
+
+/// A deterministic pseudo-random fill in [-1, 1).
+pub fn fill(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Fills a model with deterministic pseudo-random weights: He-scaled kernels, BatchNorm
+/// statistics near identity, small biases.
+pub fn randomize(model: &mut dyn convnet::layers::Layer, seed: u32) {
+    use convnet::layers::{LayerPath, ParamKind, ParamVisitor};
+    struct Fill(u32);
+    impl ParamVisitor for Fill {
+        fn visit(&mut self, _: &LayerPath, kind: ParamKind, mut v: ndarray::ArrayViewMutD<'_, f32>) -> convnet::Result<()> {
+            let fan_in: usize = v.shape().iter().rev().skip(1).product::<usize>().max(1);
+            let scale = (6.0 / fan_in as f32).sqrt();
+            v.mapv_inplace(|_| {
+                self.0 = self.0.wrapping_mul(1664525).wrapping_add(1013904223);
+                let r = (self.0 >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+                match kind {
+                    ParamKind::MovingVariance => 0.5 + r.abs(),
+                    ParamKind::Gamma => 1.0 + 0.5 * r,
+                    ParamKind::Kernel => r * scale,
+                    _ => 0.2 * r,
+                }
+            });
+            Ok(())
+        }
+    }
+    model.visit_params_mut(&mut LayerPath::default(), &mut Fill(seed)).unwrap();
+}
