@@ -297,8 +297,9 @@ impl Op {
                 let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
                 let (k, units) = (weights.k(), weights.n());
                 let a = &r0[..n * k];
+                // The real extent of the buffer bounds every write, whatever the shapes claim.
+                let out_len = w.len().min(n * units);
                 let out = SendPtr(w.as_mut_ptr());
-                let out_len = n * units;
                 let e = GemmEpilogue {
                     scale: None,
                     bias: Some(bias),
@@ -341,8 +342,9 @@ fn conv(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
     let (x, res, w) = split(bufs, xs, c.residual.map_or(xs, |r| v(r).slot), v(c.y).slot);
     let x = &x[..g.input_len()];
     let residual = c.residual.map(|_| &res[..g.output_len()]);
+    // The real extent of the buffer bounds every write, whatever the geometry claims.
+    let out_len = w.len().min(g.output_len());
     let out = SendPtr(w.as_mut_ptr());
-    let out_len = g.output_len();
     let e = GemmEpilogue {
         scale: c.scale.as_deref(),
         bias: Some(&c.bias),
@@ -411,6 +413,7 @@ fn conv_implicit(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()>
     let (x, res, w) = split(bufs, xs, c.residual.map_or(xs, |r| v(r).slot), v(c.y).slot);
     let x = &x[..g.input_len()];
     let residual = c.residual.map(|_| &res[..g.output_len()]);
+    let out_len = w.len().min(g.output_len());
     let out = SendPtr(w.as_mut_ptr());
     let e = GemmEpilogue {
         scale: c.scale.as_deref(),
@@ -482,7 +485,7 @@ fn conv_implicit(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()>
                     }
                     let c_off = ((img * oh + oy) * ow + cols.start) * n + p * NR;
                     // SAFETY: this thread alone writes these pixels x this panel of the output.
-                    unsafe { gemm_segments(x, floats, segments, r, &c.weights, p, out.get(), c_off, n, &e)? };
+                    unsafe { gemm_segments(x, floats, segments, r, &c.weights, p, out.get(), out_len, c_off, n, &e)? };
                 }
             }
         }

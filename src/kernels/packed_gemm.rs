@@ -393,8 +393,9 @@ pub(crate) struct Segment {
 /// zero (taps entirely in the padding).
 ///
 /// # Safety
-/// `c` must cover the tile (`rows` rows `ldc` apart, the panel's columns at `c_off`), which no
-/// other thread accesses meanwhile.
+/// `c` must be valid for `c_len` floats, and no other thread may access the tile (`rows` rows
+/// `ldc` apart, the panel's columns at `c_off`) meanwhile. The tile is checked to lie within
+/// `c_len`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_segments(
     input: &[f32],
@@ -404,14 +405,22 @@ pub(crate) unsafe fn gemm_segments(
     b: &PackedB,
     panel: usize,
     c: *mut f32,
+    c_len: usize,
     c_off: usize,
     ldc: usize,
     e: &GemmEpilogue<'_>,
 ) -> Result<()> {
+    if panel >= b.panels() || rows == 0 || rows > MR || ldc < b.n {
+        return Err(Error::shape("gemm_segments", format!("a panel below {}, 1..={MR} rows, ld >= {}", b.panels(), b.n), format!("panel {panel}, {rows} rows, ld {ldc}")));
+    }
     let cols = NR.min(b.n - panel * NR);
+    let end = c_off + (rows - 1) * ldc + cols;
+    if end > c_len || e.residual.is_some_and(|r| r.len() < end) || e.bias.is_some_and(|v| v.len() < b.n) || e.scale.is_some_and(|v| v.len() < b.n) {
+        return Err(Error::shape("gemm_segments", format!("an output tile ending at {end}"), format!("C of {c_len} elements")));
+    }
     for s in segs {
         let src = if s.gathered { gathered.len() } else { input.len() };
-        if rows == 0 || rows > MR || s.b_row + s.kc > b.k || (rows - 1) * s.lda + s.a + s.kc > src || panel >= b.panels() {
+        if s.b_row + s.kc > b.k || (rows - 1) * s.lda + s.a + s.kc > src {
             return Err(Error::shape(
                 "gemm_segments",
                 format!("segments inside A ({src}) and B ({} rows), at most {MR} rows", b.k),
