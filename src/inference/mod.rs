@@ -172,7 +172,8 @@ impl CompiledModel {
     }
 
     /// Runs a batch into `out` (`batch * per-image output` elements). After the first call at a
-    /// given batch size, this allocates nothing.
+    /// given batch size, this allocates nothing. An input of the wrong shape is an
+    /// [`Error::Shape`]; one holding NaN or infinity an [`Error::NonFinite`].
     pub fn run_into(&mut self, x: ArrayViewD<'_, f32>, out: &mut [f32]) -> Result<()> {
         self.run_inner(x, out, None)
     }
@@ -271,6 +272,14 @@ impl CompiledModel {
         let x = x
             .as_slice()
             .ok_or_else(|| Error::shape("CompiledModel", "a contiguous input", "a strided view"))?;
+        let bad = x.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(Error::NonFinite {
+                path: "the input batch".into(),
+                key: "input".into(),
+                count: bad,
+            });
+        }
         if times.is_none() && self.batch_parallel(batch) {
             self.ensure_lanes()?;
             let threads = self.pool.threads();

@@ -411,12 +411,24 @@ pub(crate) unsafe fn gemm_segments(
     e: &GemmEpilogue<'_>,
 ) -> Result<()> {
     if panel >= b.panels() || rows == 0 || rows > MR || ldc < b.n {
-        return Err(Error::shape("gemm_segments", format!("a panel below {}, 1..={MR} rows, ld >= {}", b.panels(), b.n), format!("panel {panel}, {rows} rows, ld {ldc}")));
+        return Err(Error::shape(
+            "gemm_segments",
+            format!("a panel below {}, 1..={MR} rows, ld >= {}", b.panels(), b.n),
+            format!("panel {panel}, {rows} rows, ld {ldc}"),
+        ));
     }
     let cols = NR.min(b.n - panel * NR);
     let end = c_off + (rows - 1) * ldc + cols;
-    if end > c_len || e.residual.is_some_and(|r| r.len() < end) || e.bias.is_some_and(|v| v.len() < b.n) || e.scale.is_some_and(|v| v.len() < b.n) {
-        return Err(Error::shape("gemm_segments", format!("an output tile ending at {end}"), format!("C of {c_len} elements")));
+    if end > c_len
+        || e.residual.is_some_and(|r| r.len() < end)
+        || e.bias.is_some_and(|v| v.len() < b.n)
+        || e.scale.is_some_and(|v| v.len() < b.n)
+    {
+        return Err(Error::shape(
+            "gemm_segments",
+            format!("an output tile ending at {end}"),
+            format!("C of {c_len} elements"),
+        ));
     }
     for s in segs {
         let src = if s.gathered { gathered.len() } else { input.len() };

@@ -93,6 +93,19 @@ pub trait Layer: Send + Sync + fmt::Debug {
     }
 }
 
+/// Refuses a batch holding NaN or infinite values ([`Error::NonFinite`], key `input`).
+pub fn check_finite(x: &Tensor) -> Result<()> {
+    let count = x.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(Error::NonFinite {
+            path: "the input batch".into(),
+            key: "input".into(),
+            count,
+        });
+    }
+    Ok(())
+}
+
 /// Returns the NHWC dims of `shape`, or a shape error naming `layer`.
 pub(crate) fn nhwc(layer: &str, shape: &[usize]) -> Result<[usize; 4]> {
     match *shape {

@@ -69,8 +69,11 @@ impl ResNet {
         [batch, h, w, c]
     }
 
-    /// Runs the model on an NHWC batch (same as [`Layer::forward`], without importing the trait).
+    /// Runs the model on an NHWC batch. Unlike the bare [`Layer::forward`], this refuses an
+    /// input holding NaN or infinity with [`Error::NonFinite`](crate::Error::NonFinite) (such
+    /// values would turn every prediction into garbage silently).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        crate::layers::check_finite(x)?;
         self.net.forward(x)
     }
 
