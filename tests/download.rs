@@ -109,3 +109,18 @@ fn an_unreachable_server_is_an_error() {
     let e = download(&format!("http://127.0.0.1:{port}/x"), &dir.join("x"), None, false).unwrap_err();
     assert!(matches!(e, Error::Download { .. }), "{e}");
 }
+
+#[test]
+fn an_unwritable_cache_location_is_an_error_and_leaves_nothing() {
+    let body = payload();
+    let dir = tempdir("unwritable");
+    // The cache "folder" is a regular file: nothing can be created inside it (this stands in
+    // for a read-only or full disk, which takes the same write-error path).
+    let blocker = dir.join("cache");
+    std::fs::write(&blocker, b"not a folder").unwrap();
+    let url = serve_once(200, body.clone(), body.len());
+    let e = download(&url, &blocker.join("weights.h5"), None, false).unwrap_err();
+    assert!(matches!(e, Error::Download { .. }), "{e}");
+    assert!(e.to_string().contains("cannot create the cache folder"), "{e}");
+    assert_eq!(leftovers(&dir), ["cache"]);
+}
