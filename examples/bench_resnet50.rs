@@ -107,6 +107,10 @@ fn run(a: Args) -> convnet::Result<()> {
         }
         None => convnet::layers::Layer::visit_params_mut(&mut model, &mut Default::default(), &mut RandomWeights(42))?,
     }
+    let options = InferenceOptions {
+        threads: a.threads,
+        ..Default::default()
+    };
     if let Some(dir) = &a.check {
         use ndarray_npy::ReadNpyExt;
         let read = |name: &str| {
@@ -122,15 +126,7 @@ fn run(a: Args) -> convnet::Result<()> {
             })
         };
         let (input, want) = (read("check_input.npy")?, read("check_probs.npy")?);
-        let mut fast = CompiledModel::new(
-            &model,
-            &[224, 224, 3],
-            &InferenceOptions {
-                threads: a.threads,
-                ..Default::default()
-            },
-        )?;
-        let got = fast.run(&input)?;
+        let got = CompiledModel::new(&model, &[224, 224, 3], &options)?.run(&input)?;
         let diff = got.iter().zip(want.iter()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         println!(
             "check against onnxruntime: {} images, max abs difference of the probabilities {diff:e}",
@@ -142,27 +138,19 @@ fn run(a: Args) -> convnet::Result<()> {
     });
     let mut times = Vec::with_capacity(a.iters);
     let mut per_layer: Vec<(String, Vec<f64>)> = Vec::new();
-    if a.unfused {
-        for i in 0..a.warmup + a.iters {
-            let t = Instant::now();
-            model.forward(&x)?;
-            if i >= a.warmup {
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
+    let mut fast = if a.unfused {
+        None
     } else {
-        let mut fast = CompiledModel::new(
-            &model,
-            &[224, 224, 3],
-            &InferenceOptions {
-                threads: a.threads,
-                ..Default::default()
-            },
-        )?;
-        let mut out = vec![0.0; a.batch * 1000];
-        for i in 0..a.warmup + a.iters {
-            let t = Instant::now();
-            if a.profile && i >= a.warmup {
+        Some(CompiledModel::new(&model, &[224, 224, 3], &options)?)
+    };
+    let mut out = vec![0.0; a.batch * 1000];
+    for i in 0..a.warmup + a.iters {
+        let t = Instant::now();
+        match &mut fast {
+            None => {
+                model.forward(&x)?;
+            }
+            Some(fast) if a.profile && i >= a.warmup => {
                 let layers = fast.profile(&x)?;
                 if per_layer.is_empty() {
                     per_layer = layers.iter().map(|(n, _)| (n.clone(), Vec::new())).collect();
@@ -170,12 +158,11 @@ fn run(a: Args) -> convnet::Result<()> {
                 for ((_, v), (_, d)) in per_layer.iter_mut().zip(&layers) {
                     v.push(d.as_secs_f64() * 1e3);
                 }
-            } else {
-                fast.run_into(x.view(), &mut out)?;
             }
-            if i >= a.warmup {
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
+            Some(fast) => fast.run_into(x.view(), &mut out)?,
+        }
+        if i >= a.warmup {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
     if a.profile && !per_layer.is_empty() {

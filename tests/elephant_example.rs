@@ -42,17 +42,26 @@ fn run(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn prints_summary_input_shape_and_keras_top5() {
-    let image = common::fixture("keras_resnet50_w8/images/coffee.png");
-    let weights = common::fixture("keras_resnet50_w8/resnet50_keras1.h5");
-    let out = run(&[
+/// The example on a fixture image with the reduced network's weights, plus `extra` options.
+fn run_fixture(image: &str, weights: &str, extra: &[&str]) -> std::process::Output {
+    let (image, weights) = (
+        common::fixture(&format!("keras_resnet50_w8/images/{image}")),
+        common::fixture(&format!("keras_resnet50_w8/{weights}")),
+    );
+    let mut args = vec![
         image.to_str().unwrap(),
         "--weights",
         weights.to_str().unwrap(),
         "--width-divisor",
         "8",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn prints_summary_input_shape_and_keras_top5() {
+    let out = run_fixture("coffee.png", "resnet50_keras1.h5", &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(
@@ -67,18 +76,7 @@ fn prints_summary_input_shape_and_keras_top5() {
 
 #[test]
 fn json_output_is_one_object_with_the_expected_predictions() {
-    let image = common::fixture("keras_resnet50_w8/images/astronaut.png");
-    let weights = common::fixture("keras_resnet50_w8/resnet50.h5");
-    let out = run(&[
-        image.to_str().unwrap(),
-        "--weights",
-        weights.to_str().unwrap(),
-        "--width-divisor",
-        "8",
-        "--json",
-        "--top",
-        "2",
-    ]);
+    let out = run_fixture("astronaut.png", "resnet50.h5", &["--json", "--top", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let expected: serde_json::Value =

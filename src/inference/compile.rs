@@ -157,6 +157,17 @@ impl Builder {
         Ok(y)
     }
 
+    /// An element-wise ReLU or a last-axis softmax op after `x`.
+    fn activation(&mut self, name: &str, x: usize, a: Activation) -> usize {
+        let y = self.value(self.shapes[x].clone(), true);
+        let name = self.name(name);
+        self.ops.push(match a {
+            Activation::Relu => Op::Relu { name, x, y },
+            Activation::Softmax => Op::Softmax { name, x, y },
+        });
+        y
+    }
+
     fn affine(&mut self, name: &str, x: usize, bn: Option<&BatchNorm>, relu: bool) -> Result<usize> {
         let c = *self.shapes[x].last().unwrap_or(&1);
         let (scale, shift) = match bn {
@@ -224,22 +235,10 @@ impl Builder {
             return Ok((y, 1 + usize::from(relu), false));
         }
         if any.is::<Relu>() {
-            let y = self.value(self.shapes[x].clone(), true);
-            self.ops.push(Op::Relu {
-                name: self.name(name),
-                x,
-                y,
-            });
-            return Ok((y, 1, false));
+            return Ok((self.activation(name, x, Activation::Relu), 1, false));
         }
         if any.is::<Softmax>() {
-            let y = self.value(self.shapes[x].clone(), true);
-            self.ops.push(Op::Softmax {
-                name: self.name(name),
-                x,
-                y,
-            });
-            return Ok((y, 1, false));
+            return Ok((self.activation(name, x, Activation::Softmax), 1, false));
         }
         if let Some(p) = any.downcast_ref::<MaxPool2d>() {
             let c = p.config();
@@ -306,18 +305,11 @@ impl Builder {
                 relu: r.activation() == Some(Activation::Relu),
             }),
         )?;
-        match r.activation() {
-            Some(Activation::Softmax) => {
-                let z = self.value(self.shapes[y].clone(), true);
-                self.ops.push(Op::Softmax {
-                    name: self.name("softmax"),
-                    x: y,
-                    y: z,
-                });
-                Ok(z)
-            }
-            _ => Ok(y),
-        }
+        // A ReLU after the add was fused into the branch's last convolution (or its `Add`).
+        Ok(match r.activation() {
+            Some(Activation::Softmax) => self.activation("softmax", y, Activation::Softmax),
+            _ => y,
+        })
     }
 
     /// `Conv2d` (`layers[0]`), then an optional `BatchNorm` and `Relu`; `extra` is zero padding
@@ -459,27 +451,10 @@ impl Builder {
             x,
             y,
         });
-        match d.activation() {
-            Some(Activation::Softmax) => {
-                let z = self.value(vec![d.units()], true);
-                self.ops.push(Op::Softmax {
-                    name: self.name(&format!("{name}_softmax")),
-                    x: y,
-                    y: z,
-                });
-                Ok(z)
-            }
-            Some(Activation::Relu) => {
-                let z = self.value(vec![d.units()], true);
-                self.ops.push(Op::Relu {
-                    name: self.name(&format!("{name}_relu")),
-                    x: y,
-                    y: z,
-                });
-                Ok(z)
-            }
-            None => Ok(y),
-        }
+        Ok(match d.activation() {
+            Some(a) => self.activation(&format!("{name}_{}", a.name()), y, a),
+            None => y,
+        })
     }
 
     /// Gives every stored value a buffer slot, reusing a slot once its last reader has run.

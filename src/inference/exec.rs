@@ -1,5 +1,6 @@
 //! The compiled model's operations and how each one runs.
 
+use std::ops::Range;
 use std::sync::Mutex;
 
 use super::pool::ThreadPool;
@@ -331,53 +332,98 @@ impl Op {
     }
 }
 
-fn conv(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+/// What every convolution path shares for one call: the geometry at this batch size, the
+/// input, the output (through a pointer threads write disjoint blocks of) and the epilogue.
+struct ConvCall<'a> {
+    g: ConvGeometry,
+    x: &'a [f32],
+    out: SendPtr,
+    /// The real extent of the output buffer; it bounds every write, whatever `g` claims.
+    out_len: usize,
+    e: GemmEpilogue<'a>,
+}
+
+/// Runs a convolution: `units` row units (im2col tiles or output rows) by the weight panels,
+/// split over the threads by rows when there are enough of them, else by output-channel panels
+/// (the skinny late-stage GEMMs). `body` does one thread's block with its own workspace.
+#[allow(clippy::type_complexity)]
+fn run_conv(
+    c: &ConvOp,
+    ctx: &Ctx<'_>,
+    bufs: &mut [Vec<f32>],
+    units: usize,
+    body: &(dyn Fn(&ConvCall<'_>, &mut Workspace, Range<usize>, Range<usize>) -> Result<()> + Sync),
+) -> Result<()> {
     let v = |i: usize| &ctx.values[i];
     let g = ConvGeometry {
         batch: ctx.batch,
         ..c.geometry
     };
-    let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_channels);
     let xs = v(c.x).slot;
     let (x, res, w) = split(bufs, xs, c.residual.map_or(xs, |r| v(r).slot), v(c.y).slot);
-    let x = &x[..g.input_len()];
-    let residual = c.residual.map(|_| &res[..g.output_len()]);
-    // The real extent of the buffer bounds every write, whatever the geometry claims.
-    let out_len = w.len().min(g.output_len());
-    let out = SendPtr(w.as_mut_ptr());
-    let e = GemmEpilogue {
-        scale: c.scale.as_deref(),
-        bias: Some(&c.bias),
-        residual,
-        relu: c.relu,
+    let call = ConvCall {
+        g,
+        x: &x[..g.input_len()],
+        out_len: w.len().min(g.output_len()),
+        out: SendPtr(w.as_mut_ptr()),
+        e: GemmEpilogue {
+            scale: c.scale.as_deref(),
+            bias: Some(&c.bias),
+            residual: c.residual.map(|_| &res[..g.output_len()]),
+            relu: c.relu,
+        },
     };
-    let pointwise = c.pointwise();
-    let tile = c.tile_rows().min(m);
-    let tiles = m.div_ceil(tile);
     let panels = c.weights.panels();
     let threads = ctx.pool.threads();
-    // Enough row tiles: split them; else split the output channels (skinny late-stage GEMMs).
-    let by_rows = tiles >= 2 * threads || panels < threads;
+    let by_rows = units >= 2 * threads || panels < threads;
     parallel(ctx.pool, &|t| {
-        let (my_tiles, my_panels) = if by_rows {
-            (share(tiles, t, threads), 0..panels)
+        let (my_units, my_panels) = if by_rows {
+            (share(units, t, threads), 0..panels)
         } else {
-            (0..tiles, share(panels, t, threads))
+            (0..units, share(panels, t, threads))
         };
-        if my_tiles.is_empty() || my_panels.is_empty() {
+        if my_units.is_empty() || my_panels.is_empty() {
             return Ok(());
         }
         let mut ws = ctx.workspaces[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for ti in my_tiles {
+        body(&call, &mut ws, my_units, my_panels)
+    })
+}
+
+/// A convolution as GEMMs over tiles of output pixels: the input itself for a 1x1 stride-1
+/// convolution, else an im2col tile sized for L2 (the stem's 7x7 on 3 channels).
+fn conv(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+    let g = ConvGeometry {
+        batch: ctx.batch,
+        ..c.geometry
+    };
+    let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_channels);
+    let pointwise = c.pointwise();
+    let tile = c.tile_rows().min(m);
+    run_conv(c, ctx, bufs, m.div_ceil(tile), &|call, ws, tiles, panels| {
+        for ti in tiles {
             let rows = ti * tile..((ti + 1) * tile).min(m);
-            if pointwise {
-                // SAFETY: this thread alone writes these rows x panels of the output.
-                unsafe { gemm_packed_raw(x, k, 0, &c.weights, out.get(), out_len, n, rows, my_panels.clone(), &e)? }
+            let (a, a_row0) = if pointwise {
+                (call.x, 0)
             } else {
                 let a = &mut ws.floats[..rows.len() * k];
-                kernels::im2col::im2col_unchecked(x, &g, rows.start, rows.len(), a);
-                // SAFETY: as above.
-                unsafe { gemm_packed_raw(a, k, rows.start, &c.weights, out.get(), out_len, n, rows, my_panels.clone(), &e)? }
+                kernels::im2col::im2col_unchecked(call.x, &call.g, rows.start, rows.len(), a);
+                (&*a, rows.start)
+            };
+            // SAFETY: this thread alone writes these rows x panels of the output.
+            unsafe {
+                gemm_packed_raw(
+                    a,
+                    k,
+                    a_row0,
+                    &c.weights,
+                    call.out.get(),
+                    call.out_len,
+                    n,
+                    rows,
+                    panels.clone(),
+                    &call.e,
+                )?
             }
         }
         Ok(())
@@ -396,96 +442,97 @@ fn pieces(total: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usiz
     })
 }
 
+/// The GEMM segments of one micro-tile (output pixels `cols` of output row `oy` of image
+/// `img`): one per kernel tap, read in place when all its input pixels are inside the image,
+/// gathered into `gathered` (zeros for the padding) when it straddles the border, and left out
+/// when it lies wholly in the padding.
+#[allow(clippy::too_many_arguments)]
+fn tap_segments(
+    g: &ConvGeometry,
+    x: &[f32],
+    img: usize,
+    oy: usize,
+    cols: &Range<usize>,
+    gathered: &mut [f32],
+    segments: &mut Vec<Segment>,
+) {
+    let ([ih, iw], [kh, kw]) = (g.in_hw, g.window.kernel);
+    let ([sh, sw], [dh, dw], cin) = (g.window.stride, g.window.dilation, g.in_channels);
+    let r = cols.len();
+    segments.clear();
+    let mut used = 0;
+    for ky in 0..kh {
+        let iy = (oy * sh + ky * dh) as isize - g.pad.top as isize;
+        if iy < 0 || iy >= ih as isize {
+            continue;
+        }
+        let line = (img * ih + iy as usize) * iw;
+        for kx in 0..kw {
+            let b_row = (ky * kw + kx) * cin;
+            let ix0 = (cols.start * sw + kx * dw) as isize - g.pad.left as isize;
+            let ix_last = ix0 + ((r - 1) * sw) as isize;
+            if ix0 >= 0 && ix_last < iw as isize {
+                segments.push(Segment {
+                    a: (line + ix0 as usize) * cin,
+                    lda: sw * cin,
+                    b_row,
+                    kc: cin,
+                    gathered: false,
+                });
+            } else if ix_last >= 0 && ix0 < iw as isize {
+                for rr in 0..r {
+                    let ix = ix0 + (rr * sw) as isize;
+                    let dst = &mut gathered[used + rr * cin..used + (rr + 1) * cin];
+                    if ix >= 0 && ix < iw as isize {
+                        dst.copy_from_slice(&x[(line + ix as usize) * cin..(line + ix as usize + 1) * cin]);
+                    } else {
+                        dst.fill(0.0);
+                    }
+                }
+                segments.push(Segment {
+                    a: used,
+                    lda: cin,
+                    b_row,
+                    kc: cin,
+                    gathered: true,
+                });
+                used += r * cin;
+            }
+        }
+    }
+}
+
 /// A convolution without im2col: each micro-tile of up to `MR` output pixels in one output row
 /// multiplies, for every kernel tap, the input pixels under it (consecutive in NHWC, `stride *
-/// channels` apart) straight from the input. Taps that straddle the padding are gathered into
-/// a small per-thread buffer; taps entirely in the padding are skipped.
+/// channels` apart) straight from the input (see [`tap_segments`]).
 fn conv_implicit(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
-    let v = |i: usize| &ctx.values[i];
-    let g = ConvGeometry {
-        batch: ctx.batch,
-        ..c.geometry
-    };
-    let ([ih, iw], [oh, ow]) = (g.in_hw, g.out_hw);
-    let ([kh, kw], [sh, sw], [dh, dw]) = (g.window.kernel, g.window.stride, g.window.dilation);
-    let (cin, n) = (g.in_channels, g.out_channels);
-    let xs = v(c.x).slot;
-    let (x, res, w) = split(bufs, xs, c.residual.map_or(xs, |r| v(r).slot), v(c.y).slot);
-    let x = &x[..g.input_len()];
-    let residual = c.residual.map(|_| &res[..g.output_len()]);
-    let out_len = w.len().min(g.output_len());
-    let out = SendPtr(w.as_mut_ptr());
-    let e = GemmEpilogue {
-        scale: c.scale.as_deref(),
-        bias: Some(&c.bias),
-        residual,
-        relu: c.relu,
-    };
-    let units = g.batch * oh;
-    let panels = c.weights.panels();
-    let threads = ctx.pool.threads();
-    let by_rows = units >= 2 * threads || panels < threads;
-    parallel(ctx.pool, &|t| {
-        let (my_units, my_panels) = if by_rows {
-            (share(units, t, threads), 0..panels)
-        } else {
-            (0..units, share(panels, t, threads))
-        };
-        if my_units.is_empty() || my_panels.is_empty() {
-            return Ok(());
-        }
-        let mut ws = ctx.workspaces[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Workspace { floats, segments } = &mut *ws;
+    let [oh, ow] = c.geometry.out_hw;
+    let n = c.geometry.out_channels;
+    run_conv(c, ctx, bufs, ctx.batch * oh, &|call, ws, rows, panels| {
+        let Workspace { floats, segments } = ws;
         // Panel-major: one packed panel of B stays in cache while every row uses it.
-        for p in my_panels {
-            for u in my_units.clone() {
+        for p in panels {
+            for u in rows.clone() {
                 let (img, oy) = (u / oh, u % oh);
                 for cols in pieces(ow, MR) {
-                    let r = cols.len();
-                    segments.clear();
-                    let mut gathered = 0;
-                    for ky in 0..kh {
-                        let iy = (oy * sh + ky * dh) as isize - g.pad.top as isize;
-                        if iy < 0 || iy >= ih as isize {
-                            continue;
-                        }
-                        let line = (img * ih + iy as usize) * iw;
-                        for kx in 0..kw {
-                            let b_row = (ky * kw + kx) * cin;
-                            let ix0 = (cols.start * sw + kx * dw) as isize - g.pad.left as isize;
-                            let ix_last = ix0 + ((r - 1) * sw) as isize;
-                            if ix0 >= 0 && ix_last < iw as isize {
-                                segments.push(Segment {
-                                    a: (line + ix0 as usize) * cin,
-                                    lda: sw * cin,
-                                    b_row,
-                                    kc: cin,
-                                    gathered: false,
-                                });
-                            } else if ix_last >= 0 && ix0 < iw as isize {
-                                for rr in 0..r {
-                                    let ix = ix0 + (rr * sw) as isize;
-                                    let dst = &mut floats[gathered + rr * cin..gathered + (rr + 1) * cin];
-                                    if ix >= 0 && ix < iw as isize {
-                                        dst.copy_from_slice(&x[(line + ix as usize) * cin..(line + ix as usize + 1) * cin]);
-                                    } else {
-                                        dst.fill(0.0);
-                                    }
-                                }
-                                segments.push(Segment {
-                                    a: gathered,
-                                    lda: cin,
-                                    b_row,
-                                    kc: cin,
-                                    gathered: true,
-                                });
-                                gathered += r * cin;
-                            }
-                        }
-                    }
+                    tap_segments(&call.g, call.x, img, oy, &cols, floats, segments);
                     let c_off = ((img * oh + oy) * ow + cols.start) * n + p * NR;
                     // SAFETY: this thread alone writes these pixels x this panel of the output.
-                    unsafe { gemm_segments(x, floats, segments, r, &c.weights, p, out.get(), out_len, c_off, n, &e)? };
+                    unsafe {
+                        gemm_segments(
+                            call.x,
+                            floats,
+                            segments,
+                            cols.len(),
+                            &c.weights,
+                            p,
+                            call.out.get(),
+                            call.out_len,
+                            c_off,
+                            n,
+                            &call.e,
+                        )?
+                    };
                 }
             }
         }

@@ -613,7 +613,8 @@ mod avx512 {
     unsafe fn kernel<const R: usize>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>) {
         const { assert!(R <= MR) };
         // Two separate accumulator arrays: with one `[[__m512; 2]; R]` LLVM split the loop in
-        // two and ran at a third of the speed.
+        // two and ran at a third of the speed. The loop is written out again in `seg_kernel`:
+        // sharing it as an inline function measured 5% slower end to end (35.7 -> 37.5 ms).
         let mut acc0 = [_mm512_setzero_ps(); R];
         let mut acc1 = [_mm512_setzero_ps(); R];
         let a = t.a.as_ptr();

@@ -1,10 +1,10 @@
 //! Weights files, loaded **by name** into any model built from [`layers`](crate::layers).
 //!
-//! - Keras HDF5 ([`WeightFile::keras_h5`]): what `model.save_weights("x.h5")` writes (Keras 2)
+//! - Keras HDF5 ([`WeightFormat::KerasH5`]): what `model.save_weights("x.h5")` writes (Keras 2)
 //!   and the 2016 release files (Keras 1, whose `running_std` holds the variance). Read by the
 //!   pure-Rust `hdf5-pure`: no C HDF5 library needed.
-//! - PyTorch `state_dict` as `.safetensors` ([`WeightFile::safetensors`]) and as the zip +
-//!   pickle `torch.save` writes ([`WeightFile::pth`]); the pickle is interpreted, never
+//! - PyTorch `state_dict` as `.safetensors` ([`WeightFormat::Safetensors`]) and as the zip +
+//!   pickle `torch.save` writes ([`WeightFormat::Pth`]); the pickle is interpreted, never
 //!   executed: only the opcodes and globals a `state_dict` needs are accepted.
 //!
 //! Tensors are converted to this crate's layouts once, at load time: PyTorch's `(out, in, kh,
@@ -100,42 +100,58 @@ pub struct WeightFile {
 const HDF5_MAGIC: &[u8] = b"\x89HDF\r\n\x1a\n";
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 
+/// The file formats [`WeightFile`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    /// Keras HDF5 (Keras 2 `save_weights` or the Keras 1 release layout).
+    KerasH5,
+    /// A PyTorch `state_dict` saved as `.safetensors`.
+    Safetensors,
+    /// A PyTorch `state_dict` saved by `torch.save` (zip + pickle).
+    Pth,
+}
+
+impl WeightFormat {
+    /// The format a file's first bytes announce: HDF5 (Keras), zip (PyTorch `.pth`), else
+    /// safetensors (which has no magic number).
+    pub fn detect(bytes: &[u8]) -> Self {
+        if bytes.starts_with(HDF5_MAGIC) {
+            WeightFormat::KerasH5
+        } else if bytes.starts_with(ZIP_MAGIC) {
+            WeightFormat::Pth
+        } else {
+            WeightFormat::Safetensors
+        }
+    }
+}
+
 impl WeightFile {
-    /// Reads a weights file, recognising the format by its first bytes: HDF5 (Keras), zip
-    /// (PyTorch `.pth`), else safetensors.
+    /// Reads a weights file, recognising the format by its first bytes ([`WeightFormat::detect`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = read_file(path)?;
         Self::from_bytes(bytes, &path.display().to_string())
     }
 
+    /// Reads a weights file in the given format, whatever its first bytes say.
+    pub fn open_as(path: impl AsRef<Path>, format: WeightFormat) -> Result<Self> {
+        let path = path.as_ref();
+        Self::from_bytes_as(read_file(path)?, &path.display().to_string(), format)
+    }
+
     /// [`open`](Self::open) on bytes already in memory; `name` is used in messages.
     pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Self> {
-        if bytes.starts_with(HDF5_MAGIC) {
-            keras_h5::read(bytes, name)
-        } else if bytes.starts_with(ZIP_MAGIC) {
-            pth::read(bytes, name)
-        } else {
-            safetensors_file::read(&bytes, name)
+        let format = WeightFormat::detect(&bytes);
+        Self::from_bytes_as(bytes, name, format)
+    }
+
+    /// [`open_as`](Self::open_as) on bytes already in memory.
+    pub fn from_bytes_as(bytes: Vec<u8>, name: &str, format: WeightFormat) -> Result<Self> {
+        match format {
+            WeightFormat::KerasH5 => keras_h5::read(bytes, name),
+            WeightFormat::Safetensors => safetensors_file::read(&bytes, name),
+            WeightFormat::Pth => pth::read(bytes, name),
         }
-    }
-
-    /// Reads a Keras HDF5 weights file (Keras 2 `save_weights` or the Keras 1 release layout).
-    pub fn keras_h5(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        keras_h5::read(read_file(path)?, &path.display().to_string())
-    }
-
-    /// Reads a PyTorch `state_dict` saved as `.safetensors`.
-    pub fn safetensors(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        safetensors_file::read(&read_file(path)?, &path.display().to_string())
-    }
-
-    /// Reads a PyTorch `state_dict` saved by `torch.save` (zip + pickle).
-    pub fn pth(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        pth::read(read_file(path)?, &path.display().to_string())
     }
 
     /// A weights source from tensors already in memory (e.g. read from `.npy` files), named in
