@@ -37,6 +37,19 @@ struct Builder {
     path: Vec<String>,
 }
 
+/// A window's own padding rule resolved for the input after `extra` zero padding, plus that
+/// padding: the explicit padding that replaces a `ZeroPadding2D` followed by the window.
+fn fold_padding(own: Padding, extra: Padding2d, hw: [usize; 2], kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> Padding2d {
+    let padded = [hw[0] + extra.top + extra.bottom, hw[1] + extra.left + extra.right];
+    let own = own.resolve(padded, kernel, stride, dilation);
+    Padding2d::new(
+        own.top + extra.top,
+        own.bottom + extra.bottom,
+        own.left + extra.left,
+        own.right + extra.right,
+    )
+}
+
 fn unsupported(what: &str) -> Error {
     Error::config("CompiledModel", format!("cannot compile a {what} layer for fast inference"))
 }
@@ -331,14 +344,7 @@ impl Builder {
 
         let [h, w, c] = self.hwc(x, "Conv2D")?;
         let cfg = conv.config();
-        let padded = [h + extra.top + extra.bottom, w + extra.left + extra.right];
-        let own = cfg.padding.resolve(padded, cfg.kernel_size, cfg.strides, cfg.dilation);
-        let pad = Padding2d::new(
-            own.top + extra.top,
-            own.bottom + extra.bottom,
-            own.left + extra.left,
-            own.right + extra.right,
-        );
+        let pad = fold_padding(cfg.padding, extra, [h, w], cfg.kernel_size, cfg.strides, cfg.dilation);
         let window = Window2d {
             kernel: cfg.kernel_size,
             stride: cfg.strides,
@@ -404,14 +410,7 @@ impl Builder {
     ) -> Result<usize> {
         let [h, w, c] = self.hwc(x, "pooling")?;
         let stride = strides.unwrap_or(size);
-        let padded = [h + extra.top + extra.bottom, w + extra.left + extra.right];
-        let own = padding.resolve(padded, size, stride, [1, 1]);
-        let pad = Padding2d::new(
-            own.top + extra.top,
-            own.bottom + extra.bottom,
-            own.left + extra.left,
-            own.right + extra.right,
-        );
+        let pad = fold_padding(padding, extra, [h, w], size, stride, [1, 1]);
         let window = Window2d {
             kernel: size,
             stride,
