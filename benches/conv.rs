@@ -1,9 +1,12 @@
 //! Convolution kernels at ResNet50's layer shapes (the seed's Keras layout, batch 1, NHWC):
-//! the GEMM-backed driver against the direct-loop reference.
+//! the GEMM-backed driver against the direct-loop reference, and for the stride-1 3x3 layers
+//! the two Winograd algorithms.
 //! `cargo bench --bench conv`; throughput is reported in FLOP.
 
 use std::hint::black_box;
 
+use convnet::kernels::packed_gemm::GemmEpilogue;
+use convnet::kernels::winograd::{self, WinogradTile, WinogradWeights};
 use convnet::kernels::{conv2d, reference, ConvGeometry, Epilogue, Padding, Window2d};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -47,6 +50,18 @@ fn conv(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("kernels::conv2d", &id), |bench| {
             bench.iter(|| conv2d(black_box(&x), &g, black_box(&w), &e, &mut out, &mut ws))
         });
+        if winograd::supports(&g) {
+            let ge = GemmEpilogue {
+                bias: Some(&b),
+                ..Default::default()
+            };
+            for tile in [WinogradTile::F2x2, WinogradTile::F4x4] {
+                let ww = WinogradWeights::new(&w, input[3], filters, tile).expect("valid 3x3 kernel");
+                group.bench_function(BenchmarkId::new(format!("winograd {tile:?}"), &id), |bench| {
+                    bench.iter(|| winograd::conv2d_winograd(black_box(&x), &g, &ww, &ge, &mut out, 64, &mut ws))
+                });
+            }
+        }
         group.bench_function(BenchmarkId::new("reference::conv2d", &id), |bench| {
             bench.iter(|| reference::conv2d(black_box(&x), &g, black_box(&w), Some(&b), &mut out))
         });

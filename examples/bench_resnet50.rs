@@ -1,12 +1,13 @@
 //! Times the seed's full-width ResNet50 on the compiled inference path.
 //!
 //! ```text
-//! cargo run --release --example bench_resnet50 -- [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--check DIR]
+//! cargo run --release --example bench_resnet50 -- [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--no-winograd] [--check DIR]
 //! ```
 //!
 //! Random (deterministic, He-scaled) weights unless `--weights` names a Keras HDF5 file.
 //! `--profile` prints the time of each layer (median over the iterations) before the summary;
-//! `--unfused` times the layer-by-layer forward pass instead, for comparison; `--check DIR`
+//! `--unfused` times the layer-by-layer forward pass instead, for comparison; `--no-winograd`
+//! computes the 3x3 convolutions by direct GEMM instead of Winograd F(2x2, 3x3); `--check DIR`
 //! first compares the output on `DIR/check_input.npy` with `DIR/check_probs.npy` (written by
 //! `benches/compare/export_onnx.py` from onnxruntime). The last line
 //! printed is one JSON object:
@@ -30,6 +31,7 @@ struct Args {
     warmup: usize,
     profile: bool,
     unfused: bool,
+    winograd: bool,
     check: Option<String>,
 }
 
@@ -42,6 +44,7 @@ fn parse() -> Result<Args, String> {
         warmup: 3,
         profile: false,
         unfused: false,
+        winograd: true,
         check: None,
     };
     let mut it = std::env::args().skip(1);
@@ -55,6 +58,7 @@ fn parse() -> Result<Args, String> {
             "--warmup" => a.warmup = num(it.next(), "--warmup")?,
             "--profile" => a.profile = true,
             "--unfused" => a.unfused = true,
+            "--no-winograd" => a.winograd = false,
             "--check" => a.check = Some(it.next().ok_or("--check needs a folder")?),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -109,6 +113,7 @@ fn run(a: Args) -> convnet::Result<()> {
     }
     let options = InferenceOptions {
         threads: a.threads,
+        winograd: a.winograd,
         ..Default::default()
     };
     if let Some(dir) = &a.check {
@@ -199,7 +204,7 @@ fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e}\nusage: bench_resnet50 [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--check DIR]");
+            eprintln!("error: {e}\nusage: bench_resnet50 [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--no-winograd] [--check DIR]");
             return ExitCode::from(2);
         }
     };

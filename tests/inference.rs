@@ -29,6 +29,7 @@ fn opts(threads: usize, fold: bool) -> InferenceOptions {
     InferenceOptions {
         threads,
         fold_batch_norm: fold,
+        winograd: true,
     }
 }
 
@@ -37,26 +38,29 @@ fn compiled_keras_resnet50_matches_keras_for_every_thread_count() {
     let model = keras_w8();
     let want = common::npy("keras_resnet50_w8/batch_probs.npy");
     let x = batch();
-    let mut first: Option<Tensor> = None;
-    for threads in [1, 2, 3] {
-        for fold in [true, false] {
-            let mut fast = CompiledModel::new(&model, &[224, 224, 3], &opts(threads, fold)).unwrap();
+    // (fold, winograd): every optimization on, then each one off.
+    for (fold, winograd) in [(true, true), (true, false), (false, true)] {
+        let mut first: Option<Tensor> = None;
+        for threads in [1, 2, 3] {
+            let options = InferenceOptions {
+                winograd,
+                ..opts(threads, fold)
+            };
+            let mut fast = CompiledModel::new(&model, &[224, 224, 3], &options).unwrap();
             let got = fast.run(&x).unwrap();
             let err = common::max_abs_diff(&got, &want);
-            println!("threads {threads} fold {fold}: max abs error {err:e}");
-            assert!(err <= 1e-5, "threads {threads}, fold {fold}: {err}");
+            println!("threads {threads} fold {fold} winograd {winograd}: max abs error {err:e}");
+            assert!(err <= 1e-5, "threads {threads}, fold {fold}, winograd {winograd}: {err}");
             // Single images through the same compiled model (a second batch size).
             for (i, image) in IMAGES.iter().enumerate() {
                 let one = fast.run(&common::npy(&format!("keras_resnet50_w8/input_{image}.npy"))).unwrap();
                 assert!(common::max_abs_diff(&one, &want.slice(ndarray::s![i..i + 1, ..]).to_owned().into_dyn()) <= 1e-5);
             }
-            if fold {
-                // Deterministic, and identical whatever the thread count.
-                assert_eq!(fast.run(&x).unwrap(), got);
-                match &first {
-                    None => first = Some(got),
-                    Some(f) => assert_eq!(f, &got, "threads {threads} differ from 1 thread"),
-                }
+            // Deterministic, and identical whatever the thread count.
+            assert_eq!(fast.run(&x).unwrap(), got);
+            match &first {
+                None => first = Some(got),
+                Some(f) => assert_eq!(f, &got, "threads {threads} differ from 1 thread (fold {fold}, winograd {winograd})"),
             }
         }
     }
@@ -104,6 +108,34 @@ fn compiled_presets_match_their_layer_by_layer_forward() {
             let got = fast.run(&x).unwrap();
             let rel = common::max_rel_diff(&got, &want);
             assert!(rel <= 1e-4, "{} threads {threads}: relative error {rel}", cfg.name);
+        }
+    }
+}
+
+/// The full-width network, where the compiled model's scheduling differs from the small
+/// fixtures': Winograd blocks split over threads by tile blocks (56x56) and by output panels
+/// (28x28, 14x14), and a batch run image by image up to the last stage, then over the whole
+/// batch (see `CompiledModel`). Same numbers as the layer-by-layer forward, and bit for bit the
+/// same as one image at a time on one thread.
+#[test]
+fn full_width_resnet50_schedules_agree() {
+    let mut model = ResNet::new(ResNetConfig::keras_resnet50()).unwrap();
+    common::randomize(&mut model, 11);
+    let x = batch().slice(ndarray::s![0..3, .., .., ..]).to_owned().into_dyn();
+    let want = model.forward(&x).unwrap();
+    let image = |i: usize| x.slice(ndarray::s![i..i + 1, .., .., ..]).to_owned().into_dyn();
+    let mut one = CompiledModel::new(&model, &[224, 224, 3], &opts(1, true)).unwrap();
+    let singles: Vec<Tensor> = (0..3).map(|i| one.run(&image(i)).unwrap()).collect();
+    let singles = concatenate(Axis(0), &singles.iter().map(|a| a.view()).collect::<Vec<_>>()).unwrap();
+    let rel = common::max_rel_diff(&singles, &want);
+    println!("full width: relative error {rel:e}");
+    assert!(rel <= 1e-4, "relative error {rel}");
+    for threads in [2, 3] {
+        let mut fast = CompiledModel::new(&model, &[224, 224, 3], &opts(threads, true)).unwrap();
+        assert_eq!(fast.run(&x).unwrap(), singles, "batch of 3 on {threads} threads");
+        for i in 0..3 {
+            let got = fast.run(&image(i)).unwrap();
+            assert_eq!(got.as_slice().unwrap(), singles.slice(ndarray::s![i, ..]).as_slice().unwrap(), "image {i} on {threads} threads");
         }
     }
 }
@@ -171,7 +203,7 @@ mod compiled_conv {
             if relu {
                 net.push("relu", Relu).unwrap();
             }
-            let mut fast = CompiledModel::new(&net, &[h, w, cin], &InferenceOptions { threads, fold_batch_norm: true }).unwrap();
+            let mut fast = CompiledModel::new(&net, &[h, w, cin], &InferenceOptions { threads, fold_batch_norm: true, winograd: true }).unwrap();
             let got = fast.run(&ArrayD::from_shape_vec(IxDyn(&[n, h, w, cin]), x.clone()).unwrap()).unwrap();
             let mut want = vec![0.0; g.output_len()];
             reference::conv2d(&x, &g, &kernel, Some(&bias), &mut want);

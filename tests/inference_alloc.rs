@@ -53,6 +53,7 @@ fn steady_state_forward_passes_allocate_nothing() {
             &InferenceOptions {
                 threads,
                 fold_batch_norm: true,
+                winograd: true,
             },
         )
         .unwrap();

@@ -290,3 +290,77 @@ mod packed {
         }
     }
 }
+
+mod winograd {
+    use super::{fill, padding_strategy};
+    use convnet::kernels::packed_gemm::GemmEpilogue;
+    use convnet::kernels::winograd::{conv2d_winograd, WinogradTile, WinogradWeights};
+    use convnet::kernels::{reference, ConvGeometry, Window2d};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// Both Winograd algorithms against the direct-loop reference: odd and even sizes (tiles
+        /// overhanging the output), every padding mode, batch 1-3, channel counts around the
+        /// 16-wide transform steps and the 32-column panels, blocks of 1-30 tiles, and the
+        /// whole epilogue. The output starts NaN-filled, so every element must be written.
+        #[test]
+        fn winograd_matches_reference(
+            (n, h, w, cin, cout) in (1usize..=3, 1usize..=14, 1usize..=14, 1usize..=40, 1usize..=70),
+            padding in padding_strategy(),
+            (f4, block) in (any::<bool>(), 1usize..=30),
+            (scale, bias, residual, relu) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+            seed in any::<u64>(),
+        ) {
+            let window = Window2d { padding, ..Window2d::new([3, 3], [1, 1]) };
+            let Ok(g) = ConvGeometry::new([n, h, w, cin], cout, window) else { return Ok(()) };
+            let tile = if f4 { WinogradTile::F4x4 } else { WinogradTile::F2x2 };
+            let x = fill(g.input_len(), seed);
+            let k = fill(g.kernel_len(), seed ^ 1);
+            let (scale_v, bias_v, res_v) = (fill(cout, seed ^ 2), fill(cout, seed ^ 3), fill(g.output_len(), seed ^ 4));
+            let weights = WinogradWeights::new(&k, cin, cout, tile).unwrap();
+            let e = GemmEpilogue {
+                scale: scale.then_some(&scale_v[..]),
+                bias: bias.then_some(&bias_v[..]),
+                residual: residual.then_some(&res_v[..]),
+                relu,
+            };
+            let mut got = vec![f32::NAN; g.output_len()];
+            conv2d_winograd(&x, &g, &weights, &e, &mut got, block, &mut Vec::new()).unwrap();
+
+            let mut want = vec![0.0; g.output_len()];
+            reference::conv2d(&x, &g, &k, None, &mut want);
+            let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<_>>();
+            let mut bound = vec![0.0; g.output_len()];
+            reference::conv2d(&abs(&x), &g, &abs(&k), None, &mut bound);
+            for (i, ((a, &b), s)) in got.iter().zip(&want).zip(&bound).enumerate() {
+                let o = i % cout;
+                let mut b = b;
+                let mut s = *s;
+                if scale { b *= scale_v[o]; s *= scale_v[o].abs(); }
+                if bias { b += bias_v[o]; }
+                if residual { b += res_v[i]; }
+                if relu { b = b.max(0.0); }
+                // F(4x4, 3x3)'s transforms scale values by up to 8 and 1/24 on the way, so it
+                // rounds more than F(2x2, 3x3), whose bound is the GEMM path's.
+                let tol = if f4 { 1e-4 } else { 1e-5 } * (s + 1.0);
+                prop_assert!((a - b).abs() <= tol, "element {i}: {a} vs {b} (tol {tol}) for {tile:?} {g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_errors() {
+        let g = ConvGeometry::new([1, 5, 5, 4], 8, Window2d::new([3, 3], [2, 2])).unwrap();
+        let w = WinogradWeights::new(&fill(9 * 4 * 8, 1), 4, 8, WinogradTile::F2x2).unwrap();
+        let mut out = vec![0.0; g.output_len()];
+        let e = GemmEpilogue::default();
+        let err = conv2d_winograd(&fill(g.input_len(), 2), &g, &w, &e, &mut out, 4, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("stride 1"), "{err}");
+        assert!(WinogradWeights::new(&fill(10, 1), 4, 8, WinogradTile::F2x2).is_err());
+        let g = ConvGeometry::new([1, 5, 5, 4], 8, Window2d::new([3, 3], [1, 1])).unwrap();
+        let short = conv2d_winograd(&fill(g.input_len() - 1, 2), &g, &w, &e, &mut out, 4, &mut Vec::new());
+        assert!(matches!(short, Err(convnet::Error::Shape { .. })), "{short:?}");
+    }
+}

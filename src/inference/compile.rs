@@ -1,10 +1,11 @@
 //! Lowering a layer tree into [`Op`]s: BatchNorm folding, epilogue fusion, padding folding,
 //! and buffer slots assigned by liveness.
 
-use super::exec::{ConvOp, Op};
+use super::exec::{ConvOp, ConvWeights, Op};
 use super::{InferenceOptions, Value};
 use crate::error::{Error, Result, ShapeFmt};
 use crate::kernels::packed_gemm::PackedB;
+use crate::kernels::winograd::{WinogradTile, WinogradWeights};
 use crate::kernels::{ConvGeometry, Padding, Padding2d, PoolGeometry, Window2d};
 use crate::layers::{
     Activation, AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, GlobalAvgPool, Layer, MaxPool2d, Relu, Residual, Sequential, Softmax,
@@ -16,6 +17,8 @@ pub(crate) struct Graph {
     pub ops: Vec<Op>,
     pub values: Vec<Value>,
     pub slot_sizes: Vec<usize>,
+    /// The value whose storage each value is (itself, or what a `Flatten` views).
+    pub roots: Vec<usize>,
     pub input: usize,
     pub output: usize,
 }
@@ -81,10 +84,12 @@ pub(crate) fn compile(model: &dyn Layer, input_shape: &[usize], options: &Infere
         output = b.affine("copy", output, None, false)?;
     }
     let (values, slot_sizes) = b.assign_slots(input, output);
+    let roots = (0..values.len()).map(|v| b.root(v)).collect();
     Ok(Graph {
         ops: b.ops,
         values,
         slot_sizes,
+        roots,
         input,
         output,
     })
@@ -370,7 +375,10 @@ impl Builder {
             }
             _ => None,
         };
-        let weights = PackedB::pack(&kernel, geometry.patch_len(), n, n)?;
+        let weights = match WinogradTile::choose(&geometry).filter(|_| self.options.winograd) {
+            Some(tile) => ConvWeights::Winograd(WinogradWeights::new(&kernel, c, n, tile)?),
+            None => ConvWeights::Gemm(PackedB::pack(&kernel, geometry.patch_len(), n, n)?),
+        };
         let is_last = used == layers.len();
         let fused_tail = tail.filter(|_| is_last && !relu && (fold || bn.is_none()));
         let conv_relu = if bn.is_none() || fold {

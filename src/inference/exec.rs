@@ -7,10 +7,15 @@ use super::pool::ThreadPool;
 use super::Value;
 use crate::error::Result;
 use crate::kernels::packed_gemm::{gemm_packed_raw, gemm_segments, GemmEpilogue, PackedB, Segment, MR, NR};
+use crate::kernels::winograd::{self, WinogradWeights};
 use crate::kernels::{self, ConvGeometry, PoolGeometry};
 
 /// Bytes of im2col tile a thread fills before multiplying it (sized for L2).
 const IM2COL_TILE_BYTES: usize = 1 << 20;
+
+/// Bytes of transformed input and products a thread holds for one block of Winograd tiles.
+/// (Measured on ResNet50 with 0.25 to 4 MiB: 2 MiB was as fast as any, within the noise.)
+const WINOGRAD_BLOCK_BYTES: usize = 2 << 20;
 
 /// Input channels from which a convolution reads its input in place (one GEMM segment per
 /// kernel tap) instead of copying it through im2col.
@@ -36,7 +41,7 @@ pub(crate) struct ConvOp {
     pub name: String,
     /// Geometry for one image (the batch is set at run time).
     pub geometry: ConvGeometry,
-    pub weights: PackedB,
+    pub weights: ConvWeights,
     /// A folded BatchNorm's per-channel scale, applied in the GEMM's output pass.
     pub scale: Option<Vec<f32>>,
     pub bias: Vec<f32>,
@@ -46,7 +51,29 @@ pub(crate) struct ConvOp {
     pub y: usize,
 }
 
+/// A convolution's weights, packed for the kernel that computes it.
+pub(crate) enum ConvWeights {
+    /// The kernel as one `K x N` GEMM operand (im2col, pointwise and implicit convolutions).
+    Gemm(PackedB),
+    /// A 3x3 stride-1 kernel transformed for Winograd F(2x2, 3x3).
+    Winograd(WinogradWeights),
+}
+
 impl ConvOp {
+    fn panels(&self) -> usize {
+        self.geometry.out_channels.div_ceil(NR)
+    }
+
+    /// The largest number of tiles in a Winograd block at `batch`, and the number of blocks
+    /// (near-equal; block `b` holds the tiles `share(total, b, blocks)`).
+    fn winograd_blocks(&self, w: &WinogradWeights, batch: usize) -> (usize, usize) {
+        let g = ConvGeometry { batch, ..self.geometry };
+        let per_tile = 4 * winograd::workspace_len(w.tile(), g.in_channels, g.out_channels, 1);
+        let total = w.tile().tile_count(&g);
+        let blocks = total.div_ceil((WINOGRAD_BLOCK_BYTES / per_tile).max(MR)).max(1);
+        (total.div_ceil(blocks), blocks)
+    }
+
     fn pointwise(&self) -> bool {
         self.geometry.window.kernel == [1, 1] && self.geometry.window.stride == [1, 1] && self.geometry.pad.is_zero()
     }
@@ -187,6 +214,18 @@ impl Op {
         }
     }
 
+    /// Weights (floats) this op reads.
+    pub fn weight_len(&self) -> usize {
+        match self {
+            Op::Conv(c) => match &c.weights {
+                ConvWeights::Gemm(b) => b.k() * b.n(),
+                ConvWeights::Winograd(w) => w.len(),
+            },
+            Op::Dense { weights, .. } => weights.k() * weights.n(),
+            _ => 0,
+        }
+    }
+
     /// The value this op writes.
     pub fn output(&self) -> usize {
         match self {
@@ -220,13 +259,18 @@ impl Op {
 
     /// Scratch floats a thread needs for this op at `batch`, and segments.
     pub fn workspace_len(&self, batch: usize) -> (usize, usize) {
-        match self {
-            Op::Conv(c) if c.implicit() => (c.taps() * MR * c.geometry.in_channels, c.taps()),
-            Op::Conv(c) if !c.pointwise() => {
+        let Op::Conv(c) = self else { return (0, 0) };
+        match &c.weights {
+            ConvWeights::Winograd(w) => {
+                let (block, _) = c.winograd_blocks(w, batch);
+                (winograd::workspace_len(w.tile(), c.geometry.in_channels, c.geometry.out_channels, block), 0)
+            }
+            ConvWeights::Gemm(_) if c.implicit() => (c.taps() * MR * c.geometry.in_channels, c.taps()),
+            ConvWeights::Gemm(_) if !c.pointwise() => {
                 let g = ConvGeometry { batch, ..c.geometry };
                 (c.tile_rows().min(g.out_pixels()) * g.patch_len(), 0)
             }
-            _ => (0, 0),
+            ConvWeights::Gemm(_) => (0, 0),
         }
     }
 
@@ -234,8 +278,11 @@ impl Op {
         let v = |i: usize| &ctx.values[i];
         let n = ctx.batch;
         match self {
-            Op::Conv(c) if c.implicit() => conv_implicit(c, ctx, bufs),
-            Op::Conv(c) => conv(c, ctx, bufs),
+            Op::Conv(c) => match &c.weights {
+                ConvWeights::Winograd(w) => conv_winograd(c, w, ctx, bufs),
+                ConvWeights::Gemm(b) if c.implicit() => conv_implicit(c, b, ctx, bufs),
+                ConvWeights::Gemm(b) => conv(c, b, ctx, bufs),
+            },
             Op::Affine {
                 scale, shift, relu, x, y, ..
             } => {
@@ -343,15 +390,24 @@ struct ConvCall<'a> {
     e: GemmEpilogue<'a>,
 }
 
-/// Runs a convolution: `units` row units (im2col tiles or output rows) by the weight panels,
-/// split over the threads by rows when there are enough of them, else by output-channel panels
-/// (the skinny late-stage GEMMs). `body` does one thread's block with its own workspace.
+/// How evenly `n` equal work items split over `threads`: 1 when every thread gets as many.
+fn balance(n: usize, threads: usize) -> f64 {
+    n as f64 / (threads * n.div_ceil(threads)).max(1) as f64
+}
+
+/// Runs a convolution: `units` near-equal row units (im2col tiles, output rows, Winograd
+/// blocks) by the weight panels, split over the threads by rows or by output-channel panels,
+/// whichever splits more evenly. On a tie, rows when `prefer_rows` (each thread would otherwise
+/// redo the per-row work, an im2col or an input transform), else panels (each thread then
+/// reads only its share of the weights: the skinny late-stage GEMMs). `body` does one thread's
+/// block with its own workspace.
 #[allow(clippy::type_complexity)]
 fn run_conv(
     c: &ConvOp,
     ctx: &Ctx<'_>,
     bufs: &mut [Vec<f32>],
     units: usize,
+    prefer_rows: bool,
     body: &(dyn Fn(&ConvCall<'_>, &mut Workspace, Range<usize>, Range<usize>) -> Result<()> + Sync),
 ) -> Result<()> {
     let v = |i: usize| &ctx.values[i];
@@ -373,9 +429,10 @@ fn run_conv(
             relu: c.relu,
         },
     };
-    let panels = c.weights.panels();
+    let panels = c.panels();
     let threads = ctx.pool.threads();
-    let by_rows = units >= 2 * threads || panels < threads;
+    let (by_units, by_panels) = (balance(units, threads), balance(panels, threads));
+    let by_rows = by_units > by_panels || (prefer_rows && by_units == by_panels);
     parallel(ctx.pool, &|t| {
         let (my_units, my_panels) = if by_rows {
             (share(units, t, threads), 0..panels)
@@ -390,19 +447,30 @@ fn run_conv(
     })
 }
 
-/// A convolution as GEMMs over tiles of output pixels: the input itself for a 1x1 stride-1
-/// convolution, else an im2col tile sized for L2 (the stem's 7x7 on 3 channels).
-fn conv(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+/// A convolution as GEMMs over the output pixels: the input itself for a 1x1 stride-1
+/// convolution (one GEMM per thread, its rows in `MR`-row units), else im2col tiles sized for
+/// L2, each filled by the thread that multiplies it (the stem's 7x7 on 3 channels).
+fn conv(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
     let g = ConvGeometry {
         batch: ctx.batch,
         ..c.geometry
     };
     let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_channels);
     let pointwise = c.pointwise();
-    let tile = c.tile_rows().min(m);
-    run_conv(c, ctx, bufs, m.div_ceil(tile), &|call, ws, tiles, panels| {
-        for ti in tiles {
-            let rows = ti * tile..((ti + 1) * tile).min(m);
+    let (tile, units) = if pointwise {
+        (MR, m.div_ceil(MR))
+    } else {
+        // Near-equal tiles, as many as the threads can share evenly.
+        let threads = ctx.pool.threads();
+        let tiles = m.div_ceil(c.tile_rows().min(m).max(1));
+        let tiles = if tiles >= threads { tiles.next_multiple_of(threads) } else { tiles };
+        (m.div_ceil(tiles), tiles)
+    };
+    run_conv(c, ctx, bufs, units, !pointwise, &|call, ws, my_units, panels| {
+        let chunks = if pointwise { 1 } else { my_units.len() };
+        for i in 0..chunks {
+            let (first, last) = if pointwise { (my_units.start, my_units.end) } else { (my_units.start + i, my_units.start + i + 1) };
+            let rows = first * tile..(last * tile).min(m);
             let (a, a_row0) = if pointwise {
                 (call.x, 0)
             } else {
@@ -416,7 +484,7 @@ fn conv(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
                     a,
                     k,
                     a_row0,
-                    &c.weights,
+                    weights,
                     call.out.get(),
                     call.out_len,
                     n,
@@ -505,10 +573,10 @@ fn tap_segments(
 /// A convolution without im2col: each micro-tile of up to `MR` output pixels in one output row
 /// multiplies, for every kernel tap, the input pixels under it (consecutive in NHWC, `stride *
 /// channels` apart) straight from the input (see [`tap_segments`]).
-fn conv_implicit(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+fn conv_implicit(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
     let [oh, ow] = c.geometry.out_hw;
     let n = c.geometry.out_channels;
-    run_conv(c, ctx, bufs, ctx.batch * oh, &|call, ws, rows, panels| {
+    run_conv(c, ctx, bufs, ctx.batch * oh, false, &|call, ws, rows, panels| {
         let Workspace { floats, segments } = ws;
         // Panel-major: one packed panel of B stays in cache while every row uses it.
         for p in panels {
@@ -524,7 +592,7 @@ fn conv_implicit(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()>
                             floats,
                             segments,
                             cols.len(),
-                            &c.weights,
+                            weights,
                             p,
                             call.out.get(),
                             call.out_len,
@@ -535,6 +603,28 @@ fn conv_implicit(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()>
                     };
                 }
             }
+        }
+        Ok(())
+    })
+}
+
+/// A stride-1 3x3 convolution by Winograd F(2x2, 3x3) ([`winograd`]), a block of output tiles
+/// at a time: transform the block's input patches, 16 GEMMs, transform back through the
+/// epilogue. Threads split the blocks, or (too few blocks) the output-channel panels, each
+/// then transforming the whole input block itself.
+fn conv_winograd(c: &ConvOp, w: &WinogradWeights, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+    let (block, blocks) = c.winograd_blocks(w, ctx.batch);
+    let (cin, cout, tile) = (c.geometry.in_channels, c.geometry.out_channels, w.tile());
+    run_conv(c, ctx, bufs, blocks, true, &|call, ws, my_blocks, panels| {
+        let total = tile.tile_count(&call.g);
+        let channels = panels.start * NR..(panels.end * NR).min(cout);
+        let (v, m) = ws.floats.split_at_mut(tile.positions() * block * cin);
+        for b in my_blocks {
+            let tiles = share(total, b, blocks);
+            winograd::transform_input(call.x, &call.g, tile, tiles.clone(), v)?;
+            winograd::multiply(v, w, tiles.len(), m, panels.clone())?;
+            // SAFETY: this thread alone writes these tiles' pixels in these channels.
+            unsafe { winograd::transform_output(m, &call.g, tile, tiles, channels.clone(), &call.e, call.out.get(), call.out_len)? };
         }
         Ok(())
     })

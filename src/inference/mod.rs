@@ -37,6 +37,7 @@ mod pool;
 
 pub use pool::ThreadPool;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,9 @@ pub struct InferenceOptions {
     pub threads: usize,
     /// Fold each BatchNorm into the convolution before it.
     pub fold_batch_norm: bool,
+    /// Compute stride-1 3x3 convolutions by Winograd F(2x2, 3x3)
+    /// ([`kernels::winograd`](crate::kernels::winograd)) instead of a direct GEMM.
+    pub winograd: bool,
 }
 
 impl Default for InferenceOptions {
@@ -61,6 +65,7 @@ impl Default for InferenceOptions {
         InferenceOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             fold_batch_norm: true,
+            winograd: true,
         }
     }
 }
@@ -94,7 +99,14 @@ pub struct CompiledModel {
     /// One single-image lane per thread for the batch-parallel mode (allocated on first use).
     lanes: Vec<Mutex<Lane>>,
     serial: ThreadPool,
+    /// For batches run image by image: the ops `..split` run in the lanes, the rest over the
+    /// whole batch, starting from `split_value`, the only value crossing that point.
+    split: usize,
+    split_value: usize,
 }
+
+/// See [`lane_split`].
+const BATCHED_WEIGHT_RATIO: usize = 2;
 
 /// What one thread needs to run whole images on its own.
 struct Lane {
@@ -117,6 +129,7 @@ impl CompiledModel {
     /// axis). Fails for layer types it cannot lower.
     pub fn new(model: &dyn Layer, input_shape: &[usize], options: &InferenceOptions) -> Result<Self> {
         let graph = compile::compile(model, input_shape, options)?;
+        let (split, split_value) = lane_split(&graph);
         let workspaces = (0..options.threads.max(1))
             .map(|_| Mutex::new(exec::Workspace::default()))
             .collect();
@@ -132,6 +145,8 @@ impl CompiledModel {
             workspaces,
             lanes: Vec::new(),
             serial: ThreadPool::new(1)?,
+            split,
+            split_value,
         })
     }
 
@@ -280,13 +295,26 @@ impl CompiledModel {
                 count: bad,
             });
         }
+        let mut first_op = 0;
         if times.is_none() && self.batch_parallel(batch) {
             self.ensure_lanes()?;
-            let threads = self.pool.threads();
-            let out_ptr = exec::SendPtr(out.as_mut_ptr());
-            let failed = Mutex::new(None);
+            let split = self.split;
+            let whole = split == self.ops.len();
+            if !whole {
+                self.ensure_batch(batch)?;
+            }
             let (ops, values, serial, lanes) = (&self.ops, &self.values, &self.serial, &self.lanes);
             let (input_slot, output_slot) = (values[self.input].slot, values[self.output].slot);
+            // Where each image's result of the lane phase goes: the output, or the crossing
+            // value's batch buffer.
+            let (dst, per_dst, from_slot) = if whole {
+                (exec::SendPtr(out.as_mut_ptr()), per_out, output_slot)
+            } else {
+                let v = &values[self.split_value];
+                (exec::SendPtr(self.buffers[v.slot].as_mut_ptr()), v.len(), v.slot)
+            };
+            let failed = Mutex::new(None);
+            let next_image = AtomicUsize::new(0);
             self.pool.run(&|t| {
                 let mut lane = lanes[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let Lane { buffers, workspace } = &mut *lane;
@@ -296,32 +324,45 @@ impl CompiledModel {
                     pool: serial,
                     workspaces: workspace,
                 };
-                for image in (batch * t / threads)..(batch * (t + 1) / threads) {
+                // Images are handed out one at a time, so a core slowed down by a neighbour
+                // takes fewer of them.
+                loop {
+                    let image = next_image.fetch_add(1, Ordering::Relaxed);
+                    if image >= batch {
+                        break;
+                    }
                     buffers[input_slot][..per_in].copy_from_slice(&x[image * per_in..(image + 1) * per_in]);
-                    if let Err(e) = ops.iter().try_for_each(|op| op.run(&ctx, buffers)) {
+                    if let Err(e) = ops[..split].iter().try_for_each(|op| op.run(&ctx, buffers)) {
                         *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
                         return;
                     }
-                    // SAFETY: each image's output rows are written by exactly one thread.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(image * per_out), per_out) };
-                    dst.copy_from_slice(&buffers[output_slot][..per_out]);
+                    // SAFETY: `dst` holds `batch * per_dst` floats (the output, or a buffer sized
+                    // for the batch), and each image's share is written by exactly one thread.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(dst.get().add(image * per_dst), per_dst) };
+                    dst.copy_from_slice(&buffers[from_slot][..per_dst]);
                 }
             });
-            return failed
+            failed
                 .into_inner()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .map_or(Ok(()), Err);
+                .map_or(Ok(()), Err)?;
+            if whole {
+                return Ok(());
+            }
+            first_op = split;
         }
         self.ensure_batch(batch)?;
-        let input = &mut self.buffers[self.values[self.input].slot];
-        input[..batch * per_in].copy_from_slice(x);
+        if first_op == 0 {
+            let input = &mut self.buffers[self.values[self.input].slot];
+            input[..batch * per_in].copy_from_slice(x);
+        }
         let ctx = exec::Ctx {
             values: &self.values,
             batch,
             pool: &self.pool,
             workspaces: &self.workspaces,
         };
-        for op in &self.ops {
+        for op in &self.ops[first_op..] {
             let start = times.as_ref().map(|_| Instant::now());
             op.run(&ctx, &mut self.buffers)?;
             if let (Some(t), Some(s)) = (times.as_deref_mut(), start) {
@@ -331,5 +372,63 @@ impl CompiledModel {
         let src = &self.buffers[self.values[self.output].slot][..out_len];
         out.copy_from_slice(src);
         Ok(())
+    }
+}
+
+/// Where a batch run image by image switches to running layer by layer over the whole batch.
+///
+/// Early layers have large activations and small weights: each image is best run alone,
+/// keeping its activations in its core's cache. Late layers the reverse: over the whole batch,
+/// their weights are read once per batch instead of once per image per core. The switch is the
+/// first op boundary that exactly one value crosses after which every layer with weights has
+/// at least [`BATCHED_WEIGHT_RATIO`] times more weight bytes than per-image activation bytes
+/// (its input and output). On ResNet50 that is the start of the last stage.
+fn lane_split(graph: &compile::Graph) -> (usize, usize) {
+    let ops = &graph.ops;
+    let n = ops.len();
+    let len = |v: usize| graph.values[v].shape.iter().product::<usize>();
+    let weight_heavy = |op: &exec::Op| {
+        let weights = op.weight_len();
+        let acts = op.inputs().into_iter().flatten().map(len).sum::<usize>() + len(op.output());
+        weights == 0 || weights >= BATCHED_WEIGHT_RATIO * acts
+    };
+    // The first boundary from which every op is weight-heavy.
+    let Some(from) = (0..n).find(|&i| ops[i..].iter().all(weight_heavy)).filter(|&i| i > 0) else {
+        return (n, graph.output);
+    };
+    let produced_at = |v: usize| ops.iter().position(|op| op.output() == v);
+    for i in from..n {
+        // The values crossing boundary i: produced before it (or the input), read at or after it.
+        let mut crossing = ops[i..]
+            .iter()
+            .flat_map(|op| op.inputs().into_iter().flatten())
+            .map(|v| graph.roots[v])
+            .filter(|&v| produced_at(v).map_or(true, |p| p < i));
+        if let Some(v) = crossing.next() {
+            if crossing.all(|w| w == v) {
+                return (i, v);
+            }
+        }
+    }
+    (n, graph.output)
+}
+#[cfg(test)]
+mod tests {
+    use super::{compile, lane_split, InferenceOptions};
+    use crate::models::{ResNet, ResNetConfig};
+
+    #[test]
+    fn resnet50_batches_switch_to_layer_by_layer_at_the_last_stage() {
+        let model = ResNet::new(ResNetConfig::keras_resnet50()).unwrap();
+        let graph = compile::compile(&model, &[224, 224, 3], &InferenceOptions::default()).unwrap();
+        let (at, value) = lane_split(&graph);
+        assert_eq!(graph.ops[at].name(), "res5a/res5a_branch1");
+        // The crossing value is res4f's output, which both res5a branches read.
+        assert_eq!(graph.ops[at - 1].output(), value);
+        assert!(graph.ops[at..].iter().filter(|op| op.inputs().contains(&Some(value))).count() == 2);
+        // Scaled down, only the classifier's weights outweigh its activations.
+        let small = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(8)).unwrap();
+        let graph = compile::compile(&small, &[224, 224, 3], &InferenceOptions::default()).unwrap();
+        assert_eq!(graph.ops[lane_split(&graph).0].name(), "avg_pool");
     }
 }

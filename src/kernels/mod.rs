@@ -12,6 +12,7 @@ pub mod im2col;
 pub mod packed_gemm;
 pub mod pool;
 pub mod reference;
+pub mod winograd;
 
 pub use conv::{conv2d, conv2d_tiled, ConvStrategy, Epilogue};
 pub use gemm::{sgemm, sgemm_row_major};
