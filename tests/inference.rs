@@ -135,7 +135,11 @@ fn full_width_resnet50_schedules_agree() {
         assert_eq!(fast.run(&x).unwrap(), singles, "batch of 3 on {threads} threads");
         for i in 0..3 {
             let got = fast.run(&image(i)).unwrap();
-            assert_eq!(got.as_slice().unwrap(), singles.slice(ndarray::s![i, ..]).as_slice().unwrap(), "image {i} on {threads} threads");
+            assert_eq!(
+                got.as_slice().unwrap(),
+                singles.slice(ndarray::s![i, ..]).as_slice().unwrap(),
+                "image {i} on {threads} threads"
+            );
         }
     }
 }

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Markdown table from run.sh's JSON lines: per (batch, threads), each engine's median of the
-per-round medians, the spread (p10-p90 of the round with the median), and the ratio."""
+per-round medians, the spread (p10-p90 of the round with the median), and the ratio.
+Effective GFLOP/s: the direct convolutions' 2 * multiply-adds over the time (Winograd does fewer)."""
 import json
 import statistics
 import sys
 
-GFLOP = 7.67  # the seed's ResNet50: 2 * multiply-adds per image, summed over its 53 convolutions and fc1000
+GFLOP = 7.72  # the seed's ResNet50: 2 * multiply-adds per image (3.86 G), summed over its 53 convolutions and fc1000
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 by = {}
@@ -13,7 +14,7 @@ for r in rows:
     engine = "convnet" if r["engine"] == "convnet" else "onnxruntime"
     by.setdefault((r["batch"], r["threads"]), {}).setdefault(engine, []).append(r)
 
-print("| batch | threads | convnet median ms (p10-p90) | onnxruntime median ms (p10-p90) | convnet / ort latency | convnet img/s | ort img/s | convnet GFLOP/s | convnet RSS MiB | ort RSS MiB |")
+print("| batch | threads | convnet median ms (p10-p90) | onnxruntime median ms (p10-p90) | convnet / ort latency | convnet img/s | ort img/s | convnet effective GFLOP/s | convnet RSS MiB | ort RSS MiB |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for (batch, threads), e in sorted(by.items()):
     def pick(runs):

@@ -263,7 +263,10 @@ impl Op {
         match &c.weights {
             ConvWeights::Winograd(w) => {
                 let (block, _) = c.winograd_blocks(w, batch);
-                (winograd::workspace_len(w.tile(), c.geometry.in_channels, c.geometry.out_channels, block), 0)
+                (
+                    winograd::workspace_len(w.tile(), c.geometry.in_channels, c.geometry.out_channels, block),
+                    0,
+                )
             }
             ConvWeights::Gemm(_) if c.implicit() => (c.taps() * MR * c.geometry.in_channels, c.taps()),
             ConvWeights::Gemm(_) if !c.pointwise() => {
@@ -469,7 +472,11 @@ fn conv(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> 
     run_conv(c, ctx, bufs, units, !pointwise, &|call, ws, my_units, panels| {
         let chunks = if pointwise { 1 } else { my_units.len() };
         for i in 0..chunks {
-            let (first, last) = if pointwise { (my_units.start, my_units.end) } else { (my_units.start + i, my_units.start + i + 1) };
+            let (first, last) = if pointwise {
+                (my_units.start, my_units.end)
+            } else {
+                (my_units.start + i, my_units.start + i + 1)
+            };
             let rows = first * tile..(last * tile).min(m);
             let (a, a_row0) = if pointwise {
                 (call.x, 0)

@@ -17,17 +17,24 @@
 //! layers (for per-layer taps, or to compare). What the compiled model does:
 //!
 //! - **BatchNorm folding** (`fold_batch_norm`, on by default): a BatchNorm after a convolution
-//!   becomes a per-channel scale of its kernel and a shift of its bias.
+//!   becomes a per-channel scale and shift applied in that convolution's GEMM output pass.
 //! - **Epilogue fusion**: bias, the residual add of a ResNet block, and ReLU happen in the
 //!   GEMM micro-kernel's store ([`kernels::packed_gemm`](crate::kernels::packed_gemm)); a
 //!   `ZeroPadding2D` before a convolution becomes its padding.
-//! - **No im2col for 1x1 stride-1 convolutions**; other convolutions im2col a cache-sized tile
-//!   of output rows at a time, inside the thread that multiplies it.
+//! - **Winograd** (`winograd`, on by default): stride-1 3x3 convolutions whose output the 2x2
+//!   tiles fit run as Winograd F(2x2, 3x3) ([`kernels::winograd`](crate::kernels::winograd)),
+//!   2.25 times fewer multiplies, the epilogue fused into the output transform.
+//! - **No im2col for 1x1 convolutions and for the other convolutions on 16 or more channels**
+//!   (their taps are read in place); the rest (the stem's 7x7 on 3 channels) im2col a
+//!   cache-sized tile of output rows at a time, inside the thread that multiplies it.
 //! - **Buffers allocated once per batch size** and reused by liveness: a steady-state
 //!   [`CompiledModel::run_into`] allocates nothing.
-//! - **Threads** ([`InferenceOptions::threads`]): each convolution is split over output-row
-//!   tiles when there are enough of them, else over output-channel panels (the skinny GEMMs of
-//!   the last stages), so every thread gets work. Each output element is computed by one
+//! - **Threads** ([`InferenceOptions::threads`]): each convolution is split over output rows
+//!   (or Winograd tile blocks) or over output-channel panels, whichever divides more evenly
+//!   (panels on a tie: each thread then reads only its share of the weights). A batch of at
+//!   least as many images as threads runs one image per thread up to the layers whose weights
+//!   outweigh their activations (ResNet50's last stage), then layer by layer over the whole
+//!   batch, so those weights are read once per batch. Each output element is computed by one
 //!   thread with the same summation order whatever the thread count, so results are identical
 //!   for every thread count. With one thread nothing is spawned.
 
@@ -265,8 +272,10 @@ impl CompiledModel {
 
     /// Whether a batch runs image by image, split over the threads (each thread running whole
     /// images alone, which keeps every activation in its core's cache) rather than layer by
-    /// layer over the whole batch. Measured on ResNet50: one image at a time is faster per
-    /// image than a batch of 8 even on one thread (37 against 41 ms per image).
+    /// layer over the whole batch, up to the switch point of [`lane_split`]. Measured on
+    /// ResNet50: one image at a time was faster per image than a batch of 8 even on one thread
+    /// (37 against 41 ms per image, before Winograd); switching to the whole batch at the last
+    /// stage made batch 8 on 2 threads 8% faster (145 -> 136 ms, medians of four rounds).
     fn batch_parallel(&self, batch: usize) -> bool {
         batch > 1 && batch >= self.pool.threads()
     }
@@ -403,7 +412,7 @@ fn lane_split(graph: &compile::Graph) -> (usize, usize) {
             .iter()
             .flat_map(|op| op.inputs().into_iter().flatten())
             .map(|v| graph.roots[v])
-            .filter(|&v| produced_at(v).map_or(true, |p| p < i));
+            .filter(|&v| produced_at(v).is_none_or(|p| p < i));
         if let Some(v) = crossing.next() {
             if crossing.all(|w| w == v) {
                 return (i, v);

@@ -388,6 +388,8 @@ fn input_chunk<X: Transform, const W: usize>(src: &[[Option<&[f32]>; MAX_T]; MAX
     for (rc, dc) in r.iter_mut().zip(&d).take(t) {
         *rc = X::input(dc);
     }
+    // (`r` is indexed [column][row]; this walks its second index.)
+    #[allow(clippy::needless_range_loop)]
     for row in 0..t {
         let line: [[f32; W]; MAX_T] = std::array::from_fn(|col| r[col][row]);
         let out_row = X::input(&line);
@@ -508,7 +510,14 @@ unsafe fn transform_output_any(
 /// # Safety
 /// As [`transform_output`], with the extents already checked.
 #[inline(always)]
-unsafe fn transform_output_body<X: Transform>(m: &[f32], g: &ConvGeometry, tiles: Range<usize>, channels: Range<usize>, e: &GemmEpilogue<'_>, out: *mut f32) {
+unsafe fn transform_output_body<X: Transform>(
+    m: &[f32],
+    g: &ConvGeometry,
+    tiles: Range<usize>,
+    channels: Range<usize>,
+    e: &GemmEpilogue<'_>,
+    out: *mut f32,
+) {
     let ([oh, ow], cout) = (g.out_hw, g.out_channels);
     let mt = X::TILE.output();
     let [th, tw] = X::TILE.grid(g);
