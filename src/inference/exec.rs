@@ -469,37 +469,23 @@ fn conv(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> 
         let tiles = if tiles >= threads { tiles.next_multiple_of(threads) } else { tiles };
         (m.div_ceil(tiles), tiles)
     };
+    let gemm = |call: &ConvCall<'_>, a: &[f32], a_row0: usize, rows: Range<usize>, panels: Range<usize>| {
+        // SAFETY: the calling thread alone writes these rows x panels of the output.
+        unsafe { gemm_packed_raw(a, k, a_row0, weights, call.out.get(), call.out_len, n, rows, panels, &call.e) }
+    };
     run_conv(c, ctx, bufs, units, !pointwise, &|call, ws, my_units, panels| {
-        let chunks = if pointwise { 1 } else { my_units.len() };
-        for i in 0..chunks {
-            let (first, last) = if pointwise {
-                (my_units.start, my_units.end)
-            } else {
-                (my_units.start + i, my_units.start + i + 1)
-            };
-            let rows = first * tile..(last * tile).min(m);
-            let (a, a_row0) = if pointwise {
-                (call.x, 0)
-            } else {
-                let a = &mut ws.floats[..rows.len() * k];
-                kernels::im2col::im2col_unchecked(call.x, &call.g, rows.start, rows.len(), a);
-                (&*a, rows.start)
-            };
-            // SAFETY: this thread alone writes these rows x panels of the output.
-            unsafe {
-                gemm_packed_raw(
-                    a,
-                    k,
-                    a_row0,
-                    weights,
-                    call.out.get(),
-                    call.out_len,
-                    n,
-                    rows,
-                    panels.clone(),
-                    &call.e,
-                )?
+        if pointwise {
+            // One GEMM over the thread's rows, straight from the input.
+            return gemm(call, call.x, 0, my_units.start * tile..(my_units.end * tile).min(m), panels);
+        }
+        for ti in my_units {
+            let rows = ti * tile..((ti + 1) * tile).min(m);
+            if rows.is_empty() {
+                break; // (rounding the tile count up to the threads can leave the last ones empty)
             }
+            let a = &mut ws.floats[..rows.len() * k];
+            kernels::im2col::im2col_unchecked(call.x, &call.g, rows.start, rows.len(), a);
+            gemm(call, a, rows.start, rows, panels.clone())?;
         }
         Ok(())
     })
@@ -617,8 +603,8 @@ fn conv_implicit(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f
 
 /// A stride-1 3x3 convolution by Winograd F(2x2, 3x3) ([`winograd`]), a block of output tiles
 /// at a time: transform the block's input patches, 16 GEMMs, transform back through the
-/// epilogue. Threads split the blocks, or (too few blocks) the output-channel panels, each
-/// then transforming the whole input block itself.
+/// epilogue. Threads split the blocks or the output-channel panels, whichever divides more
+/// evenly (with panels, each thread transforms the whole input block itself).
 fn conv_winograd(c: &ConvOp, w: &WinogradWeights, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
     let (block, blocks) = c.winograd_blocks(w, ctx.batch);
     let (cin, cout, tile) = (c.geometry.in_channels, c.geometry.out_channels, w.tile());

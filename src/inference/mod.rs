@@ -67,7 +67,7 @@ pub struct InferenceOptions {
 }
 
 impl Default for InferenceOptions {
-    /// All available cores, BatchNorm folded.
+    /// All available cores, BatchNorm folded, Winograd on.
     fn default() -> Self {
         InferenceOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -421,6 +421,7 @@ fn lane_split(graph: &compile::Graph) -> (usize, usize) {
     }
     (n, graph.output)
 }
+
 #[cfg(test)]
 mod tests {
     use super::{compile, lane_split, InferenceOptions};

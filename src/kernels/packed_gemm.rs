@@ -552,6 +552,7 @@ mod avx512 {
     }
 
     /// Columns `col0..col0 + 32` of a per-column vector (masked), or `default` everywhere.
+    /// (Always inlined into the AVX-512 micro-kernels, like [`store`].)
     #[inline(always)]
     unsafe fn load2(v: Option<&[f32]>, default: f32, m0: __mmask16, m1: __mmask16, col0: usize) -> (__m512, __m512) {
         match v {
