@@ -3,6 +3,9 @@
 # same weights, on this machine, in one run. Prints one JSON line per measurement and a
 # markdown table. Needs: pip install numpy onnx onnxruntime h5py
 #   bash benches/compare/run.sh [ITERS] [ROUNDS]
+# The Rust peers run the same ONNX file, each built on first use from its own workspace (a few
+# minutes): tract (benches/compare/tract; TRACT=0 leaves it out) and, with CANDLE=1, candle's
+# ONNX evaluator (benches/compare/candle; needs protoc: apt-get install protobuf-compiler).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 iters=${1:-20}
@@ -11,8 +14,18 @@ dir=${COMPARE_DIR:-target/compare}
 mkdir -p "$dir"
 [ -f "$dir/resnet50.onnx" ] || python3 benches/compare/export_onnx.py --out "$dir"
 cargo build --release --example bench_resnet50 >/dev/null
+peers=()
+[ "${TRACT:-1}" = 1 ] && peers+=(tract)
+[ "${CANDLE:-0}" = 1 ] && peers+=(candle)
+for p in "${peers[@]}"; do
+  CARGO_TARGET_DIR="$dir/$p-target" cargo build --release --manifest-path "benches/compare/$p/Cargo.toml" >/dev/null
+done
+peer_bin() { echo "$dir/$1-target/release/$1-bench"; }
 # Same network, same weights: the outputs agree before anything is timed.
-target/release/examples/bench_resnet50 --weights "$dir/resnet50.h5" --check "$dir" --iters 1 --warmup 0 | grep "^check"
+echo -n "convnet: "; target/release/examples/bench_resnet50 --weights "$dir/resnet50.h5" --check "$dir" --iters 1 --warmup 0 | grep "^check"
+for p in "${peers[@]}"; do
+  echo -n "$p: "; "$(peer_bin "$p")" "$dir/resnet50.onnx" --check "$dir" --iters 1 --warmup 0 | grep "^check"
+done
 out="$dir/results.jsonl"
 : > "$out"
 # Alternate the engines, several rounds, so drift on a noisy machine hits both alike.
@@ -22,6 +35,9 @@ for round in $(seq "$rounds"); do
     target/release/examples/bench_resnet50 --weights "$dir/resnet50.h5" --batch "$1" --threads "$2" --iters "$iters" --warmup 3 \
       | tail -n 1 | sed 's/^{/{"engine": "convnet", /' | tee -a "$out"
     python3 benches/compare/ort_bench.py "$dir/resnet50.onnx" --batch "$1" --threads "$2" --iters "$iters" --warmup 3 | tee -a "$out"
+    for p in "${peers[@]}"; do
+      "$(peer_bin "$p")" "$dir/resnet50.onnx" --batch "$1" --threads "$2" --iters "$iters" --warmup 3 | tee -a "$out"
+    done
   done
 done
 python3 benches/compare/table.py "$out"
