@@ -7,50 +7,12 @@
 
 use std::time::Instant;
 
+#[path = "../../peer_common.rs"]
+mod peer_common;
+use peer_common::{peak_rss_mib, read_npy};
+
 use tract_linalg::multithread::{self, Executor};
 use tract_onnx::prelude::*;
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-/// A little-endian float32, C-order `.npy` file (what `export_onnx.py` writes): shape, data.
-fn read_npy(path: &str) -> TractResult<(Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path)?;
-    anyhow::ensure!(bytes.len() > 10 && bytes.starts_with(b"\x93NUMPY"), "{path}: not an .npy file");
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + header_len])?;
-    anyhow::ensure!(
-        header.contains("'<f4'") && header.contains("'fortran_order': False"),
-        "{path}: not little-endian C-order float32"
-    );
-    let shape = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| anyhow::anyhow!("{path}: no shape"))?
-        .split(',')
-        .filter(|d| !d.trim().is_empty())
-        .map(|d| d.trim().parse::<usize>())
-        .collect::<Result<Vec<_>, _>>()?;
-    let data: Vec<f32> = bytes[10 + header_len..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    anyhow::ensure!(
-        data.len() == shape.iter().product::<usize>(),
-        "{path}: {} values for shape {shape:?}",
-        data.len()
-    );
-    Ok((shape, data))
-}
 
 fn check(path: &str, dir: &str) -> TractResult<()> {
     let (shape, input) = read_npy(&format!("{dir}/check_input.npy"))?;
@@ -75,7 +37,7 @@ fn main() -> TractResult<()> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: tract-bench MODEL.onnx [--batch N] [--threads T] [--iters K] [--warmup W]"))?;
+        .ok_or_else(|| anyhow::anyhow!("usage: tract-bench MODEL.onnx [--batch N] [--threads T] [--iters K] [--warmup W] [--check DIR]"))?;
     let (mut batch, mut threads, mut iters, mut warmup) = (1usize, 1usize, 20usize, 3usize);
     while let Some(flag) = args.next() {
         if flag == "--check" {
