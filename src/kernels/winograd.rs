@@ -649,3 +649,74 @@ pub fn conv2d_winograd(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{Padding, Window2d};
+
+    fn fill(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// The transforms compiled for any CPU (what runs without AVX-512) give the same bits as
+    /// the dispatched ones (AVX-512 here, when the CPU has it): the same operations in the same
+    /// order, only vectorized differently. The dispatched ones are held to the reference by
+    /// `tests/kernels_prop.rs`.
+    #[test]
+    fn portable_transforms_match_the_dispatched_ones() {
+        for (i, (n, h, w, cin, cout, tile)) in [
+            (1, 7, 9, 19, 33, WinogradTile::F2x2),
+            (2, 8, 8, 32, 16, WinogradTile::F2x2),
+            (1, 11, 6, 17, 40, WinogradTile::F4x4),
+            (2, 5, 13, 3, 5, WinogradTile::F4x4),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let g = ConvGeometry::new(
+                [n, h, w, cin],
+                cout,
+                Window2d {
+                    padding: Padding::Same,
+                    ..Window2d::new([3, 3], [1, 1])
+                },
+            )
+            .unwrap();
+            let x = fill(g.input_len(), i as u32);
+            let total = tile.tile_count(&g);
+            let tiles = 1..total;
+            let len = tile.positions() * tiles.len();
+            let (mut fast, mut plain) = (vec![f32::NAN; len * cin], vec![f32::NAN; len * cin]);
+            transform_input(&x, &g, tile, tiles.clone(), &mut fast).unwrap();
+            transform_input_any(&x, &g, tile, tiles.clone(), &mut plain);
+            assert_eq!(fast, plain, "input transform, case {i}");
+
+            let m = fill(len * cout, 7 + i as u32);
+            let (scale, bias, res) = (fill(cout, 8), fill(cout, 9), fill(g.output_len(), 10));
+            let e = GemmEpilogue {
+                scale: Some(&scale),
+                bias: Some(&bias),
+                residual: Some(&res),
+                relu: true,
+            };
+            let channels = 1..cout;
+            let (mut fast, mut plain) = (vec![f32::NAN; g.output_len()], vec![f32::NAN; g.output_len()]);
+            // SAFETY: each output buffer is a live exclusive slice of the whole output.
+            unsafe {
+                transform_output(&m, &g, tile, tiles.clone(), channels.clone(), &e, fast.as_mut_ptr(), fast.len()).unwrap();
+                transform_output_any(&m, &g, tile, tiles.clone(), channels.clone(), &e, plain.as_mut_ptr());
+            }
+            let same = fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "output transform, case {i}");
+            // Written exactly where the tiles and channels say: tile 0 and channel 0 stay NaN.
+            assert!(fast[0].is_nan() && !fast[g.output_len() - 1].is_nan());
+        }
+    }
+}
