@@ -460,49 +460,51 @@ pub unsafe fn transform_output(
             format!("{} products, {out_len} output, tiles {tiles:?}, channels {channels:?}", m.len()),
         ));
     }
+    let pass = OutputPass {
+        m,
+        g,
+        tiles,
+        channels,
+        e,
+        out,
+    };
     #[cfg(target_arch = "x86_64")]
     if super::packed_gemm::simd_available() {
         // SAFETY: AVX-512F was detected at run time; the rest is forwarded.
-        unsafe { transform_output_avx512(m, g, tile, tiles, channels, e, out) };
+        unsafe { transform_output_avx512(tile, pass) };
         return Ok(());
     }
     // SAFETY: forwarded (the extents were checked above).
-    unsafe { transform_output_any(m, g, tile, tiles, channels, e, out) };
+    unsafe { transform_output_any(tile, pass) };
     Ok(())
+}
+
+/// The arguments of one [`transform_output`] call, extents checked.
+struct OutputPass<'a> {
+    m: &'a [f32],
+    g: &'a ConvGeometry,
+    tiles: Range<usize>,
+    channels: Range<usize>,
+    e: &'a GemmEpilogue<'a>,
+    out: *mut f32,
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transform_output_avx512(
-    m: &[f32],
-    g: &ConvGeometry,
-    tile: WinogradTile,
-    tiles: Range<usize>,
-    channels: Range<usize>,
-    e: &GemmEpilogue<'_>,
-    out: *mut f32,
-) {
+unsafe fn transform_output_avx512(tile: WinogradTile, pass: OutputPass<'_>) {
     // SAFETY: forwarded.
-    unsafe { transform_output_any(m, g, tile, tiles, channels, e, out) };
+    unsafe { transform_output_any(tile, pass) };
 }
 
 /// # Safety
 /// As [`transform_output`], with the extents already checked.
 #[inline(always)]
-unsafe fn transform_output_any(
-    m: &[f32],
-    g: &ConvGeometry,
-    tile: WinogradTile,
-    tiles: Range<usize>,
-    channels: Range<usize>,
-    e: &GemmEpilogue<'_>,
-    out: *mut f32,
-) {
+unsafe fn transform_output_any(tile: WinogradTile, pass: OutputPass<'_>) {
     // SAFETY: forwarded.
     unsafe {
         match tile {
-            WinogradTile::F2x2 => transform_output_body::<F2>(m, g, tiles, channels, e, out),
-            WinogradTile::F4x4 => transform_output_body::<F4>(m, g, tiles, channels, e, out),
+            WinogradTile::F2x2 => transform_output_body::<F2>(pass),
+            WinogradTile::F4x4 => transform_output_body::<F4>(pass),
         }
     }
 }
@@ -510,14 +512,15 @@ unsafe fn transform_output_any(
 /// # Safety
 /// As [`transform_output`], with the extents already checked.
 #[inline(always)]
-unsafe fn transform_output_body<X: Transform>(
-    m: &[f32],
-    g: &ConvGeometry,
-    tiles: Range<usize>,
-    channels: Range<usize>,
-    e: &GemmEpilogue<'_>,
-    out: *mut f32,
-) {
+unsafe fn transform_output_body<X: Transform>(pass: OutputPass<'_>) {
+    let OutputPass {
+        m,
+        g,
+        tiles,
+        channels,
+        e,
+        out,
+    } = pass;
     let ([oh, ow], cout) = (g.out_hw, g.out_channels);
     let mt = X::TILE.output();
     let [th, tw] = X::TILE.grid(g);
@@ -711,7 +714,15 @@ mod tests {
             // SAFETY: each output buffer is a live exclusive slice of the whole output.
             unsafe {
                 transform_output(&m, &g, tile, tiles.clone(), channels.clone(), &e, fast.as_mut_ptr(), fast.len()).unwrap();
-                transform_output_any(&m, &g, tile, tiles.clone(), channels.clone(), &e, plain.as_mut_ptr());
+                let pass = OutputPass {
+                    m: &m,
+                    g: &g,
+                    tiles: tiles.clone(),
+                    channels: channels.clone(),
+                    e: &e,
+                    out: plain.as_mut_ptr(),
+                };
+                transform_output_any(tile, pass);
             }
             let same = fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "output transform, case {i}");
