@@ -71,6 +71,7 @@
 #[cfg(feature = "download")]
 pub mod download;
 pub mod error;
+pub mod graph;
 pub mod imagenet;
 pub mod inference;
 pub mod kernels;

@@ -82,10 +82,14 @@ fn compiled_torchvision_resnets_match_pytorch() {
         let want = common::npy(&format!("{dir}/logits.npy"));
         let (abs, rel) = (common::max_abs_diff(&got, &want), common::max_rel_diff(&got, &want));
         println!("{file}: abs {abs:e} rel {rel:e}");
-        // The same bounds as tests/torch_resnets.rs (see there for ResNet50's conditioning).
+        // ResNet18 as tests/torch_resnets.rs. ResNet50/8 is ill-conditioned in f32 (see there):
+        // an f64 evaluation lies up to 1.8e-3 (1.06e-4 of the largest logit) from PyTorch's own
+        // f32 logits, so any f32 summation order differs from PyTorch's by about that. The
+        // portable GEMM kernel (machines without AVX-512) measured 1.23e-4 relative here, the
+        // AVX-512 one 4.4e-5; the bound is twice PyTorch's own f32-vs-f64 spread.
         match depth {
             Depth::R18 => assert!(abs <= 1e-4, "{file}: {abs}"),
-            _ => assert!(rel <= 1e-4, "{file}: {rel}"),
+            _ => assert!(rel <= 2.2e-4, "{file}: {rel}"),
         }
     }
 }
@@ -148,9 +152,11 @@ fn full_width_resnet50_schedules_agree() {
 fn wrong_input_shapes_are_typed_errors() {
     let model = keras_w8();
     let mut fast = CompiledModel::new(&model, &[224, 224, 3], &opts(1, true)).unwrap();
-    let e = fast.run(&ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 200, 224, 3]))).unwrap_err();
+    // 150 rows end as 5x7 before the 7x7 average pool: the model cannot take them.
+    let e = fast.run(&ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 150, 224, 3]))).unwrap_err();
     assert!(matches!(e, convnet::Error::Shape { .. }), "{e}");
     assert!(fast.run(&ndarray::ArrayD::zeros(ndarray::IxDyn(&[224, 224, 3]))).is_err());
+    assert!(fast.run(&ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 224, 224, 4]))).is_err());
     // Compiling for an input the fixed head cannot take fails at compile time.
     assert!(CompiledModel::new(&model, &[160, 160, 3], &opts(1, true)).is_err());
     let mut out = vec![0.0; 999];

@@ -4,6 +4,7 @@
 
 mod common;
 
+use convnet::inference::{CompiledModel, InferenceOptions};
 use convnet::kernels::{Padding, Padding2d};
 use convnet::layers::*;
 use ndarray::{Ix1, Ix2, Ix4};
@@ -71,6 +72,7 @@ fn build(class: &str, cfg: &Value, input_shape: &[usize], z: &mut ndarray_npy::N
         "Activation" => match activation(&cfg["activation"]) {
             Some(Activation::Relu) => Box::new(Relu),
             Some(Activation::Softmax) => Box::new(Softmax),
+            Some(a) => Box::new(ActivationLayer(a)),
             None => panic!("linear activation case"),
         },
         "ZeroPadding2D" => {
@@ -110,8 +112,19 @@ fn all_23_keras_layer_cases_match_keras() {
         assert_eq!(layer.output_shape(&input_shape).unwrap(), output_shape, "{name}: output_shape()");
         let got = layer.forward(&x).unwrap();
         let err = common::max_abs_diff(&got, &want);
-        report.push(format!("{name}: max abs err {err:e}"));
+        // The same layer through the fast executor (both thread counts), same tolerance.
+        let mut fast_err = 0.0f32;
+        for threads in [1, 2] {
+            let options = InferenceOptions {
+                threads,
+                ..InferenceOptions::default()
+            };
+            let mut fast = CompiledModel::new(layer.as_ref(), &input_shape[1..], &options).unwrap();
+            fast_err = fast_err.max(common::max_abs_diff(&fast.run(&x).unwrap(), &want));
+        }
+        report.push(format!("{name}: max abs err {err:e} (compiled {fast_err:e})"));
         assert!(err <= TOLERANCE, "{name}: max abs error {err} > {TOLERANCE}");
+        assert!(fast_err <= TOLERANCE, "{name}: compiled max abs error {fast_err} > {TOLERANCE}");
     }
     println!("{}", report.join("\n"));
 }

@@ -89,7 +89,8 @@ fn forward(shape: &[usize], fill: f32) -> convnet::Result<()> {
 }
 
 fn compiled(shape: &[usize], fill: f32) -> convnet::Result<()> {
-    let mut fast = convnet::inference::CompiledModel::new(&seed_model(), &[224, 224, 3], &Default::default())?;
+    let model = seed_model();
+    let mut fast = convnet::inference::CompiledModel::new(&model, &[224, 224, 3], &Default::default())?;
     fast.run(&ArrayD::from_elem(IxDyn(shape), fill)).map(|_| ())
 }
 

@@ -3,9 +3,12 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+
 use super::pool::ThreadPool;
 use super::Value;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::graph::{self, UnaryFn};
 use crate::kernels::packed_gemm::{gemm_packed_raw, gemm_segments, GemmEpilogue, PackedB, Segment, MR, NR};
 use crate::kernels::winograd::{self, WinogradWeights};
 use crate::kernels::{self, ConvGeometry, PoolGeometry};
@@ -94,7 +97,7 @@ impl ConvOp {
     }
 }
 
-pub(crate) enum Op {
+pub(crate) enum Op<'m> {
     Conv(ConvOp),
     /// Per-channel `y = x * scale + shift`, then optional ReLU (an unfolded BatchNorm).
     Affine {
@@ -105,8 +108,9 @@ pub(crate) enum Op {
         x: usize,
         y: usize,
     },
-    Relu {
+    Unary {
         name: String,
+        f: UnaryFn,
         x: usize,
         y: usize,
     },
@@ -147,9 +151,18 @@ pub(crate) enum Op {
         x: usize,
         y: usize,
     },
+    /// Softmax along the last axis.
     Softmax {
         name: String,
         x: usize,
+        y: usize,
+    },
+    /// Any other graph op, run by the reference executor on copies of its inputs (grouped
+    /// convolutions, concatenation, opaque layers, ...): correct, not fast.
+    Generic {
+        name: String,
+        op: graph::Op<'m>,
+        inputs: Vec<usize>,
         y: usize,
     },
 }
@@ -197,20 +210,21 @@ impl SendPtr {
     }
 }
 
-impl Op {
+impl Op<'_> {
     /// The values this op reads.
-    pub fn inputs(&self) -> [Option<usize>; 2] {
+    pub fn inputs(&self) -> Vec<usize> {
         match self {
-            Op::Conv(c) => [Some(c.x), c.residual],
-            Op::Add { a, b, .. } => [Some(*a), Some(*b)],
+            Op::Conv(c) => [Some(c.x), c.residual].into_iter().flatten().collect(),
+            Op::Add { a, b, .. } => vec![*a, *b],
+            Op::Generic { inputs, .. } => inputs.clone(),
             Op::Affine { x, .. }
-            | Op::Relu { x, .. }
+            | Op::Unary { x, .. }
             | Op::Pad { x, .. }
             | Op::MaxPool { x, .. }
             | Op::AvgPool { x, .. }
             | Op::GlobalAvgPool { x, .. }
             | Op::Dense { x, .. }
-            | Op::Softmax { x, .. } => [Some(*x), None],
+            | Op::Softmax { x, .. } => vec![*x],
         }
     }
 
@@ -231,7 +245,8 @@ impl Op {
         match self {
             Op::Conv(c) => c.y,
             Op::Affine { y, .. }
-            | Op::Relu { y, .. }
+            | Op::Generic { y, .. }
+            | Op::Unary { y, .. }
             | Op::Add { y, .. }
             | Op::Pad { y, .. }
             | Op::MaxPool { y, .. }
@@ -246,7 +261,8 @@ impl Op {
         match self {
             Op::Conv(c) => &c.name,
             Op::Affine { name, .. }
-            | Op::Relu { name, .. }
+            | Op::Generic { name, .. }
+            | Op::Unary { name, .. }
             | Op::Add { name, .. }
             | Op::Pad { name, .. }
             | Op::MaxPool { name, .. }
@@ -299,10 +315,10 @@ impl Op {
                 }
                 Ok(())
             }
-            Op::Relu { x, y, .. } => {
+            Op::Unary { f, x, y, .. } => {
                 let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
                 let len = n * v(*x).len();
-                w[..len].iter_mut().zip(&r0[..len]).for_each(|(d, s)| *d = s.max(0.0));
+                w[..len].iter_mut().zip(&r0[..len]).for_each(|(d, &s)| *d = f.apply(s));
                 Ok(())
             }
             Op::Add { a, b, relu, y, .. } => {
@@ -364,10 +380,33 @@ impl Op {
                     unsafe { gemm_packed_raw(a, k, 0, weights, out.get(), out_len, units, 0..n, share(panels, t, threads), &e) }
                 })
             }
+            Op::Generic { op, inputs, y, .. } => {
+                let inputs = inputs
+                    .iter()
+                    .map(|&i| batch_view(&bufs[v(i).slot], n, &v(i).shape).map(|a| a.to_owned()))
+                    .collect::<Result<Vec<ArrayD<f32>>>>()?;
+                let refs: Vec<&ArrayD<f32>> = inputs.iter().collect();
+                let out = graph::reference::eval(op, &refs)?;
+                let len = n * v(*y).len();
+                let (dst, src) = (&mut bufs[v(*y).slot], out.as_standard_layout());
+                match src.as_slice() {
+                    Some(src) if src.len() == len && dst.len() >= len => dst[..len].copy_from_slice(src),
+                    _ => {
+                        return Err(Error::shape(
+                            self.name(),
+                            format!("an output of {len} elements"),
+                            format!("{}", out.len()),
+                        ))
+                    }
+                }
+                Ok(())
+            }
             Op::Softmax { x, y, .. } => {
                 let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
-                let c = v(*x).len();
-                for (dst, src) in w[..n * c].chunks_exact_mut(c).zip(r0[..n * c].chunks_exact(c)) {
+                // Lanes along the last axis (one per pixel for an image-shaped value).
+                let c = *v(*x).shape.last().unwrap_or(&1);
+                let total = n * v(*x).len();
+                for (dst, src) in w[..total].chunks_exact_mut(c).zip(r0[..total].chunks_exact(c)) {
                     let max = src.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                     let mut sum = 0.0;
                     for (d, &s) in dst.iter_mut().zip(src) {
@@ -380,6 +419,17 @@ impl Op {
             }
         }
     }
+}
+
+/// A buffer's first `batch` values of per-image `shape`, as an array view.
+fn batch_view<'a>(buf: &'a [f32], batch: usize, shape: &[usize]) -> Result<ArrayViewD<'a, f32>> {
+    let mut full = vec![batch];
+    full.extend_from_slice(shape);
+    let len: usize = full.iter().product();
+    let data = buf
+        .get(..len)
+        .ok_or_else(|| Error::shape("buffer", format!("{len} elements"), format!("{}", buf.len())))?;
+    ArrayViewD::from_shape(IxDyn(&full), data).map_err(|e| Error::shape("buffer", format!("{full:?}"), e.to_string()))
 }
 
 /// What every convolution path shares for one call: the geometry at this batch size, the

@@ -1,6 +1,7 @@
-//! Fast inference: a model compiled into a flat list of kernel calls over preallocated
-//! buffers, with BatchNorm folded into the preceding convolutions and bias, residual add and
-//! ReLU fused into each GEMM's output pass.
+//! Fast inference: the fast executor of the crate's one op graph ([`crate::graph`]). A model is
+//! lowered, rewritten by the graph [`passes`](crate::graph::passes) and generated into a flat
+//! list of kernel calls over preallocated buffers, with BatchNorm folded into the preceding
+//! convolutions and bias, residual add and ReLU fused into each GEMM's output pass.
 //!
 //! ```
 //! use convnet::inference::{CompiledModel, InferenceOptions};
@@ -13,8 +14,12 @@
 //! # Ok::<(), convnet::Error>(())
 //! ```
 //!
-//! Compiling is an explicit step: the model it came from is untouched and keeps its unfused
-//! layers (for per-layer taps, or to compare). What the compiled model does:
+//! Compiling is an explicit step: the model it came from is borrowed, untouched, and keeps its
+//! unfused layers (its [`Layer::forward`] is the reference executor on the same graph). Every
+//! model compiles: ops without a fast kernel (grouped convolutions, concatenation, a layer of
+//! your own that lowers to an opaque op) run through the reference executor inside the
+//! compiled model. A new input shape (batch size, or image size where the model allows it) is
+//! compiled on first use and cached. What the passes and the executor do:
 //!
 //! - **BatchNorm folding** (`fold_batch_norm`, on by default): a BatchNorm after a convolution
 //!   becomes a per-channel scale and shift applied in that convolution's GEMM output pass.
@@ -38,11 +43,13 @@
 //!   thread with the same summation order whatever the thread count, so results are identical
 //!   for every thread count. With one thread nothing is spawned.
 
-mod compile;
 mod exec;
+mod liveness;
 mod pool;
+pub(crate) mod program;
+mod schedule;
 
-pub use pool::ThreadPool;
+pub(crate) use pool::ThreadPool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -51,8 +58,10 @@ use std::time::{Duration, Instant};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use crate::error::{Error, Result, ShapeFmt};
-use crate::layers::Layer;
-use exec::Op;
+use crate::graph::passes::{self, PassOptions};
+use crate::graph::{per_image, Graph, ValueId};
+use crate::layers::{Layer, Taps};
+use program::Program;
 
 /// How to compile a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,30 +99,8 @@ impl Value {
     }
 }
 
-/// A model compiled for fast inference (see the [module docs](self)).
-pub struct CompiledModel {
-    ops: Vec<Op>,
-    values: Vec<Value>,
-    /// Per-image capacity (elements) of each buffer slot.
-    slot_sizes: Vec<usize>,
-    input: usize,
-    output: usize,
-    pool: ThreadPool,
-    /// Buffers for the layer-parallel mode, sized for `batch` images.
-    batch: usize,
-    buffers: Vec<Vec<f32>>,
-    workspaces: Vec<Mutex<exec::Workspace>>,
-    /// One single-image lane per thread for the batch-parallel mode (allocated on first use).
-    lanes: Vec<Mutex<Lane>>,
-    serial: ThreadPool,
-    /// For batches run image by image: the ops `..split` run in the lanes, the rest over the
-    /// whole batch, starting from `split_value`, the only value crossing that point.
-    split: usize,
-    split_value: usize,
-}
-
-/// See [`lane_split`].
-const BATCHED_WEIGHT_RATIO: usize = 2;
+/// Compiled input shapes kept at once (the least recently used one is dropped beyond).
+const MAX_PLANS: usize = 8;
 
 /// What one thread needs to run whole images on its own.
 struct Lane {
@@ -121,40 +108,77 @@ struct Lane {
     workspace: [Mutex<exec::Workspace>; 1],
 }
 
-impl std::fmt::Debug for CompiledModel {
+/// The compiled program for one per-image input shape and tap set, and its buffers.
+struct Plan<'m> {
+    input_shape: Vec<usize>,
+    taps: Vec<String>,
+    /// The tapped values, in the order of `taps`.
+    tap_values: Vec<usize>,
+    program: Program<'m>,
+    /// Buffers for the layer-parallel mode, sized for `batch` images.
+    batch: usize,
+    buffers: Vec<Vec<f32>>,
+    workspaces: Vec<Mutex<exec::Workspace>>,
+    /// One single-image lane per thread for the batch-parallel mode (allocated on first use).
+    lanes: Vec<Mutex<Lane>>,
+    /// For batches run image by image: the ops `..split` run in the lanes, the rest over the
+    /// whole batch, starting from `split_value`, the only value crossing that point.
+    split: usize,
+    split_value: usize,
+}
+
+/// A model compiled for fast inference (see the [module docs](self)).
+pub struct CompiledModel<'m> {
+    model: &'m dyn Layer,
+    options: InferenceOptions,
+    pool: ThreadPool,
+    serial: ThreadPool,
+    /// Most recently used last.
+    plans: Vec<Plan<'m>>,
+    /// The per-image output shape for the shape it was compiled for.
+    output_shape: Vec<usize>,
+}
+
+impl std::fmt::Debug for CompiledModel<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompiledModel")
-            .field("ops", &self.ops.len())
+            .field("model", &self.model.type_name())
             .field("threads", &self.pool.threads())
-            .field("batch", &self.batch)
+            .field(
+                "compiled_shapes",
+                &self.plans.iter().map(|p| p.input_shape.clone()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
 
-impl CompiledModel {
+impl<'m> CompiledModel<'m> {
     /// Compiles `model` for inputs of per-image shape `input_shape` (`[h, w, c]`, no batch
-    /// axis). Fails for layer types it cannot lower.
-    pub fn new(model: &dyn Layer, input_shape: &[usize], options: &InferenceOptions) -> Result<Self> {
-        let graph = compile::compile(model, input_shape, options)?;
-        let (split, split_value) = lane_split(&graph);
-        let workspaces = (0..options.threads.max(1))
-            .map(|_| Mutex::new(exec::Workspace::default()))
-            .collect();
-        Ok(CompiledModel {
-            ops: graph.ops,
-            values: graph.values,
-            slot_sizes: graph.slot_sizes,
-            input: graph.input,
-            output: graph.output,
+    /// axis). Other shapes the model allows are compiled when first run.
+    pub fn new(model: &'m dyn Layer, input_shape: &[usize], options: &InferenceOptions) -> Result<Self> {
+        let mut compiled = CompiledModel {
+            model,
+            options: *options,
             pool: ThreadPool::new(options.threads)?,
-            batch: 0,
-            buffers: Vec::new(),
-            workspaces,
-            lanes: Vec::new(),
             serial: ThreadPool::new(1)?,
-            split,
-            split_value,
-        })
+            plans: Vec::new(),
+            output_shape: Vec::new(),
+        };
+        let i = compiled.plan(input_shape, &[])?;
+        compiled.output_shape = compiled.plans[i].program.values[compiled.plans[i].program.output].shape.clone();
+        Ok(compiled)
+    }
+
+    /// Compiles `model` for the input shape it declares ([`Layer::input_shape`], e.g. a
+    /// [`ResNet`](crate::models::ResNet)'s); a model without one is an [`Error::Config`].
+    pub fn for_model(model: &'m dyn Layer, options: &InferenceOptions) -> Result<Self> {
+        let shape = model.input_shape().ok_or_else(|| {
+            Error::config(
+                model.type_name(),
+                "this model declares no input shape of its own: give one to CompiledModel::new",
+            )
+        })?;
+        Self::new(model, &shape, options)
     }
 
     /// Threads used per layer.
@@ -162,73 +186,166 @@ impl CompiledModel {
         self.pool.threads()
     }
 
-    /// Number of kernel calls per forward pass.
+    /// Number of kernel calls per forward pass (for the most recently used input shape).
     pub fn op_count(&self) -> usize {
-        self.ops.len()
+        self.plans.last().map_or(0, |p| p.program.ops.len())
     }
 
-    /// Per-image output shape.
+    /// Per-image output shape, for the input shape given to [`CompiledModel::new`].
     pub fn output_shape(&self) -> &[usize] {
-        &self.values[self.output].shape
+        &self.output_shape
+    }
+
+    /// The lowered and optimised graph this model runs for `input_shape` (for inspection:
+    /// `println!("{}", ...)` lists its ops).
+    pub fn graph(&self, input_shape: &[usize]) -> Result<Graph<'m>> {
+        let mut graph = Graph::lower(self.model, input_shape)?;
+        passes::optimize(&mut graph, self.pass_options(), &[])?;
+        Ok(graph)
     }
 
     /// Bytes of activation buffers and workspaces currently allocated.
     pub fn buffer_bytes(&self) -> usize {
-        4 * (self.buffers.iter().map(Vec::capacity).sum::<usize>()
-            + self
-                .workspaces
-                .iter()
-                .map(|w| w.lock().map_or(0, |w| w.floats.capacity()))
-                .sum::<usize>())
+        let floats = |p: &Plan<'_>| {
+            p.buffers.iter().map(Vec::capacity).sum::<usize>()
+                + p.workspaces
+                    .iter()
+                    .map(|w| w.lock().map_or(0, |w| w.floats.capacity()))
+                    .sum::<usize>()
+                + p.lanes
+                    .iter()
+                    .map(|l| {
+                        l.lock().map_or(0, |l| {
+                            l.buffers.iter().map(Vec::capacity).sum::<usize>() + l.workspace[0].lock().map_or(0, |w| w.floats.capacity())
+                        })
+                    })
+                    .sum::<usize>()
+        };
+        4 * self.plans.iter().map(floats).sum::<usize>()
+    }
+
+    fn pass_options(&self) -> PassOptions {
+        PassOptions {
+            fold_batch_norm: self.options.fold_batch_norm,
+            winograd: self.options.winograd,
+        }
+    }
+
+    /// The index of the plan for this shape and tap set, compiled if new; it becomes the most
+    /// recently used (last).
+    fn plan(&mut self, input_shape: &[usize], taps: &[&str]) -> Result<usize> {
+        if let Some(i) = self
+            .plans
+            .iter()
+            .position(|p| p.input_shape == input_shape && p.taps.iter().map(String::as_str).eq(taps.iter().copied()))
+        {
+            let plan = self.plans.remove(i);
+            self.plans.push(plan);
+            return Ok(self.plans.len() - 1);
+        }
+        let mut graph = Graph::lower(self.model, input_shape)?;
+        let keep = taps.iter().map(|t| graph.value_named(t)).collect::<Result<Vec<ValueId>>>()?;
+        passes::optimize(&mut graph, self.pass_options(), &keep)?;
+        let program = program::generate(&graph, &keep)?;
+        let (split, split_value) = schedule::lane_split(&program);
+        let workspaces = (0..self.pool.threads()).map(|_| Mutex::new(exec::Workspace::default())).collect();
+        if self.plans.len() >= MAX_PLANS {
+            self.plans.remove(0);
+        }
+        self.plans.push(Plan {
+            input_shape: input_shape.to_vec(),
+            taps: taps.iter().map(|t| t.to_string()).collect(),
+            tap_values: keep.iter().map(|v| program.roots[v.0]).collect(),
+            program,
+            batch: 0,
+            buffers: Vec::new(),
+            workspaces,
+            lanes: Vec::new(),
+            split,
+            split_value,
+        });
+        Ok(self.plans.len() - 1)
     }
 
     /// Runs a batch and returns the output as a new tensor.
     pub fn run(&mut self, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
-        let batch = self.check_input(x.shape())?;
-        let mut shape = vec![batch];
-        shape.extend_from_slice(&self.values[self.output].shape);
-        let mut out = vec![0.0; batch * self.values[self.output].len()];
+        let i = self.plan(per_image(x.shape())?, &[])?;
+        let (batch, per_out) = (x.shape()[0], self.plans[i].program.values[self.plans[i].program.output].len());
+        let mut out = vec![0.0; batch * per_out];
         self.run_into(x.view(), &mut out)?;
+        let shape = self.batched_output_shape(i, batch);
         ArrayD::from_shape_vec(IxDyn(&shape), out)
             .map_err(|e| Error::shape("CompiledModel", format!("{}", ShapeFmt(&shape)), e.to_string()))
     }
 
+    fn batched_output_shape(&self, plan: usize, batch: usize) -> Vec<usize> {
+        let p = &self.plans[plan].program;
+        let mut shape = vec![batch];
+        shape.extend_from_slice(&p.values[p.output].shape);
+        shape
+    }
+
     /// Runs a batch into `out` (`batch * per-image output` elements). After the first call at a
-    /// given batch size, this allocates nothing. An input of the wrong shape is an
-    /// [`Error::Shape`]; one holding NaN or infinity an [`Error::NonFinite`].
+    /// given input shape, this allocates nothing (for models whose ops all have fast kernels).
+    /// An input the model cannot take is an [`Error::Shape`]; one holding NaN or infinity an
+    /// [`Error::NonFinite`].
     pub fn run_into(&mut self, x: ArrayViewD<'_, f32>, out: &mut [f32]) -> Result<()> {
-        self.run_inner(x, out, None)
+        let i = self.plan(per_image(x.shape())?, &[])?;
+        let CompiledModel { pool, serial, plans, .. } = self;
+        plans[i].run(pool, serial, x, out, None, true)
+    }
+
+    /// Runs a batch and also returns the values of the layers named in `names` (the names
+    /// [`Layer::forward_with_taps`] takes: `res2c`, `layer1/0/conv1`, a Keras summary's
+    /// `res2a_branch2a`). Tapped values are kept out of the fusions; an unknown name is an
+    /// [`Error::Config`].
+    pub fn run_with_taps(&mut self, x: &ArrayD<f32>, names: &[&str]) -> Result<(ArrayD<f32>, Taps)> {
+        let i = self.plan(per_image(x.shape())?, names)?;
+        let batch = x.shape()[0];
+        let mut out = vec![0.0; self.batched_output_shape(i, batch).iter().product()];
+        let CompiledModel { pool, serial, plans, .. } = self;
+        let plan = &mut plans[i];
+        plan.run(pool, serial, x.view(), &mut out, None, false)?;
+        let mut taps = Vec::with_capacity(names.len());
+        for (name, &v) in plan.taps.iter().zip(&plan.tap_values) {
+            let value = &plan.program.values[v];
+            let len = batch * value.len();
+            let mut shape = vec![batch];
+            shape.extend_from_slice(&value.shape);
+            let data = plan.buffers[value.slot][..len].to_vec();
+            taps.push((
+                name.clone(),
+                ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| Error::shape(name, "a tap", e.to_string()))?,
+            ));
+        }
+        let shape = self.batched_output_shape(i, batch);
+        let y = ArrayD::from_shape_vec(IxDyn(&shape), out)
+            .map_err(|e| Error::shape("CompiledModel", format!("{}", ShapeFmt(&shape)), e.to_string()))?;
+        Ok((y, taps))
     }
 
     /// Runs a batch and returns how long each kernel call took, by layer name.
     pub fn profile(&mut self, x: &ArrayD<f32>) -> Result<Vec<(String, Duration)>> {
-        let batch = self.check_input(x.shape())?;
-        let mut out = vec![0.0; batch * self.values[self.output].len()];
-        let mut times = Vec::with_capacity(self.ops.len());
-        self.run_inner(x.view(), &mut out, Some(&mut times))?;
+        let i = self.plan(per_image(x.shape())?, &[])?;
+        let mut out = vec![0.0; self.batched_output_shape(i, x.shape()[0]).iter().product()];
+        let mut times = Vec::with_capacity(self.plans[i].program.ops.len());
+        let CompiledModel { pool, serial, plans, .. } = self;
+        plans[i].run(pool, serial, x.view(), &mut out, Some(&mut times), false)?;
         Ok(times)
     }
+}
 
-    fn check_input(&self, shape: &[usize]) -> Result<usize> {
-        let want = &self.values[self.input].shape;
-        if shape.len() != want.len() + 1 || &shape[1..] != want.as_slice() || shape[0] == 0 {
-            return Err(Error::shape(
-                "CompiledModel",
-                format!("a batch of shape (n, {})", &ShapeFmt(want).to_string()[1..]),
-                format!("{}", ShapeFmt(shape)),
-            ));
-        }
-        Ok(shape[0])
-    }
-
+impl Plan<'_> {
     fn workspace_sizes(&self, batch: usize) -> (usize, usize) {
-        let floats = self.ops.iter().map(|op| op.workspace_len(batch).0).max().unwrap_or(0);
-        let segments = self.ops.iter().map(|op| op.workspace_len(batch).1).max().unwrap_or(0);
+        let ops = &self.program.ops;
+        let floats = ops.iter().map(|op| op.workspace_len(batch).0).max().unwrap_or(0);
+        let segments = ops.iter().map(|op| op.workspace_len(batch).1).max().unwrap_or(0);
         (floats, segments)
     }
 
     fn alloc_buffers(&self, batch: usize) -> Result<Vec<Vec<f32>>> {
-        self.slot_sizes
+        self.program
+            .slot_sizes
             .iter()
             .map(|&s| crate::error::checked_product("CompiledModel", &[s, batch]).map(|n| vec![0.0; n]))
             .collect()
@@ -252,12 +369,12 @@ impl CompiledModel {
         Ok(())
     }
 
-    fn ensure_lanes(&mut self) -> Result<()> {
+    fn ensure_lanes(&mut self, threads: usize) -> Result<()> {
         if !self.lanes.is_empty() {
             return Ok(());
         }
         let (floats, segments) = self.workspace_sizes(1);
-        for _ in 0..self.pool.threads() {
+        for _ in 0..threads {
             let workspace = [Mutex::new(exec::Workspace {
                 floats: vec![0.0; floats],
                 segments: Vec::with_capacity(segments),
@@ -270,19 +387,35 @@ impl CompiledModel {
         Ok(())
     }
 
-    /// Whether a batch runs image by image, split over the threads (each thread running whole
-    /// images alone, which keeps every activation in its core's cache) rather than layer by
-    /// layer over the whole batch, up to the switch point of [`lane_split`]. Measured on
-    /// ResNet50: one image at a time was faster per image than a batch of 8 even on one thread
-    /// (37 against 41 ms per image, before Winograd); switching to the whole batch at the last
-    /// stage made batch 8 on 2 threads 8% faster (145 -> 136 ms, medians of four rounds).
-    fn batch_parallel(&self, batch: usize) -> bool {
-        batch > 1 && batch >= self.pool.threads()
-    }
-
-    fn run_inner(&mut self, x: ArrayViewD<'_, f32>, out: &mut [f32], mut times: Option<&mut Vec<(String, Duration)>>) -> Result<()> {
-        let batch = self.check_input(x.shape())?;
-        let out_len = batch * self.values[self.output].len();
+    /// Runs a batch into `out`. With `lanes`, a batch of at least as many images as threads runs
+    /// image by image (each thread running whole images alone, which keeps every activation in
+    /// its core's cache) up to the switch point of [`schedule::lane_split`], then layer by
+    /// layer over the whole batch. Measured on ResNet50: one image at a time was faster per
+    /// image than a batch of 8 even on one thread (37 against 41 ms per image, before
+    /// Winograd); switching to the whole batch at the last stage made batch 8 on 2 threads 8%
+    /// faster (145 -> 136 ms, medians of four rounds). Without `lanes` (profiling, taps) every
+    /// op runs over the whole batch, so every value is in the batch buffers afterwards.
+    fn run(
+        &mut self,
+        pool: &ThreadPool,
+        serial: &ThreadPool,
+        x: ArrayViewD<'_, f32>,
+        out: &mut [f32],
+        mut times: Option<&mut Vec<(String, Duration)>>,
+        lanes: bool,
+    ) -> Result<()> {
+        let want = &self.program.values[self.program.input].shape;
+        if x.shape().len() != want.len() + 1 || &x.shape()[1..] != want.as_slice() || x.shape()[0] == 0 {
+            return Err(Error::shape(
+                "CompiledModel",
+                format!("a batch of shape (n, {}", &ShapeFmt(want).to_string()[1..]),
+                format!("{}", ShapeFmt(x.shape())),
+            ));
+        }
+        let batch = x.shape()[0];
+        let per_in = self.program.values[self.program.input].len();
+        let per_out = self.program.values[self.program.output].len();
+        let out_len = batch * per_out;
         if out.len() != out_len {
             return Err(Error::shape(
                 "CompiledModel",
@@ -290,8 +423,6 @@ impl CompiledModel {
                 format!("{}", out.len()),
             ));
         }
-        let per_in = self.values[self.input].len();
-        let per_out = self.values[self.output].len();
         let x = x.as_standard_layout();
         let x = x
             .as_slice()
@@ -305,15 +436,15 @@ impl CompiledModel {
             });
         }
         let mut first_op = 0;
-        if times.is_none() && self.batch_parallel(batch) {
-            self.ensure_lanes()?;
+        if lanes && batch > 1 && batch >= pool.threads() {
+            self.ensure_lanes(pool.threads())?;
             let split = self.split;
-            let whole = split == self.ops.len();
+            let whole = split == self.program.ops.len();
             if !whole {
                 self.ensure_batch(batch)?;
             }
-            let (ops, values, serial, lanes) = (&self.ops, &self.values, &self.serial, &self.lanes);
-            let (input_slot, output_slot) = (values[self.input].slot, values[self.output].slot);
+            let (ops, values, lanes) = (&self.program.ops, &self.program.values, &self.lanes);
+            let (input_slot, output_slot) = (values[self.program.input].slot, values[self.program.output].slot);
             // Where each image's result of the lane phase goes: the output, or the crossing
             // value's batch buffer.
             let (dst, per_dst, from_slot) = if whole {
@@ -324,7 +455,7 @@ impl CompiledModel {
             };
             let failed = Mutex::new(None);
             let next_image = AtomicUsize::new(0);
-            self.pool.run(&|t| {
+            pool.run(&|t| {
                 let mut lane = lanes[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let Lane { buffers, workspace } = &mut *lane;
                 let ctx = exec::Ctx {
@@ -362,83 +493,24 @@ impl CompiledModel {
         }
         self.ensure_batch(batch)?;
         if first_op == 0 {
-            let input = &mut self.buffers[self.values[self.input].slot];
+            let input = &mut self.buffers[self.program.values[self.program.input].slot];
             input[..batch * per_in].copy_from_slice(x);
         }
         let ctx = exec::Ctx {
-            values: &self.values,
+            values: &self.program.values,
             batch,
-            pool: &self.pool,
+            pool,
             workspaces: &self.workspaces,
         };
-        for op in &self.ops[first_op..] {
+        for op in &self.program.ops[first_op..] {
             let start = times.as_ref().map(|_| Instant::now());
             op.run(&ctx, &mut self.buffers)?;
             if let (Some(t), Some(s)) = (times.as_deref_mut(), start) {
                 t.push((op.name().to_string(), s.elapsed()));
             }
         }
-        let src = &self.buffers[self.values[self.output].slot][..out_len];
+        let src = &self.buffers[self.program.values[self.program.output].slot][..out_len];
         out.copy_from_slice(src);
         Ok(())
-    }
-}
-
-/// Where a batch run image by image switches to running layer by layer over the whole batch.
-///
-/// Early layers have large activations and small weights: each image is best run alone,
-/// keeping its activations in its core's cache. Late layers the reverse: over the whole batch,
-/// their weights are read once per batch instead of once per image per core. The switch is the
-/// first op boundary that exactly one value crosses after which every layer with weights has
-/// at least [`BATCHED_WEIGHT_RATIO`] times more weight bytes than per-image activation bytes
-/// (its input and output). On ResNet50 that is the start of the last stage.
-fn lane_split(graph: &compile::Graph) -> (usize, usize) {
-    let ops = &graph.ops;
-    let n = ops.len();
-    let len = |v: usize| graph.values[v].shape.iter().product::<usize>();
-    let weight_heavy = |op: &exec::Op| {
-        let weights = op.weight_len();
-        let acts = op.inputs().into_iter().flatten().map(len).sum::<usize>() + len(op.output());
-        weights == 0 || weights >= BATCHED_WEIGHT_RATIO * acts
-    };
-    // The first boundary from which every op is weight-heavy.
-    let Some(from) = (0..n).find(|&i| ops[i..].iter().all(weight_heavy)).filter(|&i| i > 0) else {
-        return (n, graph.output);
-    };
-    let produced_at = |v: usize| ops.iter().position(|op| op.output() == v);
-    for i in from..n {
-        // The values crossing boundary i: produced before it (or the input), read at or after it.
-        let mut crossing = ops[i..]
-            .iter()
-            .flat_map(|op| op.inputs().into_iter().flatten())
-            .map(|v| graph.roots[v])
-            .filter(|&v| produced_at(v).is_none_or(|p| p < i));
-        if let Some(v) = crossing.next() {
-            if crossing.all(|w| w == v) {
-                return (i, v);
-            }
-        }
-    }
-    (n, graph.output)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{compile, lane_split, InferenceOptions};
-    use crate::models::{ResNet, ResNetConfig};
-
-    #[test]
-    fn resnet50_batches_switch_to_layer_by_layer_at_the_last_stage() {
-        let model = ResNet::new(ResNetConfig::keras_resnet50()).unwrap();
-        let graph = compile::compile(&model, &[224, 224, 3], &InferenceOptions::default()).unwrap();
-        let (at, value) = lane_split(&graph);
-        assert_eq!(graph.ops[at].name(), "res5a/res5a_branch1");
-        // The crossing value is res4f's output, which both res5a branches read.
-        assert_eq!(graph.ops[at - 1].output(), value);
-        assert!(graph.ops[at..].iter().filter(|op| op.inputs().contains(&Some(value))).count() == 2);
-        // Scaled down, only the classifier's weights outweigh its activations.
-        let small = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(8)).unwrap();
-        let graph = compile::compile(&small, &[224, 224, 3], &InferenceOptions::default()).unwrap();
-        assert_eq!(graph.ops[lane_split(&graph).0].name(), "avg_pool");
     }
 }

@@ -146,6 +146,67 @@ pub fn conv2d_tiled(
     Ok(())
 }
 
+/// Grouped NHWC convolution: the input's `g.in_channels * groups` channels split into `groups`
+/// consecutive groups, group `i` convolved (by [`conv2d`]) with its own `g.out_channels`
+/// filters into output channels `i * g.out_channels ..`. `g` is one group's geometry; the
+/// kernel is HWIO `(kh, kw, g.in_channels, groups * g.out_channels)` (Keras' grouped
+/// `Conv2D` layout), the epilogue applies to the whole `groups * g.out_channels`-channel
+/// output. With `groups == 1` this is [`conv2d`].
+pub fn conv2d_grouped(
+    input: &[f32],
+    g: &ConvGeometry,
+    groups: usize,
+    kernel: &[f32],
+    epilogue: &Epilogue<'_>,
+    output: &mut [f32],
+    workspace: &mut Vec<f32>,
+) -> Result<()> {
+    if groups <= 1 {
+        return conv2d(input, g, kernel, epilogue, output, workspace);
+    }
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let full = ConvGeometry {
+        in_channels: cin * groups,
+        out_channels: cout * groups,
+        ..*g
+    };
+    let taps = g.window.kernel[0] * g.window.kernel[1];
+    let checks = [
+        ("input", full.input_len(), Some(input.len())),
+        ("kernel", taps * cin * cout * groups, Some(kernel.len())),
+        ("output", full.output_len(), Some(output.len())),
+        ("bias", full.out_channels, epilogue.bias.map(<[f32]>::len)),
+        ("residual", full.output_len(), epilogue.residual.map(<[f32]>::len)),
+    ];
+    for (what, want, got) in checks {
+        if let Some(got) = got.filter(|&got| got != want) {
+            return Err(Error::shape(
+                "conv2d kernel",
+                format!("{what} of {want} elements"),
+                format!("{got}"),
+            ));
+        }
+    }
+    let (pixels_in, pixels_out) = (g.batch * g.in_hw[0] * g.in_hw[1], g.out_pixels());
+    let mut x = vec![0.0; pixels_in * cin];
+    let mut w = vec![0.0; taps * cin * cout];
+    let mut y = vec![0.0; pixels_out * cout];
+    for group in 0..groups {
+        for (dst, src) in x.chunks_exact_mut(cin).zip(input.chunks_exact(cin * groups)) {
+            dst.copy_from_slice(&src[group * cin..(group + 1) * cin]);
+        }
+        for (dst, src) in w.chunks_exact_mut(cout).zip(kernel.chunks_exact(cout * groups)) {
+            dst.copy_from_slice(&src[group * cout..(group + 1) * cout]);
+        }
+        conv2d(&x, g, &w, &Epilogue::default(), &mut y, workspace)?;
+        for (dst, src) in output.chunks_exact_mut(cout * groups).zip(y.chunks_exact(cout)) {
+            dst[group * cout..(group + 1) * cout].copy_from_slice(src);
+        }
+    }
+    epilogue.apply(output, 0, cout * groups);
+    Ok(())
+}
+
 fn check_lengths(input: &[f32], g: &ConvGeometry, kernel: &[f32], e: &Epilogue<'_>, output: &[f32]) -> Result<()> {
     let checks = [
         ("input", g.input_len(), Some(input.len())),

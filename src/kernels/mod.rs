@@ -14,7 +14,7 @@ pub mod pool;
 pub mod reference;
 pub mod winograd;
 
-pub use conv::{conv2d, conv2d_tiled, ConvStrategy, Epilogue};
+pub use conv::{conv2d, conv2d_grouped, conv2d_tiled, ConvStrategy, Epilogue};
 pub use gemm::{sgemm, sgemm_row_major};
 pub use geometry::{ConvGeometry, Padding, Padding2d, PoolGeometry, Window2d};
 pub use im2col::im2col;

@@ -57,6 +57,47 @@ pub fn conv2d<T: Float>(input: &[T], g: &ConvGeometry, kernel: &[T], bias: Optio
     }
 }
 
+/// Direct grouped NHWC convolution: `g` is one group's geometry, the input has
+/// `g.in_channels * groups` channels, the HWIO kernel `(kh, kw, g.in_channels, groups *
+/// g.out_channels)`; output channel `o` reads the input channels of group `o / g.out_channels`.
+pub fn conv2d_grouped<T: Float>(input: &[T], g: &ConvGeometry, groups: usize, kernel: &[T], bias: Option<&[T]>, output: &mut [T]) {
+    let [ih, iw] = g.in_hw;
+    let [oh, ow] = g.out_hw;
+    let [kh, kw] = g.window.kernel;
+    let [sh, sw] = g.window.stride;
+    let [dh, dw] = g.window.dilation;
+    let (ci, co) = (g.in_channels, g.out_channels);
+    let (cin_all, cout_all) = (ci * groups, co * groups);
+    for n in 0..g.batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for o in 0..cout_all {
+                    let group = o / co;
+                    let mut acc = bias.map_or(T::zero(), |b| b[o]);
+                    for ky in 0..kh {
+                        let iy = (oy * sh + ky * dh) as isize - g.pad.top as isize;
+                        if iy < 0 || iy >= ih as isize {
+                            continue;
+                        }
+                        for kx in 0..kw {
+                            let ix = (ox * sw + kx * dw) as isize - g.pad.left as isize;
+                            if ix < 0 || ix >= iw as isize {
+                                continue;
+                            }
+                            for c in 0..ci {
+                                let x = input[((n * ih + iy as usize) * iw + ix as usize) * cin_all + group * ci + c];
+                                let w = kernel[((ky * kw + kx) * ci + c) * cout_all + o];
+                                acc = acc + x * w;
+                            }
+                        }
+                    }
+                    output[((n * oh + oy) * ow + ox) * cout_all + o] = acc;
+                }
+            }
+        }
+    }
+}
+
 /// Visits the input values under one pooling window (padding cells are skipped).
 fn pool_window(input: &[f32], g: &PoolGeometry, n: usize, oy: usize, ox: usize, c: usize, mut f: impl FnMut(f32)) {
     let [ih, iw] = g.in_hw;

@@ -1,49 +1,51 @@
-use super::{Layer, Tensor};
+use super::Layer;
 use crate::error::{Error, Result, ShapeFmt};
+use crate::graph::{Lowering, Op, UnaryFn, ValueId};
 
-/// An element-wise or last-axis activation, for layers that take one as an option
-/// ([`Dense`](super::Dense), [`Residual`](super::Residual)).
+/// An activation, for layers that take one as an option ([`Dense`](super::Dense),
+/// [`Residual`](super::Residual)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Activation {
     /// `max(x, 0)`.
     Relu,
+    /// `min(max(x, 0), 6)` (MobileNet's).
+    Relu6,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
     /// Softmax over the last axis.
     Softmax,
 }
 
 impl Activation {
-    /// Applies the activation in place.
-    pub fn apply(self, x: &mut Tensor) -> Result<()> {
-        match self {
-            Activation::Relu => {
-                x.mapv_inplace(|v| v.max(0.0));
-                Ok(())
-            }
-            Activation::Softmax => softmax_last_axis(x),
-        }
-    }
-
     /// Keras' name for it.
     pub fn name(self) -> &'static str {
         match self {
             Activation::Relu => "relu",
+            Activation::Relu6 => "relu6",
+            Activation::Sigmoid => "sigmoid",
             Activation::Softmax => "softmax",
         }
     }
+
+    /// Adds the activation's op after `x`.
+    pub fn lower(self, b: &mut Lowering<'_>, x: ValueId) -> Result<ValueId> {
+        let op = match self {
+            Activation::Relu => Op::Unary(UnaryFn::Relu),
+            Activation::Relu6 => Op::Unary(UnaryFn::Relu6),
+            Activation::Sigmoid => Op::Unary(UnaryFn::Sigmoid),
+            Activation::Softmax => Op::Softmax {
+                axis: last_axis(b.shape(x))?,
+            },
+        };
+        b.push(op, &[x])
+    }
 }
 
-fn softmax_last_axis(x: &mut Tensor) -> Result<()> {
-    if x.ndim() == 0 {
-        return Err(Error::shape("Softmax", "at least one axis", "a scalar"));
-    }
-    let last = ndarray::Axis(x.ndim() - 1);
-    for mut lane in x.lanes_mut(last) {
-        let max = lane.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        lane.mapv_inplace(|v| (v - max).exp());
-        let sum: f32 = lane.sum();
-        lane.mapv_inplace(|v| v / sum);
-    }
-    Ok(())
+fn last_axis(shape: &[usize]) -> Result<usize> {
+    shape
+        .len()
+        .checked_sub(1)
+        .ok_or_else(|| Error::shape("Softmax", "at least one axis after the batch axis", format!("{}", ShapeFmt(shape))))
 }
 
 /// Rectified linear unit, `max(x, 0)`, on a tensor of any shape.
@@ -55,16 +57,8 @@ impl Layer for Relu {
         "Activation"
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        Ok(input.to_vec())
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.mapv(|v| v.max(0.0)))
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+        Activation::Relu.lower(b, x)
     }
 }
 
@@ -77,20 +71,22 @@ impl Layer for Softmax {
         "Activation"
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+        Activation::Softmax.lower(b, x)
+    }
+}
+
+/// An element-wise [`Activation`] as a layer of its own (Keras' `Activation('relu6')` or
+/// `Activation('sigmoid')`); softmax acts on the last axis.
+#[derive(Clone, Copy, Debug)]
+pub struct ActivationLayer(pub Activation);
+
+impl Layer for ActivationLayer {
+    fn type_name(&self) -> &'static str {
+        "Activation"
     }
 
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        if input.is_empty() {
-            return Err(Error::shape("Softmax", "at least one axis", format!("{}", ShapeFmt(input))));
-        }
-        Ok(input.to_vec())
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = x.clone();
-        softmax_last_axis(&mut y)?;
-        Ok(y)
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+        self.0.lower(b, x)
     }
 }

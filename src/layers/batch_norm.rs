@@ -1,7 +1,10 @@
-use ndarray::{Array1, ArrayViewD, Axis};
+use std::borrow::Cow;
 
-use super::{expect_param_shape, Layer, LayerPath, ParamKind, ParamVisitor, Tensor};
+use ndarray::{Array1, ArrayViewD};
+
+use super::{expect_param_shape, Layer, LayerPath, ParamKind, ParamVisitor};
 use crate::error::{Error, Result, ShapeFmt};
+use crate::graph::{BatchNormOp, Lowering, Op, ValueId};
 
 const NAME: &str = "BatchNormalization";
 
@@ -100,26 +103,23 @@ impl Layer for BatchNorm {
         NAME
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        self.check(input)?;
-        Ok(input.to_vec())
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.check(x.shape())?;
-        let (scale, shift) = self.scale_shift();
-        let mut y = x.as_standard_layout().into_owned();
-        for mut lane in y.lanes_mut(Axis(x.ndim() - 1)) {
-            ndarray::Zip::from(&mut lane)
-                .and(&scale)
-                .and(&shift)
-                .for_each(|v, &s, &t| *v = *v * s + t);
-        }
-        Ok(y)
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+        let mut input = vec![1];
+        input.extend_from_slice(b.shape(x));
+        self.check(&input)?;
+        let slice = |a: &'m Array1<f32>| {
+            a.as_slice()
+                .map(Cow::Borrowed)
+                .ok_or_else(|| Error::config(NAME, "parameters are not contiguous"))
+        };
+        let op = BatchNormOp {
+            gamma: slice(&self.gamma)?,
+            beta: slice(&self.beta)?,
+            mean: slice(&self.moving_mean)?,
+            variance: slice(&self.moving_variance)?,
+            epsilon: self.epsilon,
+        };
+        b.push(Op::BatchNorm(op), &[x])
     }
 
     fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {

@@ -1,8 +1,11 @@
+use std::borrow::Cow;
+
 use ndarray::{Array1, Array4, ArrayViewD};
 
-use super::{as_slice, contiguous, expect_param_shape, nhwc, tensor, Layer, LayerPath, ParamKind, ParamVisitor, Tensor};
+use super::{expect_param_shape, nhwc, Layer, LayerPath, ParamKind, ParamVisitor};
 use crate::error::{Error, Result};
-use crate::kernels::{self, ConvGeometry, Epilogue, Padding, Window2d};
+use crate::graph::{ConvAlgorithm, ConvOp, Lowering, Op, ValueId};
+use crate::kernels::{ConvGeometry, Padding, Window2d};
 
 const NAME: &str = "Conv2D";
 
@@ -31,6 +34,10 @@ pub struct Conv2dConfig {
     pub padding: Padding,
     /// Whether the layer adds a bias (default true, as Keras; torchvision's ResNets use false).
     pub use_bias: bool,
+    /// Channel groups (default 1, dense): the input and output channels split into `groups`
+    /// consecutive groups, each convolved on its own; `groups == in_channels` is a depthwise
+    /// convolution. Both channel counts must be multiples of it.
+    pub groups: usize,
 }
 
 impl Conv2dConfig {
@@ -44,7 +51,14 @@ impl Conv2dConfig {
             dilation: [1, 1],
             padding: Padding::Valid,
             use_bias: true,
+            groups: 1,
         }
+    }
+
+    /// Sets the channel groups.
+    pub fn with_groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
     }
 
     /// Sets the strides.
@@ -81,9 +95,14 @@ impl Conv2dConfig {
         }
     }
 
-    /// Shape of the kernel: `(kh, kw, in_channels, filters)`.
+    /// Shape of the kernel: `(kh, kw, in_channels / groups, filters)` (Keras' layout).
     pub fn kernel_shape(&self) -> [usize; 4] {
-        [self.kernel_size[0], self.kernel_size[1], self.in_channels, self.filters]
+        [
+            self.kernel_size[0],
+            self.kernel_size[1],
+            self.in_channels / self.groups.max(1),
+            self.filters,
+        ]
     }
 
     fn validate(&self) -> Result<()> {
@@ -97,12 +116,22 @@ impl Conv2dConfig {
                 ),
             ));
         }
+        if self.groups == 0 || !self.in_channels.is_multiple_of(self.groups) || !self.filters.is_multiple_of(self.groups) {
+            return Err(Error::config(
+                NAME,
+                format!(
+                    "groups ({}) must be at least 1 and divide both the input channels ({}) and the filters ({})",
+                    self.groups, self.in_channels, self.filters
+                ),
+            ));
+        }
         crate::error::checked_product(NAME, &self.kernel_shape())?;
         Ok(())
     }
 }
 
-/// 2-D convolution over NHWC batches, computed by [`kernels::conv2d`] (GEMM-backed).
+/// 2-D convolution over NHWC batches, lowered to [`Op::Conv2d`] (computed by
+/// [`kernels::conv2d`](crate::kernels::conv2d), GEMM-backed, on the reference path).
 ///
 /// Matches Keras' `Conv2D`: cross-correlation with an HWIO kernel, `'same'` padding with the
 /// extra row/column at the bottom/right.
@@ -171,7 +200,8 @@ impl Conv2d {
         self.bias.as_ref()
     }
 
-    /// Plans the kernel call for an input shape.
+    /// Plans the kernel call for an input shape (for a grouped convolution, the geometry of
+    /// one group).
     pub fn geometry(&self, input: &[usize]) -> Result<ConvGeometry> {
         let [n, h, w, c] = nhwc(NAME, input)?;
         if c != self.config.in_channels {
@@ -181,7 +211,8 @@ impl Conv2d {
                 format!("{c} (input {})", crate::error::ShapeFmt(input)),
             ));
         }
-        ConvGeometry::new([n, h, w, c], self.config.filters, self.config.window()).map_err(|e| rename(e, NAME))
+        let g = self.config.groups.max(1);
+        ConvGeometry::new([n, h, w, c / g], self.config.filters / g, self.config.window()).map_err(|e| rename(e, NAME))
     }
 }
 
@@ -207,29 +238,31 @@ impl Layer for Conv2d {
         NAME
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        let g = self.geometry(input)?;
-        Ok(vec![g.batch, g.out_hw[0], g.out_hw[1], g.out_channels])
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.geometry(x.shape())?;
-        let x = contiguous(x);
-        let mut out = vec![0.0; g.output_len()];
-        let epilogue = Epilogue {
-            bias: self.bias.as_ref().and_then(|b| b.as_slice()),
-            ..Default::default()
-        };
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+        let mut input = vec![1];
+        input.extend_from_slice(b.shape(x));
+        let g = self.geometry(&input)?;
         let kernel = self
             .kernel
             .as_slice()
             .ok_or_else(|| Error::config(NAME, "kernel is not contiguous"))?;
-        kernels::conv2d(as_slice(&x), &g, kernel, &epilogue, &mut out, &mut Vec::new()).map_err(|e| rename(e, NAME))?;
-        tensor(NAME, &[g.batch, g.out_hw[0], g.out_hw[1], g.out_channels], out)
+        let c = &self.config;
+        let op = ConvOp {
+            kernel: Cow::Borrowed(kernel),
+            kernel_size: c.kernel_size,
+            in_channels: c.in_channels,
+            out_channels: c.filters,
+            groups: c.groups,
+            stride: c.strides,
+            dilation: c.dilation,
+            padding: g.pad,
+            bias: self.bias.as_ref().and_then(|b| b.as_slice()).map(Cow::Borrowed),
+            scale: None,
+            residual: false,
+            relu: false,
+            algorithm: ConvAlgorithm::Gemm,
+        };
+        b.push(Op::Conv2d(op), &[x]).map_err(|e| rename(e, NAME))
     }
 
     fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {

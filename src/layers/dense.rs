@@ -1,8 +1,10 @@
-use ndarray::{Array1, Array2, ArrayViewD, Ix2};
+use std::borrow::Cow;
 
-use super::{expect_param_shape, Activation, Layer, LayerPath, ParamKind, ParamVisitor, Tensor};
-use crate::error::{Error, Result, ShapeFmt};
-use crate::kernels;
+use ndarray::{Array1, Array2, ArrayViewD};
+
+use super::{expect_param_shape, Activation, Layer, LayerPath, ParamKind, ParamVisitor};
+use crate::error::{Error, Result};
+use crate::graph::{DenseOp, Lowering, Op, ValueId};
 
 const NAME: &str = "Dense";
 
@@ -69,17 +71,6 @@ impl Dense {
     pub fn bias(&self) -> Option<&Array1<f32>> {
         self.bias.as_ref()
     }
-
-    fn check(&self, input: &[usize]) -> Result<usize> {
-        match *input {
-            [n, f] if f == self.in_features() => Ok(n),
-            _ => Err(Error::shape(
-                NAME,
-                format!("(n, {}) features", self.in_features()),
-                format!("{}", ShapeFmt(input)),
-            )),
-        }
-    }
 }
 
 impl Layer for Dense {
@@ -87,30 +78,22 @@ impl Layer for Dense {
         NAME
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        Ok(vec![self.check(input)?, self.units()])
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let n = self.check(x.shape())?;
-        let x2 = x
-            .view()
-            .into_dimensionality::<Ix2>()
-            .map_err(|e| Error::shape(NAME, "a rank-2 batch", e.to_string()))?;
-        let mut y = Array2::<f32>::zeros((n, self.units()));
-        kernels::sgemm(1.0, x2, self.kernel.view(), 0.0, y.view_mut()).map_err(|e| super::conv::rename(e, NAME))?;
-        if let Some(b) = &self.bias {
-            y += b;
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+        let kernel = self
+            .kernel
+            .as_slice()
+            .ok_or_else(|| Error::config(NAME, "kernel is not contiguous"))?;
+        let op = DenseOp {
+            kernel: Cow::Borrowed(kernel),
+            in_features: self.in_features(),
+            units: self.units(),
+            bias: self.bias.as_ref().and_then(|b| b.as_slice()).map(Cow::Borrowed),
+        };
+        let y = b.push(Op::Dense(op), &[x])?;
+        match self.activation {
+            Some(a) => a.lower(b, y),
+            None => Ok(y),
         }
-        let mut y = y.into_dyn();
-        if let Some(a) = self.activation {
-            a.apply(&mut y)?;
-        }
-        Ok(y)
     }
 
     fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {

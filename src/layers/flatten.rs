@@ -1,5 +1,6 @@
-use super::{contiguous, Layer, Tensor};
-use crate::error::{Error, Result, ShapeFmt};
+use super::Layer;
+use crate::error::Result;
+use crate::graph::{Lowering, Op, ValueId};
 
 /// Flattens every axis after the batch axis, in NHWC `(h, w, c)` order as Keras'
 /// `Flatten` does on `channels_last` data.
@@ -11,21 +12,7 @@ impl Layer for Flatten {
         "Flatten"
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        if input.len() < 2 {
-            return Err(Error::shape("Flatten", "a batch of rank >= 2", format!("{}", ShapeFmt(input))));
-        }
-        Ok(vec![input[0], crate::error::checked_product("Flatten", &input[1..])?])
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let shape = self.output_shape(x.shape())?;
-        let x = contiguous(x).into_owned();
-        x.into_shape_with_order(shape)
-            .map_err(|e| Error::shape("Flatten", "a reshapeable batch", e.to_string()))
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+        b.push(Op::Flatten, &[x])
     }
 }

@@ -17,7 +17,7 @@ mod residual;
 mod sequential;
 mod summary;
 
-pub use activation::{Activation, Relu, Softmax};
+pub use activation::{Activation, ActivationLayer, Relu, Softmax};
 pub use batch_norm::{BatchNorm, KERAS_EPSILON};
 pub use conv::{Conv2d, Conv2dConfig};
 pub use dense::Dense;
@@ -31,7 +31,9 @@ pub use summary::{Summary, SummaryRow};
 
 use std::fmt;
 
-use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::graph::{Lowering, ValueId};
 
 use crate::error::{Error, Result, ShapeFmt};
 
@@ -39,29 +41,67 @@ use crate::error::{Error, Result, ShapeFmt};
 /// [`Flatten`], [`GlobalAvgPool`] or [`Dense`].
 pub type Tensor = ArrayD<f32>;
 
-/// A callback that sees every named intermediate output of a forward pass.
-pub type Tap<'a> = dyn FnMut(&LayerPath, &Tensor) + 'a;
+/// Intermediate values by the names they were asked for (see [`Layer::forward_with_taps`]).
+pub type Taps = Vec<(String, Tensor)>;
 
 /// One step of a network. Object safe: models hold `Box<dyn Layer>`.
+///
+/// A layer describes what it computes by lowering itself into the crate's one op graph
+/// ([`Layer::lower`], see [`graph`](crate::graph)); its forward pass, output shape and taps are
+/// derived from that graph by default, so the layer-by-layer path and the compiled one
+/// ([`CompiledModel`](crate::inference::CompiledModel)) run the same ops.
+///
+/// A layer of your own that is not built from the graph's ops lowers to an opaque op
+/// ([`Lowering::opaque`]) and implements [`forward`](Layer::forward) and
+/// [`output_shape`](Layer::output_shape) itself; it then runs inside compiled models too:
+///
+/// ```
+/// use convnet::graph::{Lowering, ValueId};
+/// use convnet::layers::{Layer, Tensor};
+/// #[derive(Debug)]
+/// struct Square;
+/// impl Layer for Square {
+///     fn type_name(&self) -> &'static str { "Square" }
+///     fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> convnet::Result<ValueId> { b.opaque(self, x) }
+///     fn output_shape(&self, input: &[usize]) -> convnet::Result<Vec<usize>> { Ok(input.to_vec()) }
+///     fn forward(&self, x: &Tensor) -> convnet::Result<Tensor> { Ok(x.mapv(|v| v * v)) }
+/// }
+/// let y = Square.forward(&ndarray::ArrayD::from_elem(ndarray::IxDyn(&[1, 2]), 3.0))?;
+/// assert_eq!(y[[0, 1]], 9.0);
+/// # Ok::<(), convnet::Error>(())
+/// ```
 pub trait Layer: Send + Sync + fmt::Debug {
     /// The layer's type as a summary prints it (Keras' class names: `Conv2D`, `Dense`, ...).
     fn type_name(&self) -> &'static str;
 
-    /// The layer as `Any`, so passes such as [`inference::CompiledModel`](crate::inference::CompiledModel)
-    /// can recognise the concrete layer types they know how to lower.
-    fn as_any(&self) -> &dyn std::any::Any;
+    /// Adds this layer's ops to `b`, reading `x`, and returns the layer's output value.
+    /// Shapes are checked as ops are added, so a shape error names the failing layer.
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId>;
 
     /// The output shape for an input of `input` (batch axis included), or the shape error a
     /// forward pass on such an input would give.
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>>;
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        crate::graph::layer_output_shape(self, input)
+    }
 
-    /// Runs the layer on a batch.
-    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// Runs the layer on a batch: the lowered graph on the reference executor
+    /// ([`graph::reference`](crate::graph::reference)). A batch holding NaN or infinity is
+    /// refused with [`Error::NonFinite`], as by every entry point of the crate.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        crate::graph::forward_layer(self, x)
+    }
 
-    /// Like [`forward`](Layer::forward), and calls `tap` with the path and output of every
-    /// named sub-layer (containers override this; leaves have nothing inside to show).
-    fn forward_tapped(&self, x: &Tensor, _path: &mut LayerPath, _tap: &mut Tap<'_>) -> Result<Tensor> {
-        self.forward(x)
+    /// Runs the layer and also returns the outputs of the sub-layers named in `names`: layer
+    /// paths as displayed (`res2c`, `layer1/0/conv1` or `layer1.0.conv1`), or a layer's own
+    /// name where it is unique (as Keras summaries print it). An unknown name is an error.
+    fn forward_with_taps(&self, x: &Tensor, names: &[&str]) -> Result<(Tensor, Taps)> {
+        crate::graph::forward_layer_with_taps(self, x, names)
+    }
+
+    /// The per-image input shape the layer is built for, when it has one (a
+    /// [`ResNet`](crate::models::ResNet)'s `[224, 224, 3]`); compiled models default to it.
+    fn input_shape(&self) -> Option<Vec<usize>> {
+        None
     }
 
     /// Shows every parameter tensor, read-only, with its path and kind.
@@ -116,25 +156,6 @@ pub(crate) fn nhwc(layer: &str, shape: &[usize]) -> Result<[usize; 4]> {
             format!("rank {} {}", shape.len(), ShapeFmt(shape)),
         )),
     }
-}
-
-/// A standard-layout view of `x` and its data as one slice.
-pub(crate) fn contiguous(x: &Tensor) -> CowArray<'_, f32, IxDyn> {
-    x.as_standard_layout()
-}
-
-/// The elements of a standard-layout array, in order.
-pub(crate) fn as_slice<'a>(x: &'a CowArray<'_, f32, IxDyn>) -> &'a [f32] {
-    // `as_standard_layout` guarantees C order, so `as_slice` is always `Some`; an empty
-    // slice would only be reachable through a broken ndarray invariant.
-    x.as_slice().unwrap_or(&[])
-}
-
-/// Builds a tensor of `shape` from `data`, mapping ndarray's error into ours.
-pub(crate) fn tensor(layer: &str, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
-    let len = data.len();
-    ArrayD::from_shape_vec(IxDyn(shape), data)
-        .map_err(|_| Error::shape(layer, format!("{} elements for {}", len, ShapeFmt(shape)), format!("{len}")))
 }
 
 /// Checks that a parameter tensor handed in by a caller has the shape the layer needs.

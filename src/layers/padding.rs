@@ -1,7 +1,6 @@
-use ndarray::{s, ArrayD, IxDyn};
-
-use super::{nhwc, Layer, Tensor};
-use crate::error::{checked_product, Result};
+use super::Layer;
+use crate::error::Result;
+use crate::graph::{Lowering, Op, ValueId};
 use crate::kernels::Padding2d;
 
 /// Zero padding around the spatial axes of an NHWC batch (Keras' `ZeroPadding2D`).
@@ -30,27 +29,7 @@ impl Layer for ZeroPadding2d {
         "ZeroPadding2D"
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        let [n, h, w, c] = nhwc("ZeroPadding2D", input)?;
-        let p = self.padding;
-        let grow = |v: usize, a: usize, b: usize| v.checked_add(a).and_then(|v| v.checked_add(b));
-        let (Some(oh), Some(ow)) = (grow(h, p.top, p.bottom), grow(w, p.left, p.right)) else {
-            return Err(crate::Error::overflow("ZeroPadding2D", "the padded size"));
-        };
-        checked_product("ZeroPadding2D", &[n, oh, ow, c])?;
-        Ok(vec![n, oh, ow, c])
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.output_shape(x.shape())?;
-        let p = self.padding;
-        let mut y = ArrayD::zeros(IxDyn(&out));
-        let (h, w) = (x.shape()[1], x.shape()[2]);
-        y.slice_mut(s![.., p.top..p.top + h, p.left..p.left + w, ..]).assign(x);
-        Ok(y)
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+        b.push(Op::Pad(self.padding), &[x])
     }
 }

@@ -1,6 +1,7 @@
-use super::{as_slice, contiguous, nhwc, tensor, Layer, Tensor};
-use crate::error::{Error, Result, ShapeFmt};
-use crate::kernels::{self, Padding, PoolGeometry, Window2d};
+use super::{nhwc, Layer};
+use crate::error::Result;
+use crate::graph::{Lowering, Op, PoolOp, ValueId};
+use crate::kernels::{Padding, PoolGeometry, Window2d};
 
 /// Configuration shared by [`MaxPool2d`] and [`AvgPool2d`], as Keras' pooling arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +50,7 @@ impl Pool2dConfig {
 }
 
 macro_rules! pool_layer {
-    ($ty:ident, $name:literal, $kernel:path, $doc:literal) => {
+    ($ty:ident, $name:literal, $op:path, $doc:literal) => {
         #[doc = $doc]
         #[derive(Clone, Copy, Debug)]
         pub struct $ty {
@@ -80,21 +81,16 @@ macro_rules! pool_layer {
                 $name
             }
 
-            fn as_any(&self) -> &dyn std::any::Any {
-                self
-            }
-
-            fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-                let g = self.config.geometry($name, input)?;
-                Ok(vec![g.batch, g.out_hw[0], g.out_hw[1], g.channels])
-            }
-
-            fn forward(&self, x: &Tensor) -> Result<Tensor> {
-                let g = self.config.geometry($name, x.shape())?;
-                let x = contiguous(x);
-                let mut out = vec![0.0; g.output_len()];
-                $kernel(as_slice(&x), &g, &mut out).map_err(|e| super::conv::rename(e, $name))?;
-                tensor($name, &[g.batch, g.out_hw[0], g.out_hw[1], g.channels], out)
+            fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+                let mut input = vec![1];
+                input.extend_from_slice(b.shape(x));
+                let g = self.config.geometry($name, &input)?;
+                let op = PoolOp {
+                    size: self.config.pool_size,
+                    stride: g.window.stride,
+                    padding: g.pad,
+                };
+                b.push($op(op), &[x])
             }
         }
     };
@@ -103,13 +99,13 @@ macro_rules! pool_layer {
 pool_layer!(
     MaxPool2d,
     "MaxPooling2D",
-    kernels::max_pool2d,
+    Op::MaxPool,
     "Max pooling over NHWC batches (Keras' `MaxPooling2D`)."
 );
 pool_layer!(
     AvgPool2d,
     "AveragePooling2D",
-    kernels::avg_pool2d,
+    Op::AvgPool,
     "Average pooling over NHWC batches (Keras' `AveragePooling2D`)."
 );
 
@@ -123,28 +119,7 @@ impl Layer for GlobalAvgPool {
         "GlobalAveragePooling2D"
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        let [n, h, w, c] = nhwc("GlobalAveragePooling2D", input)?;
-        if h == 0 || w == 0 {
-            return Err(Error::shape(
-                "GlobalAveragePooling2D",
-                "a non-empty image",
-                format!("{}", ShapeFmt(input)),
-            ));
-        }
-        Ok(vec![n, c])
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.output_shape(x.shape())?;
-        let dims = nhwc("GlobalAveragePooling2D", x.shape())?;
-        let x = contiguous(x);
-        let mut y = vec![0.0; out[0] * out[1]];
-        kernels::global_avg_pool(as_slice(&x), dims, &mut y).map_err(|e| super::conv::rename(e, "GlobalAveragePooling2D"))?;
-        tensor("GlobalAveragePooling2D", &out, y)
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+        b.push(Op::GlobalAvgPool, &[x])
     }
 }

@@ -1,7 +1,8 @@
 use ndarray::ArrayViewD;
 
-use super::{Activation, Layer, LayerPath, ParamCount, ParamKind, ParamVisitor, Sequential, SummaryRow, Tap, Tensor};
+use super::{Activation, Layer, LayerPath, ParamCount, ParamKind, ParamVisitor, Sequential, SummaryRow};
 use crate::error::{Error, Result, ShapeFmt};
+use crate::graph::{Lowering, Op, ValueId};
 
 const NAME: &str = "Residual";
 
@@ -60,17 +61,6 @@ impl Residual {
     pub fn activation(&self) -> Option<Activation> {
         self.activation
     }
-
-    fn join(&self, mut main: Tensor, short: &Tensor) -> Result<Tensor> {
-        if main.shape() != short.shape() {
-            return Err(mismatch(main.shape(), short.shape()));
-        }
-        main += short;
-        if let Some(a) = self.activation {
-            a.apply(&mut main)?;
-        }
-        Ok(main)
-    }
 }
 
 fn mismatch(main: &[usize], short: &[usize]) -> Error {
@@ -86,38 +76,22 @@ impl Layer for Residual {
         NAME
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        let main = self.main.output_shape(input)?;
+    /// The shortcut first, then the main branch (so the main branch's last op directly
+    /// precedes the add, ready to take it into its epilogue), then `Add(main, shortcut)` and
+    /// the activation.
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
         let short = match &self.shortcut {
-            Some(s) => s.output_shape(input)?,
-            None => input.to_vec(),
+            Some(s) => s.lower(b, x)?,
+            None => x,
         };
-        if main != short {
-            return Err(mismatch(&main, &short));
+        let main = self.main.lower(b, x)?;
+        if b.shape(main) != b.shape(short) {
+            return Err(mismatch(b.shape(main), b.shape(short)));
         }
-        Ok(main)
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let main = self.main.forward(x)?;
-        match &self.shortcut {
-            Some(s) => self.join(main, &s.forward(x)?),
-            None => self.join(main, x),
-        }
-    }
-
-    fn forward_tapped(&self, x: &Tensor, path: &mut LayerPath, tap: &mut Tap<'_>) -> Result<Tensor> {
-        let main = self.main.forward_tapped(x, path, tap)?;
-        match &self.shortcut {
-            Some(s) => {
-                let short = s.forward_tapped(x, path, tap)?;
-                self.join(main, &short)
-            }
-            None => self.join(main, x),
+        let y = b.within("add", |b| b.push(Op::Add { relu: false }, &[main, short]))?;
+        match self.activation {
+            Some(a) => a.lower(b, y),
+            None => Ok(y),
         }
     }
 

@@ -1,7 +1,8 @@
 use ndarray::ArrayViewD;
 
-use super::{Layer, LayerPath, ParamKind, ParamVisitor, Summary, SummaryRow, Tap, Tensor};
+use super::{Layer, LayerPath, ParamKind, ParamVisitor, Summary, SummaryRow};
 use crate::error::{Error, Result};
+use crate::graph::{Lowering, ValueId};
 
 /// Layers run one after another, each under a unique name.
 ///
@@ -87,19 +88,6 @@ impl Sequential {
         let output = self.summarize(&mut LayerPath::default(), input, &mut rows)?;
         Ok(Summary::new(input.to_vec(), output, rows))
     }
-
-    /// Runs the model and returns the outputs of the named sub-layers whose paths (as
-    /// displayed, e.g. `res2c` or `layer1/0/conv1`) are in `names`, plus the final output.
-    pub fn forward_with_taps(&self, x: &Tensor, names: &[&str]) -> Result<(Tensor, Vec<(String, Tensor)>)> {
-        let mut taps = Vec::new();
-        let y = self.forward_tapped(x, &mut LayerPath::default(), &mut |path, t| {
-            let p = path.to_string();
-            if names.contains(&p.as_str()) {
-                taps.push((p, t.clone()));
-            }
-        })?;
-        Ok((y, taps))
-    }
 }
 
 impl Layer for Sequential {
@@ -107,37 +95,10 @@ impl Layer for Sequential {
         "Sequential"
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        self.layers.iter().try_fold(input.to_vec(), |shape, (name, l)| {
-            l.output_shape(&shape).map_err(|e| e.in_layer(name))
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let Some(((first_name, first), rest)) = self.layers.split_first() else {
-            return Ok(x.clone());
-        };
-        let mut y = first.forward(x).map_err(|e| e.in_layer(first_name))?;
-        for (name, l) in rest {
-            y = l.forward(&y).map_err(|e| e.in_layer(name))?;
-        }
-        Ok(y)
-    }
-
-    fn forward_tapped(&self, x: &Tensor, path: &mut LayerPath, tap: &mut Tap<'_>) -> Result<Tensor> {
-        let mut y = x.clone();
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+        let mut y = x;
         for (name, l) in &self.layers {
-            path.push(name);
-            let r = l.forward_tapped(&y, path, tap).map_err(|e| e.in_layer(name));
-            if let Ok(out) = &r {
-                tap(path, out);
-            }
-            path.pop();
-            y = r?;
+            y = b.scoped(name, |b| l.lower(b, y))?;
         }
         Ok(y)
     }

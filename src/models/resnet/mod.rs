@@ -20,10 +20,11 @@ pub use names::{keras_block_letter, BlockNames, NameStyle};
 use ndarray::ArrayViewD;
 
 use crate::error::Result;
+use crate::graph::{Lowering, ValueId};
 use crate::kernels::{Padding, Padding2d};
 use crate::layers::{
     Activation, AvgPool2d, BatchNorm, Conv2d, Conv2dConfig, Dense, Flatten, GlobalAvgPool, Layer, LayerPath, MaxPool2d, ParamCount,
-    ParamKind, ParamVisitor, Pool2dConfig, Relu, Sequential, Summary, SummaryRow, Tap, Tensor, ZeroPadding2d,
+    ParamKind, ParamVisitor, Pool2dConfig, Relu, Sequential, Summary, SummaryRow, Tensor, ZeroPadding2d,
 };
 
 /// A residual network: the [`ResNetConfig`] it was built from and the layers.
@@ -69,12 +70,10 @@ impl ResNet {
         [batch, h, w, c]
     }
 
-    /// Runs the model on an NHWC batch. Unlike the bare [`Layer::forward`], this refuses an
-    /// input holding NaN or infinity with [`Error::NonFinite`](crate::Error::NonFinite) (such
-    /// values would turn every prediction into garbage silently).
+    /// Runs the model on an NHWC batch ([`Layer::forward`]: the reference executor). An input
+    /// holding NaN or infinity is refused with [`Error::NonFinite`](crate::Error::NonFinite).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::layers::check_finite(x)?;
-        self.net.forward(x)
+        Layer::forward(self, x)
     }
 
     /// Trainable and non-trainable parameter counts.
@@ -91,9 +90,9 @@ impl ResNet {
     }
 
     /// Runs the model and also returns the outputs of the layers named in `names` (paths as
-    /// displayed: `res2c`, `pool1`, `layer1/0`).
-    pub fn forward_with_taps(&self, x: &Tensor, names: &[&str]) -> Result<(Tensor, Vec<(String, Tensor)>)> {
-        self.net.forward_with_taps(x, names)
+    /// displayed: `res2c`, `pool1`, `layer1/0`; see [`Layer::forward_with_taps`]).
+    pub fn forward_with_taps(&self, x: &Tensor, names: &[&str]) -> Result<(Tensor, crate::layers::Taps)> {
+        Layer::forward_with_taps(self, x, names)
     }
 }
 
@@ -102,20 +101,12 @@ impl Layer for ResNet {
         "ResNet"
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
+        self.net.lower(b, x)
     }
 
-    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        self.net.output_shape(input)
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.net.forward(x)
-    }
-
-    fn forward_tapped(&self, x: &Tensor, path: &mut LayerPath, tap: &mut Tap<'_>) -> Result<Tensor> {
-        self.net.forward_tapped(x, path, tap)
+    fn input_shape(&self) -> Option<Vec<usize>> {
+        Some(self.config.input_shape.to_vec())
     }
 
     fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {

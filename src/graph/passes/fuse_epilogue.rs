@@ -1,0 +1,156 @@
+//! A residual add and a ReLU taken into the output pass of the op before them.
+
+use super::sole_consumer;
+use crate::graph::{Graph, Op, UnaryFn, ValueId};
+
+/// Applies, until none applies:
+///
+/// - a two-input [`Op::Add`] one of whose inputs is a convolution's output read by nothing
+///   else becomes that convolution's fused residual (the convolution moves to the add's
+///   place, where the other input exists) and takes the add's ReLU;
+/// - a ReLU whose input is read by nothing else becomes the `relu` flag of the convolution,
+///   affine map or add that produced it.
+///
+/// Returns whether anything changed.
+pub fn fuse_epilogue(graph: &mut Graph<'_>, keep: &[ValueId]) -> bool {
+    let mut changed = false;
+    loop {
+        if let Some((conv_at, add_at, side)) = residual_candidate(graph, keep) {
+            let nodes = graph.nodes_mut();
+            let add = nodes.remove(add_at);
+            let Op::Add { relu } = add.op else {
+                unreachable!("residual_candidate() returns an Add")
+            };
+            let mut conv = nodes.remove(conv_at);
+            let Op::Conv2d(c) = &mut conv.op else {
+                unreachable!("residual_candidate() returns a conv")
+            };
+            c.residual = true;
+            c.relu = relu;
+            conv.inputs.push(add.inputs[1 - side]);
+            conv.output = add.output;
+            // The add sat after the conv: removing the conv moved it one place up.
+            nodes.insert(add_at - 1, conv);
+        } else if let Some((producer, relu_at)) = relu_candidate(graph, keep) {
+            let nodes = graph.nodes_mut();
+            let out = nodes[relu_at].output;
+            match &mut nodes[producer].op {
+                Op::Conv2d(c) => c.relu = true,
+                Op::Affine { relu, .. } | Op::Add { relu } => *relu = true,
+                _ => unreachable!("relu_candidate() returns a conv, affine or add"),
+            }
+            nodes[producer].output = out;
+            nodes.remove(relu_at);
+        } else {
+            return changed;
+        }
+        changed = true;
+    }
+}
+
+fn residual_candidate(graph: &Graph<'_>, keep: &[ValueId]) -> Option<(usize, usize, usize)> {
+    graph.nodes().iter().enumerate().find_map(|(i, n)| {
+        let Op::Add { .. } = n.op else { return None };
+        let [a, b] = n.inputs[..] else { return None };
+        if a == b {
+            return None;
+        }
+        (0..2).find_map(|side| {
+            let v = n.inputs[side];
+            let p = graph.producer(v)?;
+            let Op::Conv2d(c) = &graph.nodes()[p].op else { return None };
+            (!c.residual && !c.relu && sole_consumer(graph, v, keep) == Some(i)).then_some((p, i, side))
+        })
+    })
+}
+
+fn relu_candidate(graph: &Graph<'_>, keep: &[ValueId]) -> Option<(usize, usize)> {
+    graph.nodes().iter().enumerate().find_map(|(i, n)| {
+        let Op::Unary(UnaryFn::Relu) = n.op else { return None };
+        let x = n.inputs[0];
+        let p = graph.producer(x)?;
+        let fusable = match &graph.nodes()[p].op {
+            Op::Conv2d(c) => !c.relu,
+            Op::Affine { relu, .. } | Op::Add { relu } => !relu,
+            _ => false,
+        };
+        (fusable && sole_consumer(graph, x, keep) == Some(i)).then_some((p, i))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::passes::test_util::{batch, max_diff, randomize};
+    use crate::graph::passes::{batch_norm_to_affine, fold_batch_norm};
+    use crate::kernels::Padding;
+    use crate::layers::{Activation, BatchNorm, Conv2d, Conv2dConfig, Relu, Residual, Sequential};
+
+    fn block(projection: bool) -> Residual {
+        let conv = |i, o, s: usize| Conv2d::new(Conv2dConfig::new(i, o, [3, 3]).with_strides([s, s]).with_padding(Padding::Same)).unwrap();
+        let stride = if projection { 2 } else { 1 };
+        let mut main = Sequential::new();
+        main.push("a", conv(4, 6, stride))
+            .unwrap()
+            .push("a_bn", BatchNorm::new(6, 1e-3).unwrap())
+            .unwrap()
+            .push("a_relu", Relu)
+            .unwrap()
+            .push("b", conv(6, if projection { 6 } else { 4 }, 1))
+            .unwrap()
+            .push("b_bn", BatchNorm::new(if projection { 6 } else { 4 }, 1e-3).unwrap())
+            .unwrap();
+        let short = projection.then(|| {
+            let mut s = Sequential::new();
+            s.push("s", Conv2d::new(Conv2dConfig::new(4, 6, [1, 1]).with_strides([2, 2])).unwrap())
+                .unwrap();
+            s
+        });
+        Residual::new(main, short, Some(Activation::Relu)).unwrap()
+    }
+
+    #[test]
+    fn residual_blocks_fuse_into_their_last_conv() {
+        for projection in [false, true] {
+            let mut net = Sequential::new();
+            net.push("block", block(projection)).unwrap();
+            randomize(&mut net, 11);
+            let before = Graph::lower(&net, &[9, 8, 4]).unwrap();
+            let mut after = before.clone();
+            fold_batch_norm(&mut after, &[]);
+            assert!(fuse_epilogue(&mut after, &[]));
+            after.check().unwrap();
+            let kinds: Vec<&str> = after.nodes().iter().map(|n| n.op.kind()).collect();
+            let want: &[&str] = if projection { &["Conv2d"; 3] } else { &["Conv2d"; 2] };
+            assert_eq!(kinds, want, "projection {projection}");
+            let last = after.nodes().last().unwrap();
+            assert!(matches!(&last.op, Op::Conv2d(c) if c.residual && c.relu && c.scale.is_some()));
+            assert_eq!(last.output, after.output());
+            let x = batch(&[2, 9, 8, 4], 4);
+            assert!(max_diff(&before, &after, &x) <= 1e-5);
+        }
+    }
+
+    #[test]
+    fn unfolded_batch_norms_take_the_relu_and_the_add_keeps_its_own() {
+        let mut net = Sequential::new();
+        net.push("block", block(false)).unwrap();
+        randomize(&mut net, 12);
+        let before = Graph::lower(&net, &[6, 6, 4]).unwrap();
+        let mut after = before.clone();
+        batch_norm_to_affine(&mut after);
+        fuse_epilogue(&mut after, &[]);
+        after.check().unwrap();
+        let kinds: Vec<&str> = after.nodes().iter().map(|n| n.op.kind()).collect();
+        assert_eq!(kinds, ["Conv2d", "Affine", "Conv2d", "Affine", "Add"]);
+        assert!(matches!(after.nodes()[1].op, Op::Affine { relu: true, .. }));
+        assert!(matches!(after.nodes()[4].op, Op::Add { relu: true }));
+        assert!(max_diff(&before, &after, &batch(&[1, 6, 6, 4], 5)) <= 1e-5);
+        // Tapping the add's input keeps the add.
+        let mut kept = before.clone();
+        let b_bn = kept.value_named("block/b_bn").unwrap();
+        fold_batch_norm(&mut kept, &[b_bn]);
+        fuse_epilogue(&mut kept, &[b_bn]);
+        assert!(kept.nodes().iter().any(|n| matches!(n.op, Op::Add { .. })));
+    }
+}

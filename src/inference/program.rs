@@ -1,0 +1,151 @@
+//! Code generation: an optimised [`Graph`] becomes the flat list of kernel calls the fast
+//! executor runs, over values with buffer slots assigned by [`liveness`](super::liveness).
+
+use std::borrow::Cow;
+
+use super::exec::{ConvOp, ConvWeights, Op};
+use super::liveness;
+use super::Value;
+use crate::error::Result;
+use crate::graph::{ConvAlgorithm, Graph, Op as GraphOp, ValueId};
+use crate::kernels::packed_gemm::PackedB;
+use crate::kernels::winograd::WinogradWeights;
+
+/// The kernel calls of one compiled input shape.
+pub(crate) struct Program<'m> {
+    pub ops: Vec<Op<'m>>,
+    pub values: Vec<Value>,
+    pub slot_sizes: Vec<usize>,
+    /// The value whose storage each value is (itself, or what a flatten views).
+    pub roots: Vec<usize>,
+    pub input: usize,
+    pub output: usize,
+}
+
+fn owned(p: &Option<Cow<'_, [f32]>>, len: usize, fill: f32) -> Vec<f32> {
+    p.as_ref().map_or_else(|| vec![fill; len], |p| p.to_vec())
+}
+
+/// Generates the kernel calls for `graph` (already optimised); `keep` are values whose
+/// buffers must survive the run (taps).
+pub(crate) fn generate<'m>(graph: &Graph<'m>, keep: &[ValueId]) -> Result<Program<'m>> {
+    let mut shapes: Vec<Vec<usize>> = (0..graph.value_count()).map(|v| graph.shape(ValueId(v)).to_vec()).collect();
+    let mut alias: Vec<Option<usize>> = vec![None; shapes.len()];
+    let mut ops = Vec::with_capacity(graph.nodes().len());
+    for node in graph.nodes() {
+        let name = node.name();
+        let (x, y) = (node.inputs[0].0, node.output.0);
+        let generic = || Op::Generic {
+            name: name.clone(),
+            op: node.op.clone(),
+            inputs: node.inputs.iter().map(|v| v.0).collect(),
+            y,
+        };
+        ops.push(match &node.op {
+            GraphOp::Conv2d(c) if c.groups == 1 => {
+                let geometry = c.geometry(1, &shapes[x]).map_err(|e| e.in_layer(&name))?;
+                let n = c.out_channels;
+                let weights = match c.algorithm {
+                    ConvAlgorithm::Winograd(tile) => ConvWeights::Winograd(WinogradWeights::new(&c.kernel, c.in_channels, n, tile)?),
+                    ConvAlgorithm::Gemm => ConvWeights::Gemm(PackedB::pack(&c.kernel, geometry.patch_len(), n, n)?),
+                };
+                Op::Conv(ConvOp {
+                    name,
+                    geometry,
+                    weights,
+                    scale: c.scale.as_ref().map(|s| s.to_vec()),
+                    bias: owned(&c.bias, n, 0.0),
+                    relu: c.relu,
+                    residual: c.residual.then(|| node.inputs[1].0),
+                    x,
+                    y,
+                })
+            }
+            GraphOp::Affine { scale, shift, relu } => Op::Affine {
+                name,
+                scale: scale.to_vec(),
+                shift: shift.to_vec(),
+                relu: *relu,
+                x,
+                y,
+            },
+            GraphOp::Unary(f) => Op::Unary { name, f: *f, x, y },
+            GraphOp::Add { relu } if node.inputs.len() == 2 => Op::Add {
+                name,
+                a: x,
+                b: node.inputs[1].0,
+                relu: *relu,
+                y,
+            },
+            GraphOp::Pad(pad) => Op::Pad { name, pad: *pad, x, y },
+            GraphOp::MaxPool(p) => Op::MaxPool {
+                geometry: p.geometry(1, &shapes[x]).map_err(|e| e.in_layer(&name))?,
+                name,
+                x,
+                y,
+            },
+            GraphOp::AvgPool(p) => Op::AvgPool {
+                geometry: p.geometry(1, &shapes[x]).map_err(|e| e.in_layer(&name))?,
+                name,
+                x,
+                y,
+            },
+            GraphOp::GlobalAvgPool => Op::GlobalAvgPool { name, x, y },
+            GraphOp::Dense(d) => Op::Dense {
+                name,
+                weights: PackedB::pack(&d.kernel, d.in_features, d.units, d.units)?,
+                bias: owned(&d.bias, d.units, 0.0),
+                x,
+                y,
+            },
+            GraphOp::Softmax { axis } if *axis + 1 == shapes[x].len() => Op::Softmax { name, x, y },
+            GraphOp::Flatten => {
+                alias[y] = Some(x);
+                continue;
+            }
+            _ => generic(),
+        });
+    }
+    let root = |alias: &[Option<usize>], mut v: usize| {
+        while let Some(a) = alias[v] {
+            v = a;
+        }
+        v
+    };
+    let (input, mut output) = (graph.input().0, graph.output().0);
+    if root(&alias, output) == root(&alias, input) {
+        // An identity (or reshape-only) model still gets its own output buffer.
+        let c = *shapes[output].last().unwrap_or(&1);
+        let y = shapes.len();
+        shapes.push(shapes[output].clone());
+        alias.push(None);
+        ops.push(Op::Affine {
+            name: "copy".into(),
+            scale: vec![1.0; c],
+            shift: vec![0.0; c],
+            relu: false,
+            x: output,
+            y,
+        });
+        output = y;
+    }
+    let roots: Vec<usize> = (0..shapes.len()).map(|v| root(&alias, v)).collect();
+    let kept: Vec<usize> = keep.iter().map(|v| roots[v.0]).chain([roots[output]]).collect();
+    let (slots, slot_sizes) = liveness::assign_slots(&ops, &shapes, &roots, roots[input], &kept);
+    let values = shapes
+        .into_iter()
+        .enumerate()
+        .map(|(v, shape)| Value {
+            shape,
+            slot: slots[roots[v]],
+        })
+        .collect();
+    Ok(Program {
+        ops,
+        values,
+        slot_sizes,
+        roots,
+        input,
+        output,
+    })
+}
