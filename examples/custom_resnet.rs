@@ -41,7 +41,7 @@ fn main() -> convnet::Result<()> {
     .push("stem_relu", Relu)?;
     let mut channels = 16;
     for (i, (planes, stride)) in [(16, 1), (32, 2)].into_iter().enumerate() {
-        let names = BlockNames::new(NameStyle::KerasClassic, i, 0, 1, BlockKind::Basic.convs());
+        let names = BlockNames::new(NameStyle::KerasClassic, i, 0, 1, BlockKind::Basic.convs())?;
         let block = BlockKind::Basic.build(BlockConfig::keras(channels, planes, stride), &names)?;
         net.push(names.block, block)?;
         channels = planes;

@@ -117,6 +117,15 @@ pub enum Error {
         /// Their names in the file.
         unused: Vec<String>,
     },
+    /// File keys that more than one model parameter maps to, so the file cannot say which
+    /// layer each is for (two nested layers of the same name, under Keras' convention).
+    #[error("{source_name}: {} tensor names are claimed by more than one model parameter (give the layers unique names): {}", ambiguous.len(), list(ambiguous))]
+    AmbiguousWeights {
+        /// The weights file.
+        source_name: String,
+        /// `key <- first parameter, other parameter`, one per ambiguous key.
+        ambiguous: Vec<String>,
+    },
     /// An image could not be decoded, or is of a kind this crate refuses.
     #[error("{path}: cannot use image: {reason}")]
     Image {

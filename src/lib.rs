@@ -74,6 +74,7 @@ pub mod error;
 pub mod graph;
 pub mod imagenet;
 pub mod inference;
+pub mod init;
 pub mod kernels;
 pub mod layers;
 pub mod models;

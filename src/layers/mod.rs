@@ -1,5 +1,7 @@
 //! Layers: small structs implementing one object-safe [`Layer`] trait, composed by
-//! [`Sequential`] and [`Residual`].
+//! [`Sequential`], [`Residual`], [`Concatenate`] and [`ChannelGate`]. Each lowers itself into
+//! the op graph ([`crate::graph`]); multi-branch blocks are graph structure (an add, a
+//! concatenation, a channel-wise multiply), not special cases.
 //!
 //! Each layer checks its input in [`Layer::output_shape`] (which [`Sequential`] runs over the
 //! whole model when it is built, so a shape error shows before any forward pass) and again in
@@ -7,9 +9,11 @@
 
 mod activation;
 mod batch_norm;
+mod concat;
 mod conv;
 mod dense;
 mod flatten;
+mod gate;
 mod padding;
 mod params;
 mod pool;
@@ -19,9 +23,11 @@ mod summary;
 
 pub use activation::{Activation, ActivationLayer, Relu, Softmax};
 pub use batch_norm::{BatchNorm, KERAS_EPSILON};
+pub use concat::Concatenate;
 pub use conv::{Conv2d, Conv2dConfig};
 pub use dense::Dense;
 pub use flatten::Flatten;
+pub use gate::ChannelGate;
 pub use padding::ZeroPadding2d;
 pub use params::{LayerPath, ParamCount, ParamKind, ParamVisitor};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d, Pool2dConfig};

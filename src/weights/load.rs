@@ -1,6 +1,6 @@
 //! Matching a file's tensors to a model's parameters by name.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn};
@@ -69,12 +69,15 @@ pub struct LoadReport {
     pub unused: Vec<String>,
     /// Tensors of the wrong shape (not applied).
     pub mismatched: Vec<Mismatch>,
+    /// File keys that more than one model parameter maps to (`key <- first path, other
+    /// path`): the file cannot say which layer the tensor is for. Only the first was applied.
+    pub ambiguous: Vec<String>,
 }
 
 impl LoadReport {
     /// True when every parameter got a tensor and every tensor was used.
     pub fn is_complete(&self) -> bool {
-        self.missing.is_empty() && self.unused.is_empty() && self.mismatched.is_empty()
+        self.missing.is_empty() && self.unused.is_empty() && self.mismatched.is_empty() && self.ambiguous.is_empty()
     }
 }
 
@@ -82,11 +85,12 @@ impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} tensors applied, {} missing, {} unused, {} mis-shaped",
+            "{} tensors applied, {} missing, {} unused, {} mis-shaped, {} ambiguous",
             self.applied.len(),
             self.missing.len(),
             self.unused.len(),
-            self.mismatched.len()
+            self.mismatched.len(),
+            self.ambiguous.len()
         )
     }
 }
@@ -108,7 +112,8 @@ struct Matcher<'a> {
     file: &'a WeightFile,
     options: LoadOptions,
     apply: bool,
-    used: BTreeSet<String>,
+    /// Each file key taken so far, and the parameter (path and kind) that took it.
+    used: BTreeMap<String, String>,
     report: LoadReport,
 }
 
@@ -119,7 +124,12 @@ impl ParamVisitor for Matcher<'_> {
             self.report.missing.push(format!("{path} ({}) <- {key}", kind.keras_name()));
             return Ok(());
         };
-        self.used.insert(key.clone());
+        let taker = format!("{path} ({})", kind.keras_name());
+        if let Some(first) = self.used.get(&key) {
+            self.report.ambiguous.push(format!("{key} <- {first}, {taker}"));
+            return Ok(());
+        }
+        self.used.insert(key.clone(), taker);
         let t = to_model_layout(self.file.convention, kind, stored)?;
         if t.shape() != value.shape() {
             self.report.mismatched.push(Mismatch {
@@ -154,19 +164,21 @@ impl WeightFile {
     /// With [`LoadOptions::strict`] (the default), any of those is an error and the model is
     /// left unchanged: a mis-shaped tensor gives [`Error::WeightShape`] (both shapes and the
     /// layer path), then missing parameters [`Error::MissingWeights`], then unused tensors
-    /// [`Error::UnusedWeights`] (a file for another architecture). A NaN or infinite value in a
-    /// matched tensor gives [`Error::NonFinite`] unless `allow_non_finite`.
+    /// [`Error::UnusedWeights`] (a file for another architecture), then a key two model
+    /// parameters map to [`Error::AmbiguousWeights`] (two nested layers with the same name
+    /// under a convention that keys on the layer's own name, as Keras' does). A NaN or
+    /// infinite value in a matched tensor gives [`Error::NonFinite`] unless `allow_non_finite`.
     pub fn load_into(&self, model: &mut dyn Layer, options: &LoadOptions) -> Result<LoadReport> {
         // Dry run first, so a strict failure changes nothing.
         let mut dry = Matcher {
             file: self,
             options: *options,
             apply: false,
-            used: BTreeSet::new(),
+            used: BTreeMap::new(),
             report: LoadReport::default(),
         };
         model.visit_params_mut(&mut LayerPath::default(), &mut dry)?;
-        dry.report.unused = self.tensors.keys().filter(|k| !dry.used.contains(*k)).cloned().collect();
+        dry.report.unused = self.tensors.keys().filter(|k| !dry.used.contains_key(*k)).cloned().collect();
         let report = dry.report;
         if options.strict {
             if let Some(m) = report.mismatched.first() {
@@ -190,12 +202,18 @@ impl WeightFile {
                     unused: report.unused,
                 });
             }
+            if !report.ambiguous.is_empty() {
+                return Err(Error::AmbiguousWeights {
+                    source_name: self.name.clone(),
+                    ambiguous: report.ambiguous,
+                });
+            }
         }
         let mut wet = Matcher {
             file: self,
             options: *options,
             apply: true,
-            used: BTreeSet::new(),
+            used: BTreeMap::new(),
             report: LoadReport::default(),
         };
         model.visit_params_mut(&mut LayerPath::default(), &mut wet)?;

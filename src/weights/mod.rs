@@ -7,6 +7,9 @@
 //!   pickle `torch.save` writes ([`WeightFormat::Pth`]); the pickle is interpreted, never
 //!   executed: only the opcodes and globals a `state_dict` needs are accepted.
 //!
+//! Any model is written back with [`save_safetensors`] (its parameters and BatchNorm
+//! statistics, under its own names in either [`Convention`]), and reloads strictly.
+//!
 //! Tensors are converted to this crate's layouts once, at load time: PyTorch's `(out, in, kh,
 //! kw)` kernels become HWIO, `Linear` weights `(out, in)` become `(in, out)`.
 //!
@@ -25,8 +28,10 @@ mod load;
 mod pickle;
 mod pth;
 mod safetensors_file;
+mod save;
 
 pub use load::{LoadOptions, LoadReport, Mismatch};
+pub use save::{save_safetensors, to_safetensors};
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,14 +2,22 @@
 
 use safetensors::{Dtype, SafeTensors};
 
+use super::save::CONVENTION_KEY;
 use super::{floats_from_le, Convention, StoredTensor, WeightFile};
 use crate::error::Result;
 
 /// Parses a `.safetensors` file held in `bytes`. `num_batches_tracked` counters (integers, not
-/// weights) are skipped; other non-float tensors are refused.
+/// weights) are skipped; other non-float tensors are refused. The names follow PyTorch's
+/// convention unless the file's metadata says otherwise (files this crate writes record theirs).
 pub(super) fn read(bytes: &[u8], name: &str) -> Result<WeightFile> {
     let mut out = WeightFile::empty(name, "safetensors", Convention::Torch);
     let st = SafeTensors::deserialize(bytes).map_err(|e| out.format_error(e.to_string()))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| out.format_error(e.to_string()))?;
+    match meta.metadata().as_ref().and_then(|m| m.get(CONVENTION_KEY)).map(String::as_str) {
+        None | Some("torch") => {}
+        Some("keras") => out.convention = Convention::Keras,
+        Some(other) => return Err(out.format_error(format!("unknown naming convention {other:?} in the metadata"))),
+    }
     let mut entries = st.tensors();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     for (key, view) in entries {

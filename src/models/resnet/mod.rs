@@ -175,7 +175,7 @@ fn build_stages(c: &ResNetConfig, net: &mut Sequential, mut channels: usize) -> 
                 bn_epsilon: c.bn_epsilon,
                 pad_mode: c.pad_mode,
             };
-            let names = BlockNames::new(c.names, stage, index, blocks, c.block.convs());
+            let names = BlockNames::new(c.names, stage, index, blocks, c.block.convs())?;
             let block = c.block.build(cfg, &names)?;
             // Keras names are flat: blocks sit at the top level. torchvision nests them in `layerN`.
             if c.names.is_flat() {

@@ -57,8 +57,19 @@ impl BlockNames {
     /// Names in `style` for block `index` (0-based) of stage `stage` (0-based: the first
     /// residual stage is Keras' stage 2 and torchvision's `layer1`), a block of `convs`
     /// main-branch convolutions (2 basic, 3 bottleneck) in a stage of `blocks_in_stage` blocks.
-    pub fn new(style: NameStyle, stage: usize, index: usize, blocks_in_stage: usize, convs: usize) -> Self {
-        match style {
+    ///
+    /// A block needs 1 to 26 convolutions (Keras letters them `2a`..`2z`) and an `index` inside
+    /// its stage; anything else is an [`Error::Config`](crate::Error::Config).
+    pub fn new(style: NameStyle, stage: usize, index: usize, blocks_in_stage: usize, convs: usize) -> crate::Result<Self> {
+        if !(1..=26).contains(&convs) || index >= blocks_in_stage {
+            return Err(crate::Error::config(
+                "BlockNames",
+                format!(
+                    "a block has 1 to 26 convolutions and an index below its stage's block count, got {convs} convolutions, index {index} of {blocks_in_stage}"
+                ),
+            ));
+        }
+        Ok(match style {
             NameStyle::KerasClassic => {
                 let id = format!("{}{}", stage + 2, keras_block_letter(index, blocks_in_stage));
                 let branch = |i: usize| char::from(b'a' + i as u8);
@@ -93,7 +104,7 @@ impl BlockNames {
                 shortcut_conv: "0".into(),
                 shortcut_bn: "1".into(),
             },
-        }
+        })
     }
 }
 
@@ -103,7 +114,7 @@ mod tests {
 
     #[test]
     fn names_match_each_reference() {
-        let k = BlockNames::new(NameStyle::KerasClassic, 0, 0, 3, 3);
+        let k = BlockNames::new(NameStyle::KerasClassic, 0, 0, 3, 3).unwrap();
         assert_eq!(k.block, "res2a");
         assert_eq!(k.convs, ["res2a_branch2a", "res2a_branch2b", "res2a_branch2c"]);
         assert_eq!(k.bns[2], "bn2a_branch2c");
@@ -111,12 +122,12 @@ mod tests {
             (k.shortcut_conv.as_str(), k.shortcut_bn.as_str()),
             ("res2a_branch1", "bn2a_branch1")
         );
-        assert_eq!(BlockNames::new(NameStyle::KerasClassic, 2, 5, 6, 3).block, "res4f");
-        assert_eq!(BlockNames::new(NameStyle::KerasClassic, 2, 22, 23, 3).block, "res4b22");
-        let m = BlockNames::new(NameStyle::KerasModern, 1, 3, 4, 3);
+        assert_eq!(BlockNames::new(NameStyle::KerasClassic, 2, 5, 6, 3).unwrap().block, "res4f");
+        assert_eq!(BlockNames::new(NameStyle::KerasClassic, 2, 22, 23, 3).unwrap().block, "res4b22");
+        let m = BlockNames::new(NameStyle::KerasModern, 1, 3, 4, 3).unwrap();
         assert_eq!(m.convs[1], "conv3_block4_2_conv");
         assert_eq!(m.shortcut_bn, "conv3_block4_0_bn");
-        let t = BlockNames::new(NameStyle::Torchvision, 0, 1, 2, 2);
+        let t = BlockNames::new(NameStyle::Torchvision, 0, 1, 2, 2).unwrap();
         assert_eq!(
             (t.block.as_str(), t.convs.len(), t.shortcut_group.as_deref()),
             ("1", 2, Some("downsample"))

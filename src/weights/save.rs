@@ -1,0 +1,88 @@
+//! Writing a model's parameters to `.safetensors`, under its own names, in either convention.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+use super::Convention;
+use crate::error::{Error, Result};
+use crate::layers::{Layer, LayerPath, ParamKind};
+
+/// The `__metadata__` entry naming the convention a file was written in.
+pub(crate) const CONVENTION_KEY: &str = "convnet.convention";
+
+impl Convention {
+    /// How [`CONVENTION_KEY`] spells it.
+    pub(crate) fn metadata_name(self) -> &'static str {
+        match self {
+            Convention::Keras => "keras",
+            Convention::Torch => "torch",
+        }
+    }
+}
+
+/// Converts one parameter from the model's layout to the file's (the inverse of the loader's
+/// conversion): PyTorch kernels `(out, in, kh, kw)` and `Linear` weights `(out, in)`.
+fn to_file_layout(convention: Convention, kind: ParamKind, v: ndarray::ArrayViewD<'_, f32>) -> ndarray::ArrayD<f32> {
+    let v = match (convention, kind, v.ndim()) {
+        (Convention::Torch, ParamKind::Kernel, 4) => v.permuted_axes(ndarray::IxDyn(&[3, 2, 0, 1])),
+        (Convention::Torch, ParamKind::Kernel, 2) => v.reversed_axes(),
+        _ => v,
+    };
+    v.as_standard_layout().into_owned()
+}
+
+/// Every parameter of `model` (BatchNorm statistics included) as a `.safetensors` file in
+/// memory, named and laid out as `convention` names them ([`Convention::key`]), with the
+/// convention recorded in the file's metadata so that [`WeightFile`](super::WeightFile) reads it
+/// back under the same names. Two parameters mapping to one key (two nested layers with the
+/// same name under Keras' convention) are an [`Error::Config`].
+pub fn to_safetensors(model: &dyn Layer, convention: Convention) -> Result<Vec<u8>> {
+    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    let mut clash = None;
+    model.visit_params(&mut LayerPath::default(), &mut |path, kind, v| {
+        let key = convention.key(path, kind);
+        let here = format!("{path} ({})", kind.keras_name());
+        if let Some(first) = owner.get(&key) {
+            clash.get_or_insert_with(|| format!("{first} and {here} both map to the key {key}"));
+            return;
+        }
+        let t = to_file_layout(convention, kind, v);
+        let bytes = t.iter().flat_map(|x| x.to_le_bytes()).collect();
+        tensors.insert(key.clone(), (t.shape().to_vec(), bytes));
+        owner.insert(key, here);
+    });
+    if let Some(clash) = clash {
+        return Err(Error::config(
+            "weights writer",
+            format!("{clash}: give the layers unique names, or save in the torch convention (full paths)"),
+        ));
+    }
+    let views = tensors
+        .iter()
+        .map(|(k, (shape, bytes))| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| Error::config("weights writer", format!("{k}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([(CONVENTION_KEY.to_string(), convention.metadata_name().to_string())]);
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::config("weights writer", e.to_string()))
+}
+
+/// [`to_safetensors`] written to `path`, atomically (a temporary file beside it, renamed).
+pub fn save_safetensors(model: &dyn Layer, path: impl AsRef<Path>, convention: Convention) -> Result<()> {
+    let path = path.as_ref();
+    let bytes = to_safetensors(model, convention)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, &bytes).map_err(|e| Error::io(tmp.display(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path.display(), e)
+    })
+}
