@@ -275,7 +275,11 @@ fn random_model(seed: u64, channels: usize) -> Sequential {
     let blocks = 1 + pick(&mut rng, 5);
     let conv = |rng: &mut Rng, cin: usize, cout: usize| {
         let k = 1 + rng.below(3);
-        let groups = if cin % 2 == 0 && cout % 2 == 0 && rng.below(3) == 0 { 2 } else { 1 };
+        let groups = if cin.is_multiple_of(2) && cout.is_multiple_of(2) && rng.below(3) == 0 {
+            2
+        } else {
+            1
+        };
         let padding = match rng.below(3) {
             0 => Padding::Valid,
             1 => Padding::Same,

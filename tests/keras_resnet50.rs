@@ -65,8 +65,19 @@ fn activation_taps_match_keras_layer_by_layer() {
     let m = model("resnet50.h5");
     let taps = ["conv1_relu", "pool1", "res2c", "res3d", "res4f", "res5c", "avg_pool"];
     let (_, got) = m.forward_with_taps(&input("chelsea.png"), &taps).unwrap();
+    // The same taps from the fast executor (kept out of its fusions), on 1 and 2 threads.
+    let mut fast = Vec::new();
+    for threads in [1, 2] {
+        let options = convnet::inference::InferenceOptions {
+            threads,
+            ..Default::default()
+        };
+        let mut compiled = convnet::inference::CompiledModel::for_model(&m, &options).unwrap();
+        fast.extend(compiled.run_with_taps(&input("chelsea.png"), &taps).unwrap().1);
+    }
     assert_eq!(got.len(), taps.len());
-    for (name, t) in got {
+    assert_eq!(fast.len(), 2 * taps.len());
+    for (name, t) in got.into_iter().chain(fast) {
         let want = common::npy(&format!("keras_resnet50_w8/act_chelsea.png__{name}.npy"));
         let rel = common::max_rel_diff(&t, &want);
         println!("tap {name}: max relative error {rel:e}");

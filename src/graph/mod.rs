@@ -4,7 +4,7 @@
 //! explicit values with static per-image shapes, checked as each node is added. Two executors
 //! run that graph:
 //!
-//! - the **reference executor** ([`reference`]): plain kernels, one function per op, the
+//! - the **reference executor** ([`reference`](mod@reference)): plain kernels, one function per op, the
 //!   definition of what each op computes. [`Layer::forward`] is this executor.
 //! - the **fast executor** ([`crate::inference::CompiledModel`]): the same graph after the
 //!   rewriting [`passes`] (padding and BatchNorm folding, epilogue fusion, Winograd selection),

@@ -1,5 +1,5 @@
 //! Fast inference: the fast executor of the crate's one op graph ([`crate::graph`]). A model is
-//! lowered, rewritten by the graph [`passes`](crate::graph::passes) and generated into a flat
+//! lowered, rewritten by the graph [`crate::graph::passes`] and generated into a flat
 //! list of kernel calls over preallocated buffers, with BatchNorm folded into the preceding
 //! convolutions and bias, residual add and ReLU fused into each GEMM's output pass.
 //!
