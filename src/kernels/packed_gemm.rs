@@ -1,6 +1,9 @@
 //! A GEMM for inference, `C = epilogue(A B)`, with `B` (the weights) packed once ahead of time
-//! into 32-column panels, an AVX-512 micro-kernel chosen at run time, and a portable kernel
-//! with the same blocking everywhere else.
+//! into 32-column panels, a micro-kernel chosen at run time ([`gemm_kernel`]: AVX-512, else
+//! AVX2 + FMA, else a portable one with the same blocking).
+//!
+//! The two SIMD kernels fuse each multiply-add (FMA) and sum `K` in the same order, so they give
+//! the same bits; the portable kernel rounds each product separately.
 //!
 //! The epilogue (bias, residual add, ReLU) runs in the micro-kernel's store, while the output
 //! tile is still in registers. Every output element is computed by one micro-kernel call
@@ -87,16 +90,39 @@ pub struct GemmEpilogue<'a> {
     pub relu: bool,
 }
 
-/// Whether the AVX-512 micro-kernel is used on this machine.
-pub fn simd_available() -> bool {
+/// A GEMM micro-kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmKernel {
+    /// 12 x 32 tiles, two 16-lane vectors a row (x86-64 with AVX-512F).
+    Avx512,
+    /// 6 x 16 sub-tiles of each 12 x 32 tile, two 8-lane vectors a row (x86-64 with AVX2 and FMA).
+    Avx2Fma,
+    /// Plain Rust, 12 x 32 tiles (everything else).
+    Portable,
+}
+
+/// The micro-kernel this machine runs (detected at run time; the detection is cached).
+pub fn gemm_kernel() -> GemmKernel {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx512f")
+        if std::is_x86_feature_detected!("avx512f") {
+            return GemmKernel::Avx512;
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return GemmKernel::Avx2Fma;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    GemmKernel::Portable
+}
+
+/// Whether a SIMD micro-kernel (AVX-512 or AVX2 + FMA) is used on this machine.
+pub fn simd_available() -> bool {
+    gemm_kernel() != GemmKernel::Portable
+}
+
+/// Whether AVX-512F is present (the Winograd transforms' vector path).
+pub(crate) fn avx512_available() -> bool {
+    gemm_kernel() == GemmKernel::Avx512
 }
 
 /// `C[rows, cols of panels] = epilogue(A[rows, :] B[:, panels])`, row-major, for the rows in
@@ -119,7 +145,7 @@ pub fn gemm_packed(
         return Ok(());
     }
     // SAFETY: `check` verified that every element written lies within `c`.
-    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, simd_available()) };
+    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, gemm_kernel()) };
     Ok(())
 }
 
@@ -150,7 +176,7 @@ pub(crate) unsafe fn gemm_packed_raw(
         return Ok(());
     }
     // SAFETY: the caller guarantees `c` covers `c_len` floats and the block is ours alone.
-    unsafe { gemm_unchecked(a, lda, a_row0, b, c, ldc, rows, panels, e, simd_available()) };
+    unsafe { gemm_unchecked(a, lda, a_row0, b, c, ldc, rows, panels, e, gemm_kernel()) };
     Ok(())
 }
 
@@ -171,7 +197,7 @@ pub fn gemm_packed_portable(
         return Ok(());
     }
     // SAFETY: `check` verified that every element written lies within `c`.
-    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, false) };
+    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, GemmKernel::Portable) };
     Ok(())
 }
 
@@ -231,7 +257,7 @@ unsafe fn gemm_unchecked(
     rows: Range<usize>,
     panels: Range<usize>,
     e: &GemmEpilogue<'_>,
-    simd: bool,
+    kernel: GemmKernel,
 ) {
     let k = b.k;
     // Rows in near-equal micro-tiles of at most MR (49 rows: 10, 10, 10, 10, 9 rather than
@@ -261,7 +287,7 @@ unsafe fn gemm_unchecked(
                 col0: p * NR,
             };
             // SAFETY: forwarded from this function's contract.
-            unsafe { tile.run(c, if last { Some(e) } else { None }, simd) };
+            unsafe { tile.run(c, if last { Some(e) } else { None }, kernel) };
         };
         if rows_outer {
             let mut i = rows.start;
@@ -303,17 +329,18 @@ struct Tile<'a> {
 impl Tile<'_> {
     /// # Safety
     /// `c` covers the tile's `rows x cols` elements at `c_off` (leading dimension `ldc`).
-    unsafe fn run(&self, c: *mut f32, e: Option<&GemmEpilogue<'_>>, simd: bool) {
+    unsafe fn run(&self, c: *mut f32, e: Option<&GemmEpilogue<'_>>, kernel: GemmKernel) {
+        // SAFETY (both SIMD kernels): the kernel's CPU features were detected at run time
+        // (`gemm_kernel`). Every element the kernel reads or writes lies inside the slices, whose
+        // extents `check` verified; lanes past the last column are masked off (masked lanes are
+        // never accessed, and their addresses are formed with `wrapping_add`).
         #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: AVX-512F was detected at run time. Every element the kernel reads or
-            // writes lies inside the slices, whose extents `check` verified; lanes past the
-            // last column are masked off (masked lanes are never accessed, and their addresses
-            // are formed with `wrapping_add`).
-            unsafe { avx512::tile(self, c, e) };
-            return;
+        match kernel {
+            GemmKernel::Avx512 => return unsafe { avx512::tile(self, c, e) },
+            GemmKernel::Avx2Fma => return unsafe { avx2::tile(self, c, e) },
+            GemmKernel::Portable => {}
         }
-        let _ = simd;
+        let _ = kernel;
         // SAFETY: forwarded from this function's contract.
         unsafe { self.portable(c, e) };
     }
@@ -451,12 +478,19 @@ pub(crate) unsafe fn gemm_segments(
         cols,
         col0: panel * NR,
     };
+    // SAFETY (SIMD kernels): their CPU features are present; the segments were checked above to
+    // lie inside their sources and `B`, and the caller guarantees the output tile.
     #[cfg(target_arch = "x86_64")]
-    if simd_available() {
-        // SAFETY: AVX-512F is present; the segments were checked above to lie inside their
-        // sources and `B`, and the caller guarantees the output tile.
-        unsafe { avx512::segments(&seg, c, e) };
-        return Ok(());
+    match gemm_kernel() {
+        GemmKernel::Avx512 => {
+            unsafe { avx512::segments(&seg, c, e) };
+            return Ok(());
+        }
+        GemmKernel::Avx2Fma => {
+            unsafe { avx2::segments(&seg, c, e) };
+            return Ok(());
+        }
+        GemmKernel::Portable => {}
     }
     // SAFETY: as above.
     unsafe { seg.portable(c, e) };
@@ -674,6 +708,206 @@ mod avx512 {
                 ldc: t.ldc,
                 cols: t.cols,
                 col0: t.col0,
+                first: true,
+                e: Some(e),
+            },
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The AVX2 + FMA micro-kernel: each 12 x 32 tile as 6 x 16 sub-tiles (12 accumulators, two
+    //! `B` vectors and a broadcast: 15 of the 16 vector registers), the same `K` order and the
+    //! same epilogue as the AVX-512 kernel, so the same bits.
+
+    use std::arch::x86_64::*;
+
+    use super::{GemmEpilogue, SegTile, Tile};
+
+    /// Rows and columns of a sub-tile.
+    const RB: usize = 6;
+    const CB: usize = 16;
+
+    macro_rules! by_rows {
+        ($rows:expr, $f:ident, $($arg:expr),*) => {
+            match $rows {
+                6 => $f::<6>($($arg),*),
+                5 => $f::<5>($($arg),*),
+                4 => $f::<4>($($arg),*),
+                3 => $f::<3>($($arg),*),
+                2 => $f::<2>($($arg),*),
+                _ => $f::<1>($($arg),*),
+            }
+        };
+    }
+
+    /// The sub-tiles of a `rows x cols` tile: `(first row, rows, first column)`.
+    fn sub_tiles(rows: usize, cols: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        (0..cols.div_ceil(CB)).flat_map(move |h| (0..rows.div_ceil(RB)).map(move |q| (q * RB, RB.min(rows - q * RB), h * CB)))
+    }
+
+    pub(super) unsafe fn tile(t: &Tile<'_>, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
+        for (r0, rows, c0) in sub_tiles(t.rows, t.cols) {
+            by_rows!(rows, kernel, t, c, e, r0, c0)
+        }
+    }
+
+    pub(super) unsafe fn segments(t: &SegTile<'_>, c: *mut f32, e: &GemmEpilogue<'_>) {
+        for (r0, rows, c0) in sub_tiles(t.rows, t.cols) {
+            by_rows!(rows, seg_kernel, t, c, e, r0, c0)
+        }
+    }
+
+    /// Where a sub-tile's outputs go and what happens to them on the way.
+    struct Store<'a, 'e> {
+        c: *mut f32,
+        c_off: usize,
+        ldc: usize,
+        cols: usize,
+        col0: usize,
+        first: bool,
+        e: Option<&'a GemmEpilogue<'e>>,
+    }
+
+    /// Lanes `< n` set.
+    #[inline(always)]
+    unsafe fn lanes(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    }
+
+    /// Eight floats at `p`: a plain load for a full sub-tile, masked (masked-off lanes are not
+    /// accessed) at the right edge. (Masked moves are slow on some cores, AMD Zen 1's
+    /// `vmaskmovps` store above all, so full tiles never use them.)
+    #[inline(always)]
+    unsafe fn load(p: *const f32, full: bool, m: __m256i) -> __m256 {
+        if full {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, m)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn put(p: *mut f32, full: bool, m: __m256i, v: __m256) {
+        if full {
+            _mm256_storeu_ps(p, v)
+        } else {
+            _mm256_maskstore_ps(p, m, v)
+        }
+    }
+
+    /// Columns `col0..col0 + 16` of a per-column vector, or `default` everywhere.
+    #[inline(always)]
+    unsafe fn load2(v: Option<&[f32]>, default: f32, full: bool, m0: __m256i, m1: __m256i, col0: usize) -> (__m256, __m256) {
+        match v {
+            Some(v) => (
+                load(v.as_ptr().wrapping_add(col0), full, m0),
+                load(v.as_ptr().wrapping_add(col0 + 8), full, m1),
+            ),
+            None => (_mm256_set1_ps(default), _mm256_set1_ps(default)),
+        }
+    }
+
+    /// Writes `R` rows of accumulators: adds the old `C` unless `first`, then the epilogue (in
+    /// the AVX-512 kernel's order: scale, bias, residual, ReLU).
+    #[inline(always)]
+    unsafe fn store<const R: usize>(acc0: &[__m256; R], acc1: &[__m256; R], s: &Store<'_, '_>) {
+        let full = s.cols >= 16;
+        let m0 = lanes(s.cols);
+        let m1 = lanes(s.cols.saturating_sub(8));
+        let cp = s.c;
+        let (bias0, bias1) = load2(s.e.and_then(|e| e.bias), 0.0, full, m0, m1, s.col0);
+        let (scale0, scale1) = load2(s.e.and_then(|e| e.scale), 1.0, full, m0, m1, s.col0);
+        let scaled = s.e.is_some_and(|e| e.scale.is_some());
+        let zero = _mm256_setzero_ps();
+        for r in 0..R {
+            let at = s.c_off + r * s.ldc;
+            let (mut v0, mut v1) = (acc0[r], acc1[r]);
+            if !s.first {
+                v0 = _mm256_add_ps(v0, load(cp.wrapping_add(at), full, m0));
+                v1 = _mm256_add_ps(v1, load(cp.wrapping_add(at + 8), full, m1));
+            }
+            if let Some(e) = s.e {
+                if scaled {
+                    v0 = _mm256_mul_ps(v0, scale0);
+                    v1 = _mm256_mul_ps(v1, scale1);
+                }
+                v0 = _mm256_add_ps(v0, bias0);
+                v1 = _mm256_add_ps(v1, bias1);
+                if let Some(res) = e.residual {
+                    v0 = _mm256_add_ps(v0, load(res.as_ptr().wrapping_add(at), full, m0));
+                    v1 = _mm256_add_ps(v1, load(res.as_ptr().wrapping_add(at + 8), full, m1));
+                }
+                if e.relu {
+                    v0 = _mm256_max_ps(v0, zero);
+                    v1 = _mm256_max_ps(v1, zero);
+                }
+            }
+            put(cp.wrapping_add(at), full, m0, v0);
+            put(cp.wrapping_add(at + 8), full, m1, v1);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn kernel<const R: usize>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>, r0: usize, c0: usize) {
+        const { assert!(R <= RB) };
+        let mut acc0 = [_mm256_setzero_ps(); R];
+        let mut acc1 = [_mm256_setzero_ps(); R];
+        let a = t.a.as_ptr().add(r0 * t.lda);
+        let b = t.b.as_ptr().add(c0);
+        for p in 0..t.kc {
+            let b0 = _mm256_loadu_ps(b.add(p * 32));
+            let b1 = _mm256_loadu_ps(b.add(p * 32 + 8));
+            for r in 0..R {
+                let av = _mm256_set1_ps(*a.add(r * t.lda + p));
+                acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+            }
+        }
+        store(
+            &acc0,
+            &acc1,
+            &Store {
+                c: cp,
+                c_off: t.c_off + r0 * t.ldc + c0,
+                ldc: t.ldc,
+                cols: t.cols - c0,
+                col0: t.col0 + c0,
+                first: t.first,
+                e,
+            },
+        );
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn seg_kernel<const R: usize>(t: &SegTile<'_>, cp: *mut f32, e: &GemmEpilogue<'_>, r0: usize, c0: usize) {
+        const { assert!(R <= RB) };
+        let mut acc0 = [_mm256_setzero_ps(); R];
+        let mut acc1 = [_mm256_setzero_ps(); R];
+        for s in t.segs {
+            let lda = s.lda;
+            let a = if s.gathered { t.gathered.as_ptr() } else { t.input.as_ptr() }.add(s.a + r0 * lda);
+            let b = t.b.as_ptr().add(s.b_row * 32 + c0);
+            for p in 0..s.kc {
+                let b0 = _mm256_loadu_ps(b.add(p * 32));
+                let b1 = _mm256_loadu_ps(b.add(p * 32 + 8));
+                for r in 0..R {
+                    let av = _mm256_set1_ps(*a.add(r * lda + p));
+                    acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+                    acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+                }
+            }
+        }
+        store(
+            &acc0,
+            &acc1,
+            &Store {
+                c: cp,
+                c_off: t.c_off + r0 * t.ldc + c0,
+                ldc: t.ldc,
+                cols: t.cols - c0,
+                col0: t.col0 + c0,
                 first: true,
                 e: Some(e),
             },

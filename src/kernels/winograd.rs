@@ -310,7 +310,7 @@ pub fn transform_input(x: &[f32], g: &ConvGeometry, tile: WinogradTile, tiles: R
         ));
     }
     #[cfg(target_arch = "x86_64")]
-    if super::packed_gemm::simd_available() {
+    if super::packed_gemm::avx512_available() {
         // SAFETY: AVX-512F was detected at run time; the body is safe code.
         unsafe { transform_input_avx512(x, g, tile, tiles, v) };
         return Ok(());
@@ -469,7 +469,7 @@ pub unsafe fn transform_output(
         out,
     };
     #[cfg(target_arch = "x86_64")]
-    if super::packed_gemm::simd_available() {
+    if super::packed_gemm::avx512_available() {
         // SAFETY: AVX-512F was detected at run time; the rest is forwarded.
         unsafe { transform_output_avx512(tile, pass) };
         return Ok(());
