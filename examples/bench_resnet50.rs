@@ -1,7 +1,7 @@
 //! Times the seed's full-width ResNet50 on the compiled inference path.
 //!
 //! ```text
-//! cargo run --release --example bench_resnet50 -- [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--no-winograd] [--check DIR]
+//! cargo run --release --example bench_resnet50 -- [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--no-winograd] [--schedule auto|lanes|serial] [--check DIR]
 //! ```
 //!
 //! Random (deterministic, He-scaled) weights unless `--weights` names a Keras HDF5 file.
@@ -17,7 +17,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use convnet::inference::{CompiledModel, InferenceOptions};
+use convnet::inference::{BatchSchedule, CompiledModel, InferenceOptions};
 use convnet::layers::{LayerPath, ParamKind, ParamVisitor};
 use convnet::models::{ResNet, ResNetConfig};
 use convnet::weights::{LoadOptions, WeightFile};
@@ -32,6 +32,7 @@ struct Args {
     profile: bool,
     unfused: bool,
     winograd: bool,
+    schedule: BatchSchedule,
     check: Option<String>,
 }
 
@@ -45,6 +46,7 @@ fn parse() -> Result<Args, String> {
         profile: false,
         unfused: false,
         winograd: true,
+        schedule: BatchSchedule::Auto,
         check: None,
     };
     let mut it = std::env::args().skip(1);
@@ -59,6 +61,14 @@ fn parse() -> Result<Args, String> {
             "--profile" => a.profile = true,
             "--unfused" => a.unfused = true,
             "--no-winograd" => a.winograd = false,
+            "--schedule" => {
+                a.schedule = match it.next().as_deref() {
+                    Some("auto") => BatchSchedule::Auto,
+                    Some("lanes") => BatchSchedule::ImageLanes,
+                    Some("serial") => BatchSchedule::ImageSerial,
+                    _ => return Err("--schedule takes auto, lanes or serial".into()),
+                }
+            }
             "--check" => a.check = Some(it.next().ok_or("--check needs a folder")?),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -114,6 +124,7 @@ fn run(a: Args) -> convnet::Result<()> {
     let options = InferenceOptions {
         threads: a.threads,
         winograd: a.winograd,
+        schedule: a.schedule,
         ..Default::default()
     };
     if let Some(dir) = &a.check {
@@ -204,7 +215,7 @@ fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e}\nusage: bench_resnet50 [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--no-winograd] [--check DIR]");
+            eprintln!("error: {e}\nusage: bench_resnet50 [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--no-winograd] [--schedule auto|lanes|serial] [--check DIR]");
             return ExitCode::from(2);
         }
     };

@@ -263,6 +263,31 @@ fn a_compiled_model_takes_any_input_shape_the_model_allows() {
     );
 }
 
+/// Every batch schedule computes every element in the same order: the same bits, and `Auto`
+/// (which measures the two on the first batches of a size) gives them on every call.
+#[test]
+fn every_batch_schedule_gives_the_same_bits() {
+    use convnet::inference::BatchSchedule;
+    let mut model = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(16)).unwrap();
+    common::randomize(&mut model, 21);
+    let x = tensor(&[3, 224, 224, 3], 5);
+    let run = |schedule: BatchSchedule, calls: usize| {
+        let options = InferenceOptions {
+            threads: 2,
+            schedule,
+            ..InferenceOptions::default()
+        };
+        let mut fast = CompiledModel::for_model(&model, &options).unwrap();
+        (0..calls).map(|_| fast.run(&x).unwrap()).collect::<Vec<_>>()
+    };
+    let lanes = run(BatchSchedule::ImageLanes, 1).remove(0);
+    assert_eq!(run(BatchSchedule::ImageSerial, 1)[0], lanes);
+    for y in run(BatchSchedule::Auto, 6) {
+        assert_eq!(y, lanes);
+    }
+    assert!(common::max_rel_diff(&lanes, &model.forward(&x).unwrap()) <= 1e-4);
+}
+
 /// Builds a random small network from the seed: stacks of every layer type (convolutions of
 /// every padding mode, stride, dilation and group count, BatchNorm, every activation,
 /// padding, pools), residual blocks with and without projections, concatenations and channel
@@ -417,7 +442,7 @@ proptest! {
         let x = tensor(&[batch, h, w, c], seed ^ 7);
         let want = net.forward(&x).unwrap();
         prop_assert_eq!(want.shape(), out_shape.as_slice());
-        let options = InferenceOptions { threads, fold_batch_norm: fold, winograd };
+        let options = InferenceOptions { threads, fold_batch_norm: fold, winograd, ..Default::default() };
         let mut fast = CompiledModel::new(&net, &[h, w, c], &options).unwrap();
         let got = fast.run(&x).unwrap();
         let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));

@@ -54,6 +54,7 @@ fn steady_state_forward_passes_allocate_nothing() {
                 threads,
                 fold_batch_norm: true,
                 winograd: true,
+                ..Default::default()
             },
         )
         .unwrap();

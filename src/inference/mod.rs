@@ -73,6 +73,8 @@ pub struct InferenceOptions {
     /// Compute stride-1 3x3 convolutions by Winograd F(2x2, 3x3)
     /// ([`kernels::winograd`](crate::kernels::winograd)) instead of a direct GEMM.
     pub winograd: bool,
+    /// How a batch is spread over the threads.
+    pub schedule: BatchSchedule,
 }
 
 impl Default for InferenceOptions {
@@ -82,6 +84,7 @@ impl Default for InferenceOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             fold_batch_norm: true,
             winograd: true,
+            schedule: BatchSchedule::Auto,
         }
     }
 }
@@ -125,6 +128,78 @@ struct Plan<'m> {
     /// whole batch, starting from `split_value`, the only value crossing that point.
     split: usize,
     split_value: usize,
+    schedule: BatchSchedule,
+    calibration: Calibration,
+}
+
+/// How a batch of at least as many images as threads runs up to the point where the rest runs
+/// layer by layer over the whole batch (the first point after which every layer's weights
+/// outweigh twice its activations: ResNet50's last stage, whose
+/// weights are then read once per batch). Every schedule computes each output element in the
+/// same order, so all give the same bits.
+///
+/// Measured on ResNet50, batch 8 on 2 threads: lanes were 8% faster than the whole batch layer
+/// by layer on a 2-core AVX-512 machine (136 against 145 ms); on a 2-core AMD Zen 1 machine
+/// (AVX2) two lanes ran each image 30% slower than one core alone (1050 ms for the batch)
+/// while one image at a time on both threads took 105 ms per image. Hence `Auto`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BatchSchedule {
+    /// Measure: the first two batches of a size run as lanes, the next two serially, and the
+    /// faster of the second runs of each is kept for that batch size.
+    #[default]
+    Auto,
+    /// Each thread runs whole images alone on its own single-image buffers (images handed out
+    /// one at a time), keeping an image's activations in its core's cache.
+    ImageLanes,
+    /// One image at a time, every layer split over all the threads.
+    ImageSerial,
+}
+
+/// The timings [`BatchSchedule::Auto`] decides by, per batch size.
+#[derive(Debug, Default)]
+struct Calibration {
+    /// (batch size, runs so far, the second lanes run's time, the second serial run's time)
+    sizes: Vec<(usize, u32, Duration, Duration)>,
+}
+
+impl Calibration {
+    /// Runs per schedule before deciding (the first of each warms caches and allocates).
+    const RUNS: u32 = 2;
+
+    fn choice(&self, batch: usize) -> BatchSchedule {
+        match self.sizes.iter().find(|e| e.0 == batch) {
+            None => BatchSchedule::ImageLanes,
+            Some(&(_, runs, lanes, serial)) => {
+                let measuring_serial = (Self::RUNS..2 * Self::RUNS).contains(&runs);
+                let serial_won = runs >= 2 * Self::RUNS && serial < lanes;
+                if measuring_serial || serial_won {
+                    BatchSchedule::ImageSerial
+                } else {
+                    BatchSchedule::ImageLanes
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, batch: usize, schedule: BatchSchedule, took: Duration) {
+        let i = match self.sizes.iter().position(|e| e.0 == batch) {
+            Some(i) => i,
+            None => {
+                self.sizes.push((batch, 0, Duration::ZERO, Duration::ZERO));
+                self.sizes.len() - 1
+            }
+        };
+        let e = &mut self.sizes[i];
+        if e.1 >= 2 * Self::RUNS {
+            return;
+        }
+        e.1 += 1;
+        match (schedule, e.1) {
+            (BatchSchedule::ImageLanes, Self::RUNS) => e.2 = took,
+            (BatchSchedule::ImageSerial, n) if n == 2 * Self::RUNS => e.3 = took,
+            _ => {}
+        }
+    }
 }
 
 /// A model compiled for fast inference (see the [module docs](self)).
@@ -263,6 +338,8 @@ impl<'m> CompiledModel<'m> {
             lanes: Vec::new(),
             split,
             split_value,
+            schedule: self.options.schedule,
+            calibration: Calibration::default(),
         });
         Ok(self.plans.len() - 1)
     }
@@ -387,14 +464,98 @@ impl Plan<'_> {
         Ok(())
     }
 
+    /// The schedule for a batch of `batch` images: the options' choice, or for
+    /// [`BatchSchedule::Auto`] the one [`Calibration`] measured faster on this machine.
+    fn schedule_for(&self, batch: usize, threads: usize) -> BatchSchedule {
+        match self.schedule {
+            BatchSchedule::Auto if threads == 1 => BatchSchedule::ImageLanes,
+            BatchSchedule::Auto => self.calibration.choice(batch),
+            other => other,
+        }
+    }
+
+    /// Runs `ops[..split]` image by image (see [`BatchSchedule`]), each image's result going to
+    /// `out` (when the split is the end) or to the crossing value's batch buffer.
+    fn run_images(
+        &mut self,
+        pool: &ThreadPool,
+        serial: &ThreadPool,
+        x: &[f32],
+        batch: usize,
+        out: &mut [f32],
+        schedule: BatchSchedule,
+    ) -> Result<()> {
+        self.ensure_lanes(pool.threads())?;
+        let split = self.split;
+        let whole = split == self.program.ops.len();
+        // The batch buffers hold the crossing value, and the serial schedule's threads share the
+        // batch workspaces.
+        self.ensure_batch(batch)?;
+        let per_in = self.program.values[self.program.input].len();
+        let per_out = self.program.values[self.program.output].len();
+        let (ops, values, lanes) = (&self.program.ops, &self.program.values, &self.lanes);
+        let (input_slot, output_slot) = (values[self.program.input].slot, values[self.program.output].slot);
+        // Where each image's result of the image-by-image phase goes: the output, or the
+        // crossing value's batch buffer.
+        let (dst, per_dst, from_slot) = if whole {
+            (exec::SendPtr(out.as_mut_ptr()), per_out, output_slot)
+        } else {
+            let v = &values[self.split_value];
+            (exec::SendPtr(self.buffers[v.slot].as_mut_ptr()), v.len(), v.slot)
+        };
+        let one_image = |image: usize, buffers: &mut [Vec<f32>], ctx: &exec::Ctx<'_>| -> Result<()> {
+            buffers[input_slot][..per_in].copy_from_slice(&x[image * per_in..(image + 1) * per_in]);
+            ops[..split].iter().try_for_each(|op| op.run(ctx, buffers))?;
+            // SAFETY: `dst` holds `batch * per_dst` floats (the output, or a buffer sized for the
+            // batch), and each image's share is written by exactly one thread.
+            let dst = unsafe { std::slice::from_raw_parts_mut(dst.get().add(image * per_dst), per_dst) };
+            dst.copy_from_slice(&buffers[from_slot][..per_dst]);
+            Ok(())
+        };
+        if schedule == BatchSchedule::ImageSerial {
+            let mut lane = lanes[0].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ctx = exec::Ctx {
+                values,
+                batch: 1,
+                pool,
+                workspaces: &self.workspaces,
+            };
+            return (0..batch).try_for_each(|image| one_image(image, &mut lane.buffers, &ctx));
+        }
+        let failed = Mutex::new(None);
+        let next_image = AtomicUsize::new(0);
+        pool.run(&|t| {
+            let mut lane = lanes[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Lane { buffers, workspace } = &mut *lane;
+            let ctx = exec::Ctx {
+                values,
+                batch: 1,
+                pool: serial,
+                workspaces: workspace,
+            };
+            // Images are handed out one at a time, so a core slowed down by a neighbour takes
+            // fewer of them.
+            loop {
+                let image = next_image.fetch_add(1, Ordering::Relaxed);
+                if image >= batch {
+                    break;
+                }
+                if let Err(e) = one_image(image, buffers, &ctx) {
+                    *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    return;
+                }
+            }
+        });
+        failed
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map_or(Ok(()), Err)
+    }
+
     /// Runs a batch into `out`. With `lanes`, a batch of at least as many images as threads runs
-    /// image by image (each thread running whole images alone, which keeps every activation in
-    /// its core's cache) up to the switch point of [`schedule::lane_split`], then layer by
-    /// layer over the whole batch. Measured on ResNet50: one image at a time was faster per
-    /// image than a batch of 8 even on one thread (37 against 41 ms per image, before
-    /// Winograd); switching to the whole batch at the last stage made batch 8 on 2 threads 8%
-    /// faster (145 -> 136 ms, medians of four rounds). Without `lanes` (profiling, taps) every
-    /// op runs over the whole batch, so every value is in the batch buffers afterwards.
+    /// image by image ([`BatchSchedule`]) up to the switch point of [`schedule::lane_split`],
+    /// then layer by layer over the whole batch. Without `lanes` (profiling, taps) every op
+    /// runs over the whole batch, so every value is in the batch buffers afterwards.
     fn run(
         &mut self,
         pool: &ThreadPool,
@@ -437,59 +598,14 @@ impl Plan<'_> {
         }
         let mut first_op = 0;
         if lanes && batch > 1 && batch >= pool.threads() {
-            self.ensure_lanes(pool.threads())?;
-            let split = self.split;
-            let whole = split == self.program.ops.len();
-            if !whole {
-                self.ensure_batch(batch)?;
-            }
-            let (ops, values, lanes) = (&self.program.ops, &self.program.values, &self.lanes);
-            let (input_slot, output_slot) = (values[self.program.input].slot, values[self.program.output].slot);
-            // Where each image's result of the lane phase goes: the output, or the crossing
-            // value's batch buffer.
-            let (dst, per_dst, from_slot) = if whole {
-                (exec::SendPtr(out.as_mut_ptr()), per_out, output_slot)
-            } else {
-                let v = &values[self.split_value];
-                (exec::SendPtr(self.buffers[v.slot].as_mut_ptr()), v.len(), v.slot)
-            };
-            let failed = Mutex::new(None);
-            let next_image = AtomicUsize::new(0);
-            pool.run(&|t| {
-                let mut lane = lanes[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let Lane { buffers, workspace } = &mut *lane;
-                let ctx = exec::Ctx {
-                    values,
-                    batch: 1,
-                    pool: serial,
-                    workspaces: workspace,
-                };
-                // Images are handed out one at a time, so a core slowed down by a neighbour
-                // takes fewer of them.
-                loop {
-                    let image = next_image.fetch_add(1, Ordering::Relaxed);
-                    if image >= batch {
-                        break;
-                    }
-                    buffers[input_slot][..per_in].copy_from_slice(&x[image * per_in..(image + 1) * per_in]);
-                    if let Err(e) = ops[..split].iter().try_for_each(|op| op.run(&ctx, buffers)) {
-                        *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
-                        return;
-                    }
-                    // SAFETY: `dst` holds `batch * per_dst` floats (the output, or a buffer sized
-                    // for the batch), and each image's share is written by exactly one thread.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(dst.get().add(image * per_dst), per_dst) };
-                    dst.copy_from_slice(&buffers[from_slot][..per_dst]);
-                }
-            });
-            failed
-                .into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .map_or(Ok(()), Err)?;
-            if whole {
+            let schedule = self.schedule_for(batch, pool.threads());
+            let start = Instant::now();
+            self.run_images(pool, serial, x, batch, out, schedule)?;
+            self.calibration.record(batch, schedule, start.elapsed());
+            first_op = self.split;
+            if first_op == self.program.ops.len() {
                 return Ok(());
             }
-            first_op = split;
         }
         self.ensure_batch(batch)?;
         if first_op == 0 {

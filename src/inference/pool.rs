@@ -231,6 +231,32 @@ mod tests {
         assert_eq!(wrong.load(Ordering::Relaxed), 0);
     }
 
+    /// What a dispatch costs, against spawning scoped threads per dispatch (the sound
+    /// alternative without a pool): `cargo test --release --lib dispatch_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn dispatch_cost() {
+        let pool = ThreadPool::new(2).unwrap();
+        let n = 20_000;
+        let hits = AtomicUsize::new(0);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            pool.run(&|_| {
+                hits.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        let pooled = t.elapsed().as_secs_f64() / n as f64;
+        let t = std::time::Instant::now();
+        for _ in 0..n / 10 {
+            std::thread::scope(|s| {
+                s.spawn(|| hits.fetch_add(1, Ordering::Relaxed));
+                hits.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        let scoped = t.elapsed().as_secs_f64() / (n / 10) as f64;
+        println!("pool dispatch {:.2} us, scoped spawn {:.2} us", pooled * 1e6, scoped * 1e6);
+    }
+
     #[test]
     fn a_job_that_dispatches_again_runs_the_inner_job_itself() {
         let pool = ThreadPool::new(2).unwrap();

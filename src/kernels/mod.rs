@@ -5,6 +5,7 @@
 //! `K x N` operand with no copy. Every fast kernel has a direct-loop twin in [`reference`](mod@reference)
 //! that the property tests (`tests/kernels_prop.rs`) compare it with.
 
+pub mod backward;
 pub mod conv;
 pub mod gemm;
 pub mod geometry;

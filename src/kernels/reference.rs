@@ -141,3 +141,124 @@ pub fn max_pool2d(input: &[f32], g: &PoolGeometry, output: &mut [f32]) {
 pub fn avg_pool2d(input: &[f32], g: &PoolGeometry, output: &mut [f32]) {
     pool(input, g, output, |t| t.iter().sum::<f32>() / t.len() as f32);
 }
+
+/// The input gradient of [`conv2d`] by direct loops: every output gradient times every kernel
+/// tap, added to the input cell the tap read (padding taps dropped). `grad_in` is overwritten.
+pub fn conv2d_backward_input<T: Float>(grad_out: &[T], g: &ConvGeometry, kernel: &[T], grad_in: &mut [T]) {
+    grad_in.iter_mut().for_each(|v| *v = T::zero());
+    conv_taps(g, |o_at, x_at, w_at| {
+        for o in 0..g.out_channels {
+            for c in 0..g.in_channels {
+                grad_in[x_at + c] = grad_in[x_at + c] + grad_out[o_at + o] * kernel[w_at + c * g.out_channels + o];
+            }
+        }
+    });
+}
+
+/// The kernel gradient of [`conv2d`] by direct loops: every input cell a tap read times the
+/// output gradient, summed over the output pixels. `grad_kernel` (HWIO) is overwritten.
+pub fn conv2d_backward_kernel<T: Float>(input: &[T], g: &ConvGeometry, grad_out: &[T], grad_kernel: &mut [T]) {
+    grad_kernel.iter_mut().for_each(|v| *v = T::zero());
+    conv_taps(g, |o_at, x_at, w_at| {
+        for c in 0..g.in_channels {
+            for o in 0..g.out_channels {
+                let at = w_at + c * g.out_channels + o;
+                grad_kernel[at] = grad_kernel[at] + input[x_at + c] * grad_out[o_at + o];
+            }
+        }
+    });
+}
+
+/// Calls `f(output pixel offset, input pixel offset, kernel tap offset)` for every (output
+/// pixel, tap inside the input) pair of a convolution.
+fn conv_taps(g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize)) {
+    let [ih, iw] = g.in_hw;
+    let [oh, ow] = g.out_hw;
+    let [kh, kw] = g.window.kernel;
+    let (ci, co) = (g.in_channels, g.out_channels);
+    for n in 0..g.batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ky in 0..kh {
+                    let iy = (oy * g.window.stride[0] + ky * g.window.dilation[0]) as isize - g.pad.top as isize;
+                    if iy < 0 || iy >= ih as isize {
+                        continue;
+                    }
+                    for kx in 0..kw {
+                        let ix = (ox * g.window.stride[1] + kx * g.window.dilation[1]) as isize - g.pad.left as isize;
+                        if ix < 0 || ix >= iw as isize {
+                            continue;
+                        }
+                        let o_at = ((n * oh + oy) * ow + ox) * co;
+                        let x_at = ((n * ih + iy as usize) * iw + ix as usize) * ci;
+                        f(o_at, x_at, (ky * kw + kx) * ci * co);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The gradient of [`max_pool2d`] by direct loops: to the first strictly largest cell of each
+/// window (NaN never wins).
+pub fn max_pool2d_backward(input: &[f32], g: &PoolGeometry, grad_out: &[f32], grad_in: &mut [f32]) {
+    grad_in.fill(0.0);
+    let [oh, ow] = g.out_hw;
+    let [ih, iw] = g.in_hw;
+    for n in 0..g.batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for c in 0..g.channels {
+                    let mut best: Option<(f32, usize)> = None;
+                    pool_cells(g, n, oy, ox, |iy, ix| {
+                        let at = ((n * ih + iy) * iw + ix) * g.channels + c;
+                        if input[at] > best.map_or(f32::NEG_INFINITY, |b| b.0) {
+                            best = Some((input[at], at));
+                        }
+                    });
+                    if let Some((_, at)) = best {
+                        grad_in[at] += grad_out[((n * oh + oy) * ow + ox) * g.channels + c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The gradient of [`avg_pool2d`] by direct loops.
+pub fn avg_pool2d_backward(g: &PoolGeometry, grad_out: &[f32], grad_in: &mut [f32]) {
+    grad_in.fill(0.0);
+    let [oh, ow] = g.out_hw;
+    let [ih, iw] = g.in_hw;
+    for n in 0..g.batch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut cells = Vec::new();
+                pool_cells(g, n, oy, ox, |iy, ix| cells.push((iy, ix)));
+                for c in 0..g.channels {
+                    let d = grad_out[((n * oh + oy) * ow + ox) * g.channels + c] / cells.len() as f32;
+                    for &(iy, ix) in &cells {
+                        grad_in[((n * ih + iy) * iw + ix) * g.channels + c] += d;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f(iy, ix)` for the real cells of one pooling window, in row-major order.
+fn pool_cells(g: &PoolGeometry, _n: usize, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+    let [ih, iw] = g.in_hw;
+    for ky in 0..g.window.kernel[0] {
+        let iy = (oy * g.window.stride[0] + ky) as isize - g.pad.top as isize;
+        if iy < 0 || iy >= ih as isize {
+            continue;
+        }
+        for kx in 0..g.window.kernel[1] {
+            let ix = (ox * g.window.stride[1] + kx) as isize - g.pad.left as isize;
+            if ix >= 0 && ix < iw as isize {
+                f(iy as usize, ix as usize);
+            }
+        }
+    }
+}
