@@ -78,6 +78,7 @@ pub mod init;
 pub mod kernels;
 pub mod layers;
 pub mod models;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

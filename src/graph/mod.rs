@@ -31,6 +31,7 @@ mod guard;
 mod op;
 pub mod passes;
 pub mod reference;
+pub mod training;
 
 pub use op::{BatchNormOp, ConvAlgorithm, ConvOp, DenseOp, Op, Param, PoolOp, UnaryFn};
 

@@ -10,7 +10,7 @@ use crate::error::Result;
 ///
 /// Displayed with `/` (`layer1/0/conv1`); [`LayerPath::dotted`] gives torchvision's
 /// `layer1.0.conv1`, and [`LayerPath::leaf`] the last name, which is what Keras files key on.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LayerPath(Vec<String>);
 
 impl LayerPath {
@@ -60,7 +60,7 @@ impl fmt::Display for LayerPath {
 }
 
 /// What a parameter tensor is, and so how a weights file names and lays it out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ParamKind {
     /// A convolution kernel `(kh, kw, in, out)` or a dense kernel `(in, out)`.
     Kernel,
