@@ -6,7 +6,7 @@ mod common;
 
 use convnet::layers::{Layer, LayerPath, ParamKind};
 use convnet::models::{Depth, ResNet, ResNetConfig};
-use convnet::train::{compute_gradients, TrainingMode};
+use convnet::train::{compute_gradients, load_checkpoint, save_checkpoint, Optimizer, Rule, TrainingMode};
 use convnet::weights::{Convention, LoadOptions, WeightFile};
 use ndarray::{s, ArrayD, IxDyn};
 use ndarray_npy::ReadNpyExt;
@@ -170,4 +170,208 @@ fn frozen_layers_get_no_gradients_and_keep_their_statistics() {
         .iter()
         .all(|s| !s.path.to_string().starts_with("layer1/") && s.path.to_string() != "bn1"));
     assert!(step.gradients.input.iter().any(|&v| v != 0.0));
+}
+
+fn expected() -> serde_json::Value {
+    serde_json::from_reader(std::fs::File::open(common::fixture("torch_training/expected.json")).unwrap()).unwrap()
+}
+
+fn rule_of(cfg: &serde_json::Value) -> (Rule, f32) {
+    let f = |k: &str, d: f64| cfg.get(k).and_then(|v| v.as_f64()).unwrap_or(d) as f32;
+    let lr = cfg.get("lr").or_else(|| cfg.get("learning_rate")).and_then(|v| v.as_f64()).unwrap() as f32;
+    let nesterov = cfg.get("nesterov").and_then(|v| v.as_bool()).unwrap_or(false);
+    let rule = match cfg["class"].as_str().unwrap() {
+        "SGD" => Rule::sgd(f("momentum", 0.0), f("weight_decay", 0.0), nesterov),
+        "Adam" => Rule::adam(f("weight_decay", 0.0)),
+        "AdamW" => Rule::adamw(f("weight_decay", 0.0)),
+        other => panic!("{other}"),
+    };
+    (rule, lr)
+}
+
+/// Each optimizer alone, three steps on given gradients (magnitudes 1e-6 to 1), against
+/// PyTorch's and Keras' own results.
+#[test]
+fn optimizers_match_pytorch_and_keras_step_for_step() {
+    let torch = WeightFile::open(common::fixture("torch_training/optim.safetensors")).unwrap();
+    let get = |f: &WeightFile, k: &str| f.get(k).unwrap_or_else(|| panic!("{k}")).data.clone();
+    let run = |rule: Rule, lr: f32, p0: Vec<f32>, gs: [Vec<f32>; 3]| {
+        let mut opt = Optimizer::new(rule);
+        let mut p = p0;
+        for g in gs {
+            opt.advance();
+            opt.update("p", &mut p, &g, lr).unwrap();
+        }
+        p
+    };
+    let mut checked = 0;
+    for (name, cfg) in expected()["optim"].as_object().unwrap() {
+        let (rule, lr) = rule_of(cfg);
+        let got = run(
+            rule,
+            lr,
+            get(&torch, "p0"),
+            [get(&torch, "g1"), get(&torch, "g2"), get(&torch, "g3")],
+        );
+        let want = get(&torch, &format!("{name}.p3"));
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        println!("{name}: {err:e}");
+        assert!(err <= 1e-6, "{name}: {err}");
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+    let keras = WeightFile::open(common::fixture("keras_training/keras_training.safetensors")).unwrap();
+    let kcfg: serde_json::Value =
+        serde_json::from_reader(std::fs::File::open(common::fixture("keras_training/keras_training.json")).unwrap()).unwrap();
+    for (name, cfg) in kcfg["optim"].as_object().unwrap() {
+        let lr = cfg["learning_rate"].as_f64().unwrap() as f32;
+        let rule = match cfg["class"].as_str().unwrap() {
+            "SGD" => Rule::KerasSgd {
+                momentum: cfg["momentum"].as_f64().unwrap() as f32,
+                nesterov: cfg.get("nesterov").and_then(|v| v.as_bool()).unwrap_or(false),
+            },
+            _ => Rule::keras_adam(),
+        };
+        let got = run(
+            rule,
+            lr,
+            get(&keras, "opt.p0"),
+            [get(&keras, "opt.g1"), get(&keras, "opt.g2"), get(&keras, "opt.g3")],
+        );
+        let want = get(&keras, &format!("{name}.p3"));
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        println!("{name}: {err:e}");
+        assert!(err <= 1e-6, "{name}: {err}");
+    }
+}
+
+/// Three training steps on three batches, as PyTorch took them (BatchNorm statistics updated by
+/// each training forward, then the optimizer step).
+fn train(rule: Rule, lr: f32, steps: std::ops::Range<usize>, model: &mut ResNet, opt: &mut Optimizer) -> Vec<f32> {
+    let labels = labels();
+    steps
+        .map(|i| {
+            let step = compute_gradients(model, &batch(i), &labels[8 * i..8 * (i + 1)], 0.0, &TrainingMode::default()).unwrap();
+            step.apply_running_stats(model).unwrap();
+            opt.step(model, &step.gradients, lr).unwrap();
+            let _ = rule;
+            step.loss
+        })
+        .collect()
+}
+
+fn params(model: &dyn Layer) -> Vec<(String, ArrayD<f32>)> {
+    let mut all = Vec::new();
+    model.visit_params(&mut LayerPath::default(), &mut |p, k, v| {
+        all.push((Convention::Torch.key(p, k), v.to_owned()))
+    });
+    all
+}
+
+#[test]
+fn three_sgd_steps_and_three_adamw_steps_match_pytorch() {
+    let e = expected();
+    let (rule, lr) = rule_of(
+        &serde_json::json!({"class": "SGD", "lr": e["sgd"]["lr"], "momentum": e["sgd"]["momentum"],
+        "weight_decay": e["sgd"]["weight_decay"], "nesterov": e["sgd"]["nesterov"]}),
+    );
+    let mut m = model();
+    let mut opt = Optimizer::new(rule);
+    let losses = train(rule, lr, 0..3, &mut m, &mut opt);
+    for (got, want) in losses.iter().zip(e["losses"]["sgd"].as_array().unwrap()) {
+        assert!((got - want.as_f64().unwrap() as f32).abs() <= 1e-4, "sgd loss {got} vs {want}");
+    }
+    let want = WeightFile::open(common::fixture("torch_training/sgd.safetensors")).unwrap();
+    let mut worst = 0.0f32;
+    for (key, v) in params(&m) {
+        let kind = if key.ends_with(".weight") && v.ndim() > 1 {
+            ParamKind::Kernel
+        } else {
+            ParamKind::Bias
+        };
+        let err = common::max_abs_diff(&v, &stored(&want, &key, kind));
+        worst = worst.max(err);
+        assert!(err <= 5e-5, "{key} after 3 SGD steps: {err}");
+    }
+    println!("SGD: every parameter and buffer within {worst:e}");
+    // Eval-mode logits of all 24 images afterwards.
+    let logits = m.forward(&common::npy("torch_training/x_nhwc.npy")).unwrap();
+    let err = common::max_abs_diff(&logits, &common::npy("torch_training/eval_logits.npy"));
+    println!("eval logits {err:e}");
+    assert!(err <= 5e-3, "eval logits {err}");
+
+    let (rule, lr) = (
+        Rule::adamw(e["adamw"]["weight_decay"].as_f64().unwrap() as f32),
+        e["adamw"]["lr"].as_f64().unwrap() as f32,
+    );
+    let mut m = model();
+    let mut opt = Optimizer::new(rule);
+    let losses = train(rule, lr, 0..3, &mut m, &mut opt);
+    for (got, want) in losses.iter().zip(e["losses"]["adamw"].as_array().unwrap()) {
+        let want = want.as_f64().unwrap() as f32;
+        assert!((got - want).abs() <= 1e-4 * want.abs(), "adamw loss {got} vs {want}");
+    }
+}
+
+/// A checkpoint after one step, resumed in a fresh model and optimizer, gives bit for bit the
+/// parameters of an uninterrupted run; a checkpoint of another architecture is refused.
+#[test]
+fn a_resumed_checkpoint_continues_bit_identically() {
+    let rule = Rule::adamw(0.01);
+    let (mut straight, mut opt) = (model(), Optimizer::new(rule));
+    train(rule, 1e-3, 0..3, &mut straight, &mut opt);
+
+    let dir = std::env::temp_dir().join(format!("convnet-ckpt-{}", std::process::id()));
+    let (mut first, mut opt1) = (model(), Optimizer::new(rule));
+    train(rule, 1e-3, 0..1, &mut first, &mut opt1);
+    save_checkpoint(&dir, &first, &opt1).unwrap();
+    let (mut resumed, mut opt2) = (model(), Optimizer::new(rule));
+    // (another starting point, overwritten by the checkpoint)
+    train(rule, 1e-3, 2..3, &mut resumed, &mut opt2);
+    load_checkpoint(&dir, &mut resumed, &mut opt2).unwrap();
+    assert_eq!(opt2.steps(), 1);
+    assert_eq!(opt2, opt1);
+    train(rule, 1e-3, 1..3, &mut resumed, &mut opt2);
+    assert_eq!(params(&resumed), params(&straight));
+    assert_eq!(opt2, opt);
+
+    // Another architecture: the weights do not load, nothing changes.
+    let mut other = ResNet::new(ResNetConfig::torchvision(Depth::R18).with_width_divisor(16).with_classes(10)).unwrap();
+    let before = params(&other);
+    let mut o = Optimizer::new(rule);
+    assert!(load_checkpoint(&dir, &mut other, &mut o).is_err());
+    assert_eq!(params(&other), before);
+    // The same architecture with another optimizer rule.
+    let mut sgd = Optimizer::new(Rule::sgd(0.9, 0.0, false));
+    assert!(matches!(
+        load_checkpoint(&dir, &mut model(), &mut sgd),
+        Err(convnet::Error::Config { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An optimizer given a gradient for a parameter the model does not have.
+#[test]
+fn an_unknown_parameter_path_is_refused() {
+    let mut m = model();
+    let mut step = compute_gradients(&m, &batch(0), &labels()[..8], 0.0, &TrainingMode::default()).unwrap();
+    let g = step.gradients.params[&(LayerPath::new(["fc"]), ParamKind::Bias)].clone();
+    step.gradients.params.insert((LayerPath::new(["head"]), ParamKind::Bias), g);
+    let before = params(&m);
+    let e = Optimizer::new(Rule::sgd(0.0, 0.0, false))
+        .step(&mut m, &step.gradients, 0.1)
+        .unwrap_err();
+    assert!(e.to_string().contains("head:bias"), "{e}");
+    assert_eq!(params(&m), before);
+    // Gradient clipping by global norm.
+    let norm = convnet::train::clip_global_norm(&mut step.gradients, 0.5);
+    let after: f32 = step
+        .gradients
+        .params
+        .values()
+        .flat_map(|g| g.iter())
+        .map(|v| v * v)
+        .sum::<f32>()
+        .sqrt();
+    assert!(norm > 0.5 && (after - 0.5).abs() < 1e-4, "{norm} -> {after}");
 }

@@ -17,8 +17,10 @@
 //! ```
 
 pub mod loss;
+pub mod optim;
 
 pub use crate::graph::training::{Gradients, RunningStats, TrainingMode};
+pub use optim::{clip_global_norm, LrSchedule, Optimizer, Rule};
 
 use ndarray::ArrayViewMutD;
 
@@ -110,4 +112,72 @@ impl Step {
         }
         Ok(())
     }
+}
+
+/// Saves a training checkpoint in the folder `dir` (created if absent): the model's parameters
+/// and BatchNorm statistics as `model.safetensors` (the weights writer, PyTorch's naming, so any
+/// model's paths are unique), and the optimizer's state with its rule and step count as
+/// `optimizer.safetensors`. [`load_checkpoint`] resumes from it with identical results.
+pub fn save_checkpoint(dir: impl AsRef<std::path::Path>, model: &dyn Layer, optimizer: &Optimizer) -> Result<()> {
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+    crate::weights::save_safetensors(model, dir.join("model.safetensors"), crate::weights::Convention::Torch)?;
+    let (tensors, meta) = optimizer.to_parts();
+    let bytes: Vec<(String, Vec<u8>, usize)> = tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.len()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, b, n)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*n], b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| Error::config("checkpoint", e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, Some(meta.into_iter().collect())).map_err(|e| Error::config("checkpoint", e.to_string()))?;
+    let path = dir.join("optimizer.safetensors");
+    std::fs::write(&path, data).map_err(|e| Error::io(path.display(), e))
+}
+
+/// Restores a checkpoint written by [`save_checkpoint`] into `model` (strictly: a checkpoint of
+/// another architecture is an error and changes nothing) and `optimizer` (which must have the
+/// same rule; its state must name only parameters the model has).
+pub fn load_checkpoint(dir: impl AsRef<std::path::Path>, model: &mut dyn Layer, optimizer: &mut Optimizer) -> Result<()> {
+    let dir = dir.as_ref();
+    let weights = crate::weights::WeightFile::open(dir.join("model.safetensors"))?;
+    let path = dir.join("optimizer.safetensors");
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
+    let bad = |reason: String| Error::Format {
+        format: "optimizer state",
+        path: path.display().to_string(),
+        reason,
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta: std::collections::BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let mut known = std::collections::BTreeSet::new();
+    model.visit_params(&mut LayerPath::default(), &mut |p, k, v| {
+        known.insert((Optimizer::key(p, k), v.len()));
+    });
+    let mut tensors = std::collections::BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(bad(format!("{name} is not float32")));
+        }
+        let data = crate::weights::floats_from_le(view.data(), "f32", &path.display().to_string(), &name)?;
+        let key = name.rsplit_once('.').map_or(name.as_str(), |(k, _)| k);
+        if !known.contains(&(key.to_string(), data.len())) {
+            return Err(Error::config(
+                "checkpoint",
+                format!("the optimizer state has {name} ({} values), which this model has no parameter for: a checkpoint of another architecture", data.len()),
+            ));
+        }
+        tensors.insert(name, data);
+    }
+    let mut restored = optimizer.clone();
+    restored.restore(tensors, &meta)?;
+    weights.load_into(model, &crate::weights::LoadOptions::strict())?;
+    *optimizer = restored;
+    Ok(())
 }
