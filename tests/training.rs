@@ -247,14 +247,13 @@ fn optimizers_match_pytorch_and_keras_step_for_step() {
 
 /// Three training steps on three batches, as PyTorch took them (BatchNorm statistics updated by
 /// each training forward, then the optimizer step).
-fn train(rule: Rule, lr: f32, steps: std::ops::Range<usize>, model: &mut ResNet, opt: &mut Optimizer) -> Vec<f32> {
+fn train(lr: f32, steps: std::ops::Range<usize>, model: &mut ResNet, opt: &mut Optimizer) -> Vec<f32> {
     let labels = labels();
     steps
         .map(|i| {
             let step = compute_gradients(model, &batch(i), &labels[8 * i..8 * (i + 1)], 0.0, &TrainingMode::default()).unwrap();
             step.apply_running_stats(model).unwrap();
             opt.step(model, &step.gradients, lr).unwrap();
-            let _ = rule;
             step.loss
         })
         .collect()
@@ -277,7 +276,7 @@ fn three_sgd_steps_and_three_adamw_steps_match_pytorch() {
     );
     let mut m = model();
     let mut opt = Optimizer::new(rule);
-    let losses = train(rule, lr, 0..3, &mut m, &mut opt);
+    let losses = train(lr, 0..3, &mut m, &mut opt);
     for (got, want) in losses.iter().zip(e["losses"]["sgd"].as_array().unwrap()) {
         assert!((got - want.as_f64().unwrap() as f32).abs() <= 1e-4, "sgd loss {got} vs {want}");
     }
@@ -306,7 +305,7 @@ fn three_sgd_steps_and_three_adamw_steps_match_pytorch() {
     );
     let mut m = model();
     let mut opt = Optimizer::new(rule);
-    let losses = train(rule, lr, 0..3, &mut m, &mut opt);
+    let losses = train(lr, 0..3, &mut m, &mut opt);
     for (got, want) in losses.iter().zip(e["losses"]["adamw"].as_array().unwrap()) {
         let want = want.as_f64().unwrap() as f32;
         assert!((got - want).abs() <= 1e-4 * want.abs(), "adamw loss {got} vs {want}");
@@ -319,19 +318,19 @@ fn three_sgd_steps_and_three_adamw_steps_match_pytorch() {
 fn a_resumed_checkpoint_continues_bit_identically() {
     let rule = Rule::adamw(0.01);
     let (mut straight, mut opt) = (model(), Optimizer::new(rule));
-    train(rule, 1e-3, 0..3, &mut straight, &mut opt);
+    train(1e-3, 0..3, &mut straight, &mut opt);
 
     let dir = std::env::temp_dir().join(format!("convnet-ckpt-{}", std::process::id()));
     let (mut first, mut opt1) = (model(), Optimizer::new(rule));
-    train(rule, 1e-3, 0..1, &mut first, &mut opt1);
+    train(1e-3, 0..1, &mut first, &mut opt1);
     save_checkpoint(&dir, &first, &opt1).unwrap();
     let (mut resumed, mut opt2) = (model(), Optimizer::new(rule));
     // (another starting point, overwritten by the checkpoint)
-    train(rule, 1e-3, 2..3, &mut resumed, &mut opt2);
+    train(1e-3, 2..3, &mut resumed, &mut opt2);
     load_checkpoint(&dir, &mut resumed, &mut opt2).unwrap();
     assert_eq!(opt2.steps(), 1);
     assert_eq!(opt2, opt1);
-    train(rule, 1e-3, 1..3, &mut resumed, &mut opt2);
+    train(1e-3, 1..3, &mut resumed, &mut opt2);
     assert_eq!(params(&resumed), params(&straight));
     assert_eq!(opt2, opt);
 
@@ -374,4 +373,115 @@ fn an_unknown_parameter_path_is_refused() {
         .sum::<f32>()
         .sqrt();
     assert!(norm > 0.5 && (after - 0.5).abs() < 1e-4, "{norm} -> {after}");
+}
+
+/// Keras' BatchNormalization(momentum=0.99, epsilon=1e-3) called with training=True: output,
+/// gradients of sum(y * w), moving statistics after.
+#[test]
+fn keras_batch_norm_training_matches_keras() {
+    use convnet::graph::{training, Graph};
+    use convnet::layers::{BatchNorm, Sequential};
+    let f = WeightFile::open(common::fixture("keras_training/keras_training.safetensors")).unwrap();
+    let t = |k: &str| stored(&f, k, ParamKind::Bias);
+    let v = |k: &str| t(k).into_dimensionality::<ndarray::Ix1>().unwrap();
+    let bn = BatchNorm::with_weights(1e-3, v("bn.gamma"), v("bn.beta"), v("bn.moving_mean"), v("bn.moving_variance")).unwrap();
+    let mut net = Sequential::new().with("bn", bn).unwrap();
+    let x = t("bn.x");
+    let graph = Graph::lower(&net, &x.shape()[1..]).unwrap();
+    let pass = training::forward(&graph, &x, &TrainingMode::keras_momentum(0.99)).unwrap();
+    let errs = [common::max_abs_diff(pass.output(), &t("bn.y")), {
+        let g = pass.backward(&t("bn.w")).unwrap();
+        let e = common::max_abs_diff(&g.input, &t("bn.grad_x"));
+        let eg = common::max_abs_diff(&g.params[&(LayerPath::new(["bn"]), ParamKind::Gamma)], &t("bn.grad_gamma"));
+        let eb = common::max_abs_diff(&g.params[&(LayerPath::new(["bn"]), ParamKind::Beta)], &t("bn.grad_beta"));
+        e.max(eg).max(eb)
+    }];
+    let stats = pass.running_stats_update();
+    drop(pass);
+    let step = convnet::train::Step {
+        loss: 0.0,
+        output: t("bn.y"),
+        gradients: convnet::train::Gradients {
+            params: Default::default(),
+            input: x.clone(),
+        },
+        running_stats: stats,
+    };
+    step.apply_running_stats(&mut net).unwrap();
+    let mut moving = 0.0f32;
+    net.visit_params(&mut LayerPath::default(), &mut |_, k, val| {
+        let key = match k {
+            ParamKind::MovingMean => "bn.moving_mean_after",
+            ParamKind::MovingVariance => "bn.moving_variance_after",
+            _ => return,
+        };
+        moving = moving.max(common::max_abs_diff(&val.to_owned(), &t(key)));
+    });
+    println!(
+        "Keras BatchNorm: output {:e}, gradients {:e}, moving statistics {moving:e}",
+        errs[0], errs[1]
+    );
+    assert!(errs[0] <= 1e-5 && errs[1] <= 1e-5 && moving <= 1e-5, "{errs:?} {moving}");
+}
+
+/// The seed's Keras ResNet50 (1/8 width, from its `.h5`) fine-tuned as users fine-tune it: the
+/// backbone frozen, a new 5-class head (softmax, as `fc1000`), a few SGD steps on the fixture
+/// images. The loss falls, the frozen weights and statistics stay bit-identical, and the
+/// checkpoint reloads into the same architecture with identical outputs.
+#[test]
+fn the_seed_resnet50_fine_tunes_a_new_head_with_a_frozen_backbone() {
+    use convnet::init::{initialize, InitScheme};
+    let cfg = ResNetConfig::keras_resnet50().with_width_divisor(8).with_classes(5);
+    let mut m = ResNet::new(cfg.clone()).unwrap();
+    initialize(&mut m, &InitScheme::keras(), 3).unwrap();
+    let report = WeightFile::open(common::fixture("keras_resnet50_w8/resnet50.h5"))
+        .unwrap()
+        .load_into(&mut m, &LoadOptions::lenient())
+        .unwrap();
+    assert_eq!(report.mismatched.len(), 2, "only fc1000 (1000 -> 5 classes) differs: {report}");
+    let images = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"];
+    let x = ndarray::concatenate(
+        ndarray::Axis(0),
+        &images
+            .iter()
+            .map(|i| common::npy(&format!("keras_resnet50_w8/input_{i}.npy")))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|a| a.view())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let labels = [0, 1, 2, 3];
+    let frozen: Vec<String> = m.network().iter().map(|(n, _)| n.to_string()).filter(|n| n != "fc1000").collect();
+    let mode = TrainingMode {
+        frozen,
+        ..TrainingMode::keras_momentum(0.99)
+    };
+    let before: Vec<_> = params(&m).into_iter().filter(|(k, _)| !k.starts_with("fc1000")).collect();
+    let mut opt = Optimizer::new(Rule::KerasSgd {
+        momentum: 0.9,
+        nesterov: false,
+    });
+    let mut losses = Vec::new();
+    for _ in 0..6 {
+        let step = compute_gradients(&m, &x, &labels, 0.0, &mode).unwrap();
+        assert!(step.running_stats.is_empty(), "frozen BatchNorms run in inference mode");
+        assert_eq!(step.gradients.params.len(), 2, "only the head learns");
+        opt.step(&mut m, &step.gradients, 0.002).unwrap();
+        losses.push(step.loss);
+    }
+    println!("fine-tuning losses {losses:?}");
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "{losses:?}");
+    let after: Vec<_> = params(&m).into_iter().filter(|(k, _)| !k.starts_with("fc1000")).collect();
+    assert_eq!(before, after, "the frozen backbone is bit-identical");
+    let dir = std::env::temp_dir().join(format!("convnet-finetune-{}", std::process::id()));
+    save_checkpoint(&dir, &m, &opt).unwrap();
+    let mut copy = ResNet::new(cfg).unwrap();
+    let mut opt2 = Optimizer::new(Rule::KerasSgd {
+        momentum: 0.9,
+        nesterov: false,
+    });
+    load_checkpoint(&dir, &mut copy, &mut opt2).unwrap();
+    assert_eq!(copy.forward(&x).unwrap(), m.forward(&x).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -10,6 +10,9 @@ use super::Gradients;
 use crate::error::{Error, Result};
 use crate::layers::{Layer, LayerPath, ParamKind, ParamVisitor, Tensor};
 
+/// Named flat tensors (an optimizer state's parts).
+pub(crate) type NamedVectors = Vec<(String, Vec<f32>)>;
+
 /// Which update rule, with its hyper-parameters (the learning rate is given per step).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Rule {
@@ -329,7 +332,7 @@ impl Optimizer {
 
     /// The state as tensors (`KEY.first`, `KEY.second`) with the rule and step count as
     /// metadata, for a checkpoint beside the model's weights.
-    pub(crate) fn to_parts(&self) -> (Vec<(String, Vec<f32>)>, BTreeMap<String, String>) {
+    pub(crate) fn to_parts(&self) -> (NamedVectors, BTreeMap<String, String>) {
         let mut tensors = Vec::new();
         for (k, s) in &self.state {
             if !s.first.is_empty() {
