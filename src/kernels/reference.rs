@@ -22,39 +22,7 @@ pub fn gemm<T: Float>(m: usize, k: usize, n: usize, a: &[T], b: &[T], c: &mut [T
 /// Direct NHWC convolution with an HWIO kernel: for every output element, a sum over the
 /// window taps that fall inside the input (padding taps contribute zero), plus the bias.
 pub fn conv2d<T: Float>(input: &[T], g: &ConvGeometry, kernel: &[T], bias: Option<&[T]>, output: &mut [T]) {
-    let [ih, iw] = g.in_hw;
-    let [oh, ow] = g.out_hw;
-    let [kh, kw] = g.window.kernel;
-    let [sh, sw] = g.window.stride;
-    let [dh, dw] = g.window.dilation;
-    let (ci, co) = (g.in_channels, g.out_channels);
-    for n in 0..g.batch {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for o in 0..co {
-                    let mut acc = bias.map_or(T::zero(), |b| b[o]);
-                    for ky in 0..kh {
-                        let iy = (oy * sh + ky * dh) as isize - g.pad.top as isize;
-                        if iy < 0 || iy >= ih as isize {
-                            continue;
-                        }
-                        for kx in 0..kw {
-                            let ix = (ox * sw + kx * dw) as isize - g.pad.left as isize;
-                            if ix < 0 || ix >= iw as isize {
-                                continue;
-                            }
-                            for c in 0..ci {
-                                let x = input[((n * ih + iy as usize) * iw + ix as usize) * ci + c];
-                                let w = kernel[((ky * kw + kx) * ci + c) * co + o];
-                                acc = acc + x * w;
-                            }
-                        }
-                    }
-                    output[((n * oh + oy) * ow + ox) * co + o] = acc;
-                }
-            }
-        }
-    }
+    conv2d_grouped(input, g, 1, kernel, bias, output);
 }
 
 /// Direct grouped NHWC convolution: `g` is one group's geometry, the input has
