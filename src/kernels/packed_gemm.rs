@@ -101,18 +101,53 @@ pub enum GemmKernel {
     Portable,
 }
 
-/// The micro-kernel this machine runs (detected at run time; the detection is cached).
-pub fn gemm_kernel() -> GemmKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return GemmKernel::Avx512;
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return GemmKernel::Avx2Fma;
+impl GemmKernel {
+    /// Whether this machine can run the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            GemmKernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Avx2Fma => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
         }
     }
-    GemmKernel::Portable
+
+    /// Every kernel this machine can run, fastest first.
+    pub fn available() -> Vec<GemmKernel> {
+        [GemmKernel::Avx512, GemmKernel::Avx2Fma, GemmKernel::Portable]
+            .into_iter()
+            .filter(|k| k.is_available())
+            .collect()
+    }
+
+    /// The name `CONVNET_GEMM_KERNEL` takes: `avx512`, `avx2`, `portable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmKernel::Avx512 => "avx512",
+            GemmKernel::Avx2Fma => "avx2",
+            GemmKernel::Portable => "portable",
+        }
+    }
+}
+
+/// The micro-kernel the fast executor runs: the fastest this machine has, or the one the
+/// environment variable `CONVNET_GEMM_KERNEL` names (`avx512`, `avx2` or `portable`) when the
+/// machine has it, so tests and benchmarks can exercise a slower path on a faster machine. An
+/// unknown or unavailable name is ignored (a kernel the CPU lacks is never run). Read once.
+pub fn gemm_kernel() -> GemmKernel {
+    static CHOSEN: std::sync::OnceLock<GemmKernel> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let forced = std::env::var("CONVNET_GEMM_KERNEL").ok();
+        let available = GemmKernel::available();
+        let fastest = available.first().copied().unwrap_or(GemmKernel::Portable);
+        available
+            .into_iter()
+            .find(|k| forced.as_deref() == Some(k.name()))
+            .unwrap_or(fastest)
+    })
 }
 
 /// Whether a SIMD micro-kernel (AVX-512 or AVX2 + FMA) is used on this machine.
@@ -192,12 +227,36 @@ pub fn gemm_packed_portable(
     panels: Range<usize>,
     e: &GemmEpilogue<'_>,
 ) -> Result<()> {
+    gemm_packed_with(GemmKernel::Portable, a, lda, b, c, ldc, rows, panels, e)
+}
+
+/// [`gemm_packed`] on the given micro-kernel (for tests and comparisons of every kernel the
+/// machine has); a kernel this machine cannot run is an [`Error::Config`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed_with(
+    kernel: GemmKernel,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    rows: Range<usize>,
+    panels: Range<usize>,
+    e: &GemmEpilogue<'_>,
+) -> Result<()> {
+    if !kernel.is_available() {
+        return Err(Error::config(
+            "gemm_packed",
+            format!("this machine cannot run the {kernel:?} kernel"),
+        ));
+    }
     check(a, lda, 0, b, c.len(), ldc, &rows, &panels, e)?;
     if rows.is_empty() || panels.is_empty() {
         return Ok(());
     }
-    // SAFETY: `check` verified that every element written lies within `c`.
-    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, GemmKernel::Portable) };
+    // SAFETY: `check` verified that every element written lies within `c`; the kernel's CPU
+    // features were checked above.
+    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, kernel) };
     Ok(())
 }
 
