@@ -43,19 +43,27 @@
 //!
 //! ## Modules
 //!
-//! - [`kernels`]: GEMM wrapper, im2col, the convolution driver, pooling, and their
-//!   direct-loop [`kernels::reference`] twins. Slices in, slices out; no layer types.
+//! - [`kernels`]: GEMM wrapper, im2col, the convolution driver, pooling, their gradients, and
+//!   their direct-loop [`kernels::reference`] twins. Slices in, slices out; no layer types.
 //! - [`layers`]: the [`layers::Layer`] trait and the layers, [`layers::Sequential`],
 //!   [`layers::Residual`], Keras-style summaries.
 //! - [`models`]: [`models::ResNet`] from [`models::Bottleneck`] / [`models::BasicBlock`]
 //!   builders, with presets for the seed's Keras ResNet50, the later Keras layouts and
 //!   torchvision's ResNet18-152.
 //! - [`weights`]: Keras HDF5 and PyTorch `.safetensors` / `.pth` files, loaded by name with a
-//!   report of what was applied, missing, unused or mis-shaped.
+//!   report of what was applied, missing, unused, mis-shaped or ambiguous; any model saved back
+//!   to `.safetensors`.
 //! - [`imagenet`]: the 1000 classes, `decode_predictions`, and Keras' and torchvision's image
 //!   pipelines (Pillow-exact resizing).
-//! - [`inference`]: a model compiled for speed: BatchNorm folded, bias/residual/ReLU fused into
-//!   an AVX-512 GEMM's output pass, convolutions without im2col, buffers planned once, threads.
+//! - [`graph`]: the one lowered representation every model runs as: typed ops over values, the
+//!   reference executor ([`Layer::forward`](layers::Layer::forward)), the rewriting passes, and
+//!   the training-mode forward and backward of every op.
+//! - [`inference`]: the fast executor: BatchNorm folded, bias/residual/ReLU fused into the GEMM's
+//!   output pass (AVX-512, AVX2 + FMA or portable micro-kernels), Winograd, convolutions without
+//!   im2col, buffers planned once per input shape, threads.
+//! - [`train`]: gradients by layer path, softmax cross-entropy, PyTorch's and Keras' optimizers,
+//!   learning-rate schedules, checkpoints.
+//! - [`init`]: seeded He / Glorot / PyTorch-default initialisers.
 //! - `download` (feature `download`): md5-verified, atomic downloads into a cache.
 //! - [`error`]: the one [`Error`] type; bad input is a typed error, never a panic.
 //!
