@@ -43,30 +43,24 @@ fn parse_args() -> Result<Args, String> {
         summary: true,
         width_divisor: 1,
     };
-    let mut it = std::env::args().skip(1);
+    // Paths may be any bytes the OS allows (not only UTF-8); options are ASCII.
+    let mut it = std::env::args_os().skip(1);
+    let number = |v: Option<std::ffi::OsString>, what: &str| {
+        v.and_then(|v| v.to_str().and_then(|s| s.parse().ok()))
+            .filter(|&n: &usize| n > 0)
+            .ok_or(format!("{what} needs a positive number"))
+    };
     while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--weights" => a.weights = Some(it.next().ok_or("--weights needs a file")?.into()),
-            "--top" => {
-                a.top = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or("--top needs a positive number")?
-            }
-            "--width-divisor" => {
-                a.width_divisor = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or("--width-divisor needs a positive number")?
-            }
-            "--json" => a.json = true,
-            "--no-summary" => a.summary = false,
-            "-h" | "--help" => return Err(String::new()),
-            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
-            s if a.image.is_none() => a.image = Some(s.into()),
-            s => return Err(format!("unexpected argument {s}")),
+        match arg.to_str() {
+            Some("--weights") => a.weights = Some(it.next().ok_or("--weights needs a file")?.into()),
+            Some("--top") => a.top = number(it.next(), "--top")?,
+            Some("--width-divisor") => a.width_divisor = number(it.next(), "--width-divisor")?,
+            Some("--json") => a.json = true,
+            Some("--no-summary") => a.summary = false,
+            Some("-h" | "--help") => return Err(String::new()),
+            Some(s) if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            _ if a.image.is_none() => a.image = Some(arg.into()),
+            _ => return Err(format!("unexpected argument {}", arg.to_string_lossy())),
         }
     }
     Ok(a)

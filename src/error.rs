@@ -83,6 +83,16 @@ pub enum Error {
         /// How many elements are NaN or infinite.
         count: usize,
     },
+    /// A forward pass produced NaN or infinity from a finite input (weights holding such values,
+    /// or arithmetic that overflowed).
+    #[error("the forward pass produced {count} non-finite values (NaN or infinity) in its output from a finite input; {origin}")]
+    NonFiniteOutput {
+        /// How many output elements are NaN or infinite.
+        count: usize,
+        /// Where they first appeared (`they first appear in the output of res2a/res2a_branch2a`),
+        /// or how to find out.
+        origin: String,
+    },
     /// A tensor in the file has a different shape than the layer it was matched to.
     #[error(
         "{layer} ({kind}): expected shape {}, found {} in tensor {key}",

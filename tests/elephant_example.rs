@@ -107,3 +107,25 @@ fn bad_input_fails_cleanly_with_a_message() {
     let out = run(&["--top", "zero"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A file name that is not UTF-8 is a path like any other: read (here: it does not exist, so
+/// a clear error and exit status 1), never a panic.
+#[cfg(unix)]
+#[test]
+fn a_non_utf8_image_path_is_an_error_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let weights = common::fixture("keras_resnet50_w8/resnet50_keras1.h5");
+    let out = Command::new(example())
+        .arg(std::ffi::OsStr::from_bytes(b"/nonexistent/\xff\xfe.png"))
+        .arg("--weights")
+        .arg(&weights)
+        .args(["--width-divisor", "8", "--no-summary", "--json"])
+        .env("CONVNET_CACHE", std::env::temp_dir().join("convnet-example-test-cache"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no (invalid) JSON on stdout");
+}

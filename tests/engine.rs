@@ -440,10 +440,19 @@ proptest! {
         common::randomize(&mut net, seed as u32);
         let Ok(out_shape) = net.output_shape(&[batch, h, w, c]) else { return Ok(()) };
         let x = tensor(&[batch, h, w, c], seed ^ 7);
-        let want = net.forward(&x).unwrap();
-        prop_assert_eq!(want.shape(), out_shape.as_slice());
         let options = InferenceOptions { threads, fold_batch_norm: fold, winograd, ..Default::default() };
         let mut fast = CompiledModel::new(&net, &[h, w, c], &options).unwrap();
+        let want = match net.forward(&x) {
+            Ok(y) => y,
+            // (Stacked signed squares can overflow: then both executors say so.)
+            Err(Error::NonFiniteOutput { .. }) => {
+                let overflowed = matches!(fast.run(&x), Err(Error::NonFiniteOutput { .. }));
+                prop_assert!(overflowed, "the fast executor must report the overflow too");
+                return Ok(());
+            }
+            Err(e) => panic!("{e}"),
+        };
+        prop_assert_eq!(want.shape(), out_shape.as_slice());
         let got = fast.run(&x).unwrap();
         let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         let err = common::max_abs_diff(&got, &want);
@@ -452,4 +461,37 @@ proptest! {
         let mut one = CompiledModel::new(&net, &[h, w, c], &InferenceOptions { threads: 1, ..options }).unwrap();
         prop_assert_eq!(one.run(&x).unwrap(), got);
     }
+}
+
+/// A finite input whose output is not (here an infinite dense weight) is a typed error on both
+/// executors, never NaN or infinity handed back; the reference executor names the layer.
+#[test]
+fn a_non_finite_output_is_an_error_naming_its_first_layer() {
+    let mut net = Sequential::new();
+    net.push("conv", Conv2d::new(Conv2dConfig::new(2, 3, [1, 1])).unwrap())
+        .unwrap()
+        .push("pool", GlobalAvgPool)
+        .unwrap()
+        .push("fc", Dense::new(3, 2, Some(Activation::Softmax)).unwrap())
+        .unwrap();
+    common::randomize(&mut net, 4);
+    let x = tensor(&[2, 3, 3, 2], 9);
+    assert!(net.forward(&x).is_ok());
+    struct Huge;
+    impl ParamVisitor for Huge {
+        fn visit(&mut self, path: &LayerPath, kind: ParamKind, mut v: ndarray::ArrayViewMutD<'_, f32>) -> convnet::Result<()> {
+            if path.to_string() == "fc" && kind == ParamKind::Kernel {
+                v.fill(f32::INFINITY);
+            }
+            Ok(())
+        }
+    }
+    net.visit_params_mut(&mut LayerPath::default(), &mut Huge).unwrap();
+    let e = net.forward(&x).unwrap_err();
+    assert!(
+        matches!(e, Error::NonFiniteOutput { .. }) && e.to_string().contains("output of fc"),
+        "{e}"
+    );
+    let e = CompiledModel::new(&net, &[3, 3, 2], &opts(2)).unwrap().run(&x).unwrap_err();
+    assert!(matches!(e, Error::NonFiniteOutput { .. }), "{e}");
 }

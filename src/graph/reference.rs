@@ -4,7 +4,8 @@
 //! fast executor is tested against it.
 //!
 //! Inputs holding NaN or infinity are refused ([`Error::NonFinite`]), as by every entry point
-//! of the crate; values computed inside the graph are not checked.
+//! of the crate; an output holding them (from a finite input) is [`Error::NonFiniteOutput`],
+//! naming the first node whose output held any.
 
 use ndarray::{s, ArrayD, Axis, Ix2, IxDyn};
 
@@ -37,6 +38,8 @@ pub fn run_with_taps(graph: &Graph<'_>, x: &Tensor, taps: &[ValueId]) -> Result<
     }
     let mut values: Vec<Option<Tensor>> = vec![None; n];
     let input = graph.input();
+    // The first node whose output held NaN or infinity, for the error if the output does.
+    let mut first_bad: Option<String> = None;
     for (i, node) in graph.nodes().iter().enumerate() {
         let inputs: Vec<&Tensor> = node
             .inputs
@@ -55,6 +58,9 @@ pub fn run_with_taps(graph: &Graph<'_>, x: &Tensor, taps: &[ValueId]) -> Result<
                 format!("{}", ShapeFmt(y.shape())),
             ));
         }
+        if first_bad.is_none() && y.iter().any(|v| !v.is_finite()) {
+            first_bad = Some(node.name());
+        }
         values[node.output.0] = Some(y);
         for v in &node.inputs {
             if last_use[v.0] == i {
@@ -70,7 +76,15 @@ pub fn run_with_taps(graph: &Graph<'_>, x: &Tensor, taps: &[ValueId]) -> Result<
         }
     };
     let tapped = taps.iter().map(|&v| take(v, &values)).collect();
-    Ok((take(graph.output(), &values), tapped))
+    let y = take(graph.output(), &values);
+    let count = y.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(Error::NonFiniteOutput {
+            count,
+            origin: format!("they first appear in the output of {}", first_bad.as_deref().unwrap_or("the input")),
+        });
+    }
+    Ok((y, tapped))
 }
 
 fn batched(batch: usize, shape: &[usize]) -> Vec<usize> {

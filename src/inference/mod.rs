@@ -365,7 +365,8 @@ impl<'m> CompiledModel<'m> {
     /// Runs a batch into `out` (`batch * per-image output` elements). After the first call at a
     /// given input shape, this allocates nothing (for models whose ops all have fast kernels).
     /// An input the model cannot take is an [`Error::Shape`]; one holding NaN or infinity an
-    /// [`Error::NonFinite`].
+    /// [`Error::NonFinite`]; an output holding them (the weights or the arithmetic made them) an
+    /// [`Error::NonFiniteOutput`].
     pub fn run_into(&mut self, x: ArrayViewD<'_, f32>, out: &mut [f32]) -> Result<()> {
         let i = self.plan(per_image(x.shape())?, &[])?;
         let CompiledModel { pool, serial, plans, .. } = self;
@@ -562,6 +563,19 @@ impl Plan<'_> {
         serial: &ThreadPool,
         x: ArrayViewD<'_, f32>,
         out: &mut [f32],
+        times: Option<&mut Vec<(String, Duration)>>,
+        lanes: bool,
+    ) -> Result<()> {
+        self.run_unchecked(pool, serial, x, out, times, lanes)?;
+        Self::check_output(out)
+    }
+
+    fn run_unchecked(
+        &mut self,
+        pool: &ThreadPool,
+        serial: &ThreadPool,
+        x: ArrayViewD<'_, f32>,
+        out: &mut [f32],
         mut times: Option<&mut Vec<(String, Duration)>>,
         lanes: bool,
     ) -> Result<()> {
@@ -627,6 +641,20 @@ impl Plan<'_> {
         }
         let src = &self.buffers[self.program.values[self.program.output].slot][..out_len];
         out.copy_from_slice(src);
+        Ok(())
+    }
+
+    /// The output check every run ends with: NaN or infinity in it is an error (the input was
+    /// checked finite, so the weights or the arithmetic produced them).
+    fn check_output(out: &[f32]) -> Result<()> {
+        let count = out.iter().filter(|v| !v.is_finite()).count();
+        if count > 0 {
+            return Err(Error::NonFiniteOutput {
+                count,
+                origin: "run the model's Layer::forward (the reference executor) on the same input to see which layer they first appear in"
+                    .into(),
+            });
+        }
         Ok(())
     }
 }

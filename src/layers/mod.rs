@@ -92,7 +92,8 @@ pub trait Layer: Send + Sync + fmt::Debug {
 
     /// Runs the layer on a batch: the lowered graph on the reference executor
     /// ([`graph::reference`](crate::graph::reference)). A batch holding NaN or infinity is
-    /// refused with [`Error::NonFinite`], as by every entry point of the crate.
+    /// refused with [`Error::NonFinite`], as by every entry point of the crate, and an output
+    /// holding them is [`Error::NonFiniteOutput`], naming the first layer that produced any.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         crate::graph::forward_layer(self, x)
     }
