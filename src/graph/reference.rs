@@ -38,8 +38,6 @@ pub fn run_with_taps(graph: &Graph<'_>, x: &Tensor, taps: &[ValueId]) -> Result<
     }
     let mut values: Vec<Option<Tensor>> = vec![None; n];
     let input = graph.input();
-    // The first node whose output held NaN or infinity, for the error if the output does.
-    let mut first_bad: Option<String> = None;
     for (i, node) in graph.nodes().iter().enumerate() {
         let inputs: Vec<&Tensor> = node
             .inputs
@@ -57,9 +55,6 @@ pub fn run_with_taps(graph: &Graph<'_>, x: &Tensor, taps: &[ValueId]) -> Result<
                 format!("an output of {}", ShapeFmt(&want)),
                 format!("{}", ShapeFmt(y.shape())),
             ));
-        }
-        if first_bad.is_none() && y.iter().any(|v| !v.is_finite()) {
-            first_bad = Some(node.name());
         }
         values[node.output.0] = Some(y);
         for v in &node.inputs {
@@ -81,10 +76,28 @@ pub fn run_with_taps(graph: &Graph<'_>, x: &Tensor, taps: &[ValueId]) -> Result<
     if count > 0 {
         return Err(Error::NonFiniteOutput {
             count,
-            origin: format!("they first appear in the output of {}", first_bad.as_deref().unwrap_or("the input")),
+            origin: format!("they first appear in the output of {}", first_non_finite(graph, x)),
         });
     }
     Ok((y, tapped))
+}
+
+/// The first node whose output holds NaN or infinity: the graph run again keeping every value
+/// (only after an output turned out non-finite, so the forward pass itself scans nothing).
+fn first_non_finite(graph: &Graph<'_>, x: &Tensor) -> String {
+    let mut values: Vec<Option<Tensor>> = vec![None; graph.value_count()];
+    values[graph.input().0] = Some(x.clone());
+    for node in graph.nodes() {
+        let inputs: Option<Vec<&Tensor>> = node.inputs.iter().map(|v| values[v.0].as_ref()).collect();
+        let Some(y) = inputs.and_then(|i| eval(&node.op, &i).ok()) else {
+            break;
+        };
+        if y.iter().any(|v| !v.is_finite()) {
+            return node.name();
+        }
+        values[node.output.0] = Some(y);
+    }
+    "an unknown layer".into()
 }
 
 fn batched(batch: usize, shape: &[usize]) -> Vec<usize> {
@@ -193,14 +206,14 @@ pub fn eval(op: &Op<'_>, inputs: &[&Tensor]) -> Result<Tensor> {
     }
 }
 
-fn tensor(shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
+pub(super) fn tensor(shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
     let len = data.len();
     ArrayD::from_shape_vec(IxDyn(shape), data)
         .map_err(|_| Error::shape("graph", format!("{} elements for {}", len, ShapeFmt(shape)), format!("{len}")))
 }
 
 /// `f(value, channel)` over every element, the channel being the last axis.
-fn per_channel(x: &Tensor, f: impl Fn(f32, usize) -> f32) -> Tensor {
+pub(super) fn per_channel(x: &Tensor, f: impl Fn(f32, usize) -> f32) -> Tensor {
     let mut y = x.as_standard_layout().into_owned();
     let c = *x.shape().last().unwrap_or(&1);
     if let Some(s) = y.as_slice_mut() {

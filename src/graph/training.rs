@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use ndarray::{s, ArrayD, ArrayView2, Axis, Ix2, IxDyn};
 
 use super::op::{ConvOp, Op, UnaryFn};
-use super::reference::{self, check_input};
+use super::reference::{self, check_input, per_channel, tensor};
 use super::{Graph, Node};
 use crate::error::{Error, Result, ShapeFmt};
 use crate::kernels::{self, backward};
@@ -167,9 +167,9 @@ impl ForwardPass<'_, '_> {
         &self.output
     }
 
-    /// Each trained BatchNorm's new running statistics.
-    pub fn running_stats(&self, momentum: f32) -> Vec<RunningStats> {
-        let m = momentum;
+    /// Each trained BatchNorm's new running statistics, with the momentum of this pass's mode.
+    pub fn running_stats_update(&self) -> Vec<RunningStats> {
+        let m = self.mode.batch_norm_momentum;
         self.graph
             .nodes()
             .iter()
@@ -189,11 +189,6 @@ impl ForwardPass<'_, '_> {
                 })
             })
             .collect()
-    }
-
-    /// Each trained BatchNorm's new running statistics with the momentum of this pass's mode.
-    pub fn running_stats_update(&self) -> Vec<RunningStats> {
-        self.running_stats(self.mode.batch_norm_momentum)
     }
 
     /// A value computed by the forward pass.
@@ -291,10 +286,6 @@ fn batch_norm_training(gamma: &[f32], beta: &[f32], epsilon: f32, x: &Tensor) ->
 }
 
 type OpGrads = (Vec<Option<Tensor>>, Vec<(ParamKind, Tensor)>);
-
-fn tensor(shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
-    ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| Error::shape("backward", format!("{}", ShapeFmt(shape)), e.to_string()))
-}
 
 fn slice(t: &Tensor) -> &[f32] {
     t.as_slice().unwrap_or(&[])
@@ -439,17 +430,6 @@ fn backward_op(node: &Node<'_>, inputs: &[&Tensor], y: &Tensor, dy: &Tensor, sta
         ),
         Op::Opaque(layer) => return Err(Error::config(layer.type_name(), "an opaque layer has no gradient")),
     })
-}
-
-fn per_channel(t: &Tensor, f: impl Fn(f32, usize) -> f32) -> Tensor {
-    let mut out = t.as_standard_layout().into_owned();
-    let c = *t.shape().last().unwrap_or(&1);
-    if let Some(s) = out.as_slice_mut() {
-        for px in s.chunks_exact_mut(c.max(1)) {
-            px.iter_mut().enumerate().for_each(|(i, v)| *v = f(*v, i));
-        }
-    }
-    out
 }
 
 fn relu_mask(dy: &Tensor, y: &Tensor) -> Tensor {

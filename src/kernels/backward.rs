@@ -16,6 +16,7 @@ use super::conv::tile_rows;
 use super::gemm::sgemm;
 use super::geometry::{ConvGeometry, PoolGeometry};
 use super::im2col::im2col_unchecked;
+use super::pool::window_cells;
 use crate::error::{Error, Result};
 
 fn check(what: &str, pairs: &[(&str, usize, usize)]) -> Result<()> {
@@ -253,21 +254,12 @@ pub fn global_avg_pool_backward(shape: [usize; 4], grad_out: &[f32], grad_in: &m
 /// cells in row-major window order (padding left out).
 fn for_each_output(g: &PoolGeometry, mut f: impl FnMut(usize, &[usize])) {
     let [ih, iw] = g.in_hw;
-    let [oh, ow] = g.out_hw;
-    let [kh, kw] = g.window.kernel;
-    let [sh, sw] = g.window.stride;
     let c = g.channels;
-    let mut cells = Vec::with_capacity(kh * kw);
-    for p in 0..g.batch * oh * ow {
-        let n = p / (oh * ow);
-        let oy = (p / ow) % oh;
-        let ox = p % ow;
-        let y0 = (oy * sh).saturating_sub(g.pad.top);
-        let y1 = (oy * sh + kh).saturating_sub(g.pad.top).min(ih);
-        let x0 = (ox * sw).saturating_sub(g.pad.left);
-        let x1 = (ox * sw + kw).saturating_sub(g.pad.left).min(iw);
+    let mut cells = Vec::with_capacity(g.window.kernel[0] * g.window.kernel[1]);
+    for p in 0..g.batch * g.out_hw[0] * g.out_hw[1] {
+        let (n, rows, cols) = window_cells(g, p);
         cells.clear();
-        cells.extend((y0..y1).flat_map(|iy| (x0..x1).map(move |ix| ((n * ih + iy) * iw + ix) * c)));
+        cells.extend(rows.flat_map(|iy| cols.clone().map(move |ix| ((n * ih + iy) * iw + ix) * c)));
         f(p, &cells);
     }
 }

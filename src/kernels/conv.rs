@@ -117,7 +117,7 @@ pub fn conv2d_tiled(
     workspace: &mut Vec<f32>,
     tile_rows: usize,
 ) -> Result<()> {
-    check_lengths(input, g, kernel, epilogue, output)?;
+    check_lengths(input, g, g.kernel_len(), kernel, epilogue, output)?;
     let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_channels);
     if m == 0 {
         return Ok(());
@@ -171,22 +171,8 @@ pub fn conv2d_grouped(
         ..*g
     };
     let taps = g.window.kernel[0] * g.window.kernel[1];
-    let checks = [
-        ("input", full.input_len(), Some(input.len())),
-        ("kernel", taps * cin * cout * groups, Some(kernel.len())),
-        ("output", full.output_len(), Some(output.len())),
-        ("bias", full.out_channels, epilogue.bias.map(<[f32]>::len)),
-        ("residual", full.output_len(), epilogue.residual.map(<[f32]>::len)),
-    ];
-    for (what, want, got) in checks {
-        if let Some(got) = got.filter(|&got| got != want) {
-            return Err(Error::shape(
-                "conv2d kernel",
-                format!("{what} of {want} elements"),
-                format!("{got}"),
-            ));
-        }
-    }
+    // One group's kernel has `taps * cin * cout` values; all groups' together `groups` times that.
+    check_lengths(input, &full, g.kernel_len() * groups, kernel, epilogue, output)?;
     let (pixels_in, pixels_out) = (g.batch * g.in_hw[0] * g.in_hw[1], g.out_pixels());
     let mut x = vec![0.0; pixels_in * cin];
     let mut w = vec![0.0; taps * cin * cout];
@@ -207,10 +193,11 @@ pub fn conv2d_grouped(
     Ok(())
 }
 
-fn check_lengths(input: &[f32], g: &ConvGeometry, kernel: &[f32], e: &Epilogue<'_>, output: &[f32]) -> Result<()> {
+/// Checks every slice against `g`; `kernel_len` is the kernel's expected length.
+fn check_lengths(input: &[f32], g: &ConvGeometry, kernel_len: usize, kernel: &[f32], e: &Epilogue<'_>, output: &[f32]) -> Result<()> {
     let checks = [
         ("input", g.input_len(), Some(input.len())),
-        ("kernel", g.kernel_len(), Some(kernel.len())),
+        ("kernel", kernel_len, Some(kernel.len())),
         ("output", g.output_len(), Some(output.len())),
         ("bias", g.out_channels, e.bias.map(<[f32]>::len)),
         ("residual", g.output_len(), e.residual.map(<[f32]>::len)),

@@ -17,6 +17,21 @@ fn check(g: &PoolGeometry, input: &[f32], output: &[f32], what: &str) -> Result<
     Ok(())
 }
 
+/// The image and the real (non-padding) input rows and columns under output pixel `p`
+/// (counted over the whole batch) of a pooling window.
+pub(crate) fn window_cells(g: &PoolGeometry, p: usize) -> (usize, std::ops::Range<usize>, std::ops::Range<usize>) {
+    let [ih, iw] = g.in_hw;
+    let [oh, ow] = g.out_hw;
+    let [kh, kw] = g.window.kernel;
+    let [sh, sw] = g.window.stride;
+    let (oy, ox) = ((p / ow) % oh, p % ow);
+    let y0 = (oy * sh).saturating_sub(g.pad.top);
+    let y1 = (oy * sh + kh).saturating_sub(g.pad.top).min(ih);
+    let x0 = (ox * sw).saturating_sub(g.pad.left);
+    let x1 = (ox * sw + kw).saturating_sub(g.pad.left).min(iw);
+    (p / (oh * ow), y0..y1.max(y0), x0..x1.max(x0))
+}
+
 /// Calls `f(out_row, in_row)` for every input row under every output window, after `init`
 /// on each output row, then `finish(out_row, taps)`.
 fn for_each_window(
@@ -28,21 +43,13 @@ fn for_each_window(
     finish: impl Fn(&mut [f32], usize),
 ) {
     let [ih, iw] = g.in_hw;
-    let [oh, ow] = g.out_hw;
-    let [kh, kw] = g.window.kernel;
-    let [sh, sw] = g.window.stride;
     let c = g.channels;
     if c == 0 {
         return;
     }
     for (p, out) in output.chunks_exact_mut(c).enumerate() {
-        let n = p / (oh * ow);
-        let oy = (p / ow) % oh;
-        let ox = p % ow;
-        let y0 = (oy * sh).saturating_sub(g.pad.top);
-        let y1 = (oy * sh + kh).saturating_sub(g.pad.top).min(ih);
-        let x0 = (ox * sw).saturating_sub(g.pad.left);
-        let x1 = (ox * sw + kw).saturating_sub(g.pad.left).min(iw);
+        let (n, rows, cols) = window_cells(g, p);
+        let (y0, y1, x0, x1) = (rows.start, rows.end, cols.start, cols.end);
         out.fill(init);
         for iy in y0..y1 {
             for ix in x0..x1 {

@@ -69,19 +69,7 @@ pub fn conv2d_grouped<T: Float>(input: &[T], g: &ConvGeometry, groups: usize, ke
 /// Visits the input values under one pooling window (padding cells are skipped).
 fn pool_window(input: &[f32], g: &PoolGeometry, n: usize, oy: usize, ox: usize, c: usize, mut f: impl FnMut(f32)) {
     let [ih, iw] = g.in_hw;
-    for ky in 0..g.window.kernel[0] {
-        let iy = (oy * g.window.stride[0] + ky) as isize - g.pad.top as isize;
-        if iy < 0 || iy >= ih as isize {
-            continue;
-        }
-        for kx in 0..g.window.kernel[1] {
-            let ix = (ox * g.window.stride[1] + kx) as isize - g.pad.left as isize;
-            if ix < 0 || ix >= iw as isize {
-                continue;
-            }
-            f(input[((n * ih + iy as usize) * iw + ix as usize) * g.channels + c]);
-        }
-    }
+    pool_cells(g, oy, ox, |iy, ix| f(input[((n * ih + iy) * iw + ix) * g.channels + c]));
 }
 
 fn pool(input: &[f32], g: &PoolGeometry, output: &mut [f32], reduce: impl Fn(&[f32]) -> f32) {
@@ -178,7 +166,7 @@ pub fn max_pool2d_backward(input: &[f32], g: &PoolGeometry, grad_out: &[f32], gr
             for ox in 0..ow {
                 for c in 0..g.channels {
                     let mut best: Option<(f32, usize)> = None;
-                    pool_cells(g, n, oy, ox, |iy, ix| {
+                    pool_cells(g, oy, ox, |iy, ix| {
                         let at = ((n * ih + iy) * iw + ix) * g.channels + c;
                         if input[at] > best.map_or(f32::NEG_INFINITY, |b| b.0) {
                             best = Some((input[at], at));
@@ -202,7 +190,7 @@ pub fn avg_pool2d_backward(g: &PoolGeometry, grad_out: &[f32], grad_in: &mut [f3
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut cells = Vec::new();
-                pool_cells(g, n, oy, ox, |iy, ix| cells.push((iy, ix)));
+                pool_cells(g, oy, ox, |iy, ix| cells.push((iy, ix)));
                 for c in 0..g.channels {
                     let d = grad_out[((n * oh + oy) * ow + ox) * g.channels + c] / cells.len() as f32;
                     for &(iy, ix) in &cells {
@@ -215,7 +203,7 @@ pub fn avg_pool2d_backward(g: &PoolGeometry, grad_out: &[f32], grad_in: &mut [f3
 }
 
 /// Calls `f(iy, ix)` for the real cells of one pooling window, in row-major order.
-fn pool_cells(g: &PoolGeometry, _n: usize, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+fn pool_cells(g: &PoolGeometry, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
     let [ih, iw] = g.in_hw;
     for ky in 0..g.window.kernel[0] {
         let iy = (oy * g.window.stride[0] + ky) as isize - g.pad.top as isize;

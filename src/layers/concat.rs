@@ -1,6 +1,6 @@
 use ndarray::ArrayViewD;
 
-use super::{Layer, LayerPath, ParamCount, ParamKind, ParamVisitor, Sequential, SummaryRow};
+use super::{Layer, LayerPath, ParamKind, ParamVisitor, Sequential, SummaryRow};
 use crate::error::{Error, Result};
 use crate::graph::{Lowering, Op, ValueId};
 
@@ -84,12 +84,7 @@ impl Layer for Concatenate {
             path.scoped(name, |p| s.summarize(p, input, rows)).map_err(|e| e.in_layer(name))?;
         }
         let output = self.output_shape(input)?;
-        rows.push(SummaryRow {
-            path: path.clone(),
-            type_name: NAME.into(),
-            output_shape: output.clone(),
-            params: ParamCount::default(),
-        });
+        rows.push(SummaryRow::join(path.clone(), NAME, output.clone()));
         Ok(output)
     }
 }

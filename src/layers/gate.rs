@@ -1,6 +1,6 @@
 use ndarray::ArrayViewD;
 
-use super::{Layer, LayerPath, ParamCount, ParamKind, ParamVisitor, Sequential, SummaryRow};
+use super::{Layer, LayerPath, ParamKind, ParamVisitor, Sequential, SummaryRow};
 use crate::error::Result;
 use crate::graph::{Lowering, Op, ValueId};
 
@@ -58,12 +58,7 @@ impl Layer for ChannelGate {
     fn summarize(&self, path: &mut LayerPath, input: &[usize], rows: &mut Vec<SummaryRow>) -> Result<Vec<usize>> {
         self.gate.summarize(path, input, rows)?;
         let output = self.output_shape(input)?;
-        rows.push(SummaryRow {
-            path: path.clone(),
-            type_name: NAME.into(),
-            output_shape: output.clone(),
-            params: ParamCount::default(),
-        });
+        rows.push(SummaryRow::join(path.clone(), NAME, output.clone()));
         Ok(output)
     }
 }

@@ -1,6 +1,6 @@
 use ndarray::ArrayViewD;
 
-use super::{Activation, Layer, LayerPath, ParamCount, ParamKind, ParamVisitor, Sequential, SummaryRow};
+use super::{Activation, Layer, LayerPath, ParamKind, ParamVisitor, Sequential, SummaryRow};
 use crate::error::{Error, Result, ShapeFmt};
 use crate::graph::{Lowering, Op, ValueId};
 
@@ -119,12 +119,7 @@ impl Layer for Residual {
         if main != short {
             return Err(mismatch(&main, &short));
         }
-        let row = |path: LayerPath, type_name: &str| SummaryRow {
-            path,
-            type_name: type_name.into(),
-            output_shape: main.clone(),
-            params: ParamCount::default(),
-        };
+        let row = |path: LayerPath, type_name: &str| SummaryRow::join(path, type_name, main.clone());
         if self.activation.is_some() {
             // `res2a_add` under a named block; plain `add` under an indexed one (`layer1.0.add`).
             let leaf = path.leaf();

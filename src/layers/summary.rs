@@ -16,6 +16,19 @@ pub struct SummaryRow {
     pub params: ParamCount,
 }
 
+impl SummaryRow {
+    /// A row for a block's joining op (an add, a concatenation, a multiply), which has no
+    /// parameters of its own.
+    pub fn join(path: LayerPath, type_name: &str, output_shape: Vec<usize>) -> Self {
+        SummaryRow {
+            path,
+            type_name: type_name.into(),
+            output_shape,
+            params: ParamCount::default(),
+        }
+    }
+}
+
 /// A model's layers, output shapes and parameter counts, printed like Keras' `model.summary()`.
 #[derive(Clone, Debug)]
 pub struct Summary {

@@ -123,21 +123,9 @@ pub fn save_checkpoint(dir: impl AsRef<std::path::Path>, model: &dyn Layer, opti
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
     crate::weights::save_safetensors(model, dir.join("model.safetensors"), crate::weights::Convention::Torch)?;
     let (tensors, meta) = optimizer.to_parts();
-    let bytes: Vec<(String, Vec<u8>, usize)> = tensors
-        .into_iter()
-        .map(|(k, v)| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.len()))
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(k, b, n)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*n], b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| Error::config("checkpoint", e.to_string()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let data = safetensors::serialize(views, Some(meta.into_iter().collect())).map_err(|e| Error::config("checkpoint", e.to_string()))?;
-    let path = dir.join("optimizer.safetensors");
-    std::fs::write(&path, data).map_err(|e| Error::io(path.display(), e))
+    let tensors = tensors.into_iter().map(|(k, v)| (k, (vec![v.len()], v))).collect();
+    let data = crate::weights::save::f32_safetensors(tensors, meta.into_iter().collect())?;
+    crate::weights::save::write_atomically(&dir.join("optimizer.safetensors"), &data)
 }
 
 /// Restores a checkpoint written by [`save_checkpoint`] into `model` (strictly: a checkpoint of

@@ -28,7 +28,7 @@ mod load;
 mod pickle;
 mod pth;
 mod safetensors_file;
-mod save;
+pub(crate) mod save;
 
 pub use load::{LoadOptions, LoadReport, Mismatch};
 pub use save::{save_safetensors, to_safetensors};

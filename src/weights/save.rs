@@ -40,7 +40,7 @@ fn to_file_layout(convention: Convention, kind: ParamKind, v: ndarray::ArrayView
 /// back under the same names. Two parameters mapping to one key (two nested layers with the
 /// same name under Keras' convention) are an [`Error::Config`].
 pub fn to_safetensors(model: &dyn Layer, convention: Convention) -> Result<Vec<u8>> {
-    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     let mut owner: BTreeMap<String, String> = BTreeMap::new();
     let mut clash = None;
     model.visit_params(&mut LayerPath::default(), &mut |path, kind, v| {
@@ -51,8 +51,7 @@ pub fn to_safetensors(model: &dyn Layer, convention: Convention) -> Result<Vec<u
             return;
         }
         let t = to_file_layout(convention, kind, v);
-        let bytes = t.iter().flat_map(|x| x.to_le_bytes()).collect();
-        tensors.insert(key.clone(), (t.shape().to_vec(), bytes));
+        tensors.insert(key.clone(), (t.shape().to_vec(), t.iter().copied().collect()));
         owner.insert(key, here);
     });
     if let Some(clash) = clash {
@@ -61,28 +60,40 @@ pub fn to_safetensors(model: &dyn Layer, convention: Convention) -> Result<Vec<u
             format!("{clash}: give the layers unique names, or save in the torch convention (full paths)"),
         ));
     }
-    let views = tensors
-        .iter()
-        .map(|(k, (shape, bytes))| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| Error::config("weights writer", format!("{k}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let metadata = HashMap::from([(CONVENTION_KEY.to_string(), convention.metadata_name().to_string())]);
-    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::config("weights writer", e.to_string()))
+    f32_safetensors(tensors, metadata)
 }
 
-/// [`to_safetensors`] written to `path`, atomically (a temporary file beside it, renamed).
-pub fn save_safetensors(model: &dyn Layer, path: impl AsRef<Path>, convention: Convention) -> Result<()> {
-    let path = path.as_ref();
-    let bytes = to_safetensors(model, convention)?;
+/// float32 tensors (name, shape, row-major values) and metadata as `.safetensors` bytes.
+pub(crate) fn f32_safetensors(tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(k, (shape, v))| (k, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, shape, b)| {
+            TensorView::new(Dtype::F32, shape.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| Error::config("safetensors writer", format!("{k}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::config("safetensors writer", e.to_string()))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, renamed.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");
     let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, &bytes).map_err(|e| Error::io(tmp.display(), e))?;
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(tmp.display(), e))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path.display(), e)
     })
+}
+
+/// [`to_safetensors`] written to `path`, atomically (a temporary file beside it, renamed).
+pub fn save_safetensors(model: &dyn Layer, path: impl AsRef<Path>, convention: Convention) -> Result<()> {
+    write_atomically(path.as_ref(), &to_safetensors(model, convention)?)
 }

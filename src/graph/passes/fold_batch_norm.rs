@@ -14,15 +14,12 @@ use crate::graph::{Graph, Op, ValueId};
 pub fn fold_batch_norm(graph: &mut Graph<'_>, keep: &[ValueId]) -> bool {
     let mut changed = false;
     while let Some((conv_at, bn_at)) = candidate(graph, keep) {
+        // (`candidate` only returns a BatchNorm after a conv: the `break`s are not reached.)
         let nodes = graph.nodes_mut();
-        let Op::BatchNorm(bn) = &nodes[bn_at].op else {
-            unreachable!("candidate() returns a BatchNorm")
-        };
+        let Op::BatchNorm(bn) = &nodes[bn_at].op else { break };
         let (scale, shift) = bn.scale_shift();
         let out = nodes[bn_at].output;
-        let Op::Conv2d(c) = &mut nodes[conv_at].op else {
-            unreachable!("candidate() returns a conv")
-        };
+        let Op::Conv2d(c) = &mut nodes[conv_at].op else { break };
         let bias: Vec<f32> = (0..c.out_channels)
             .map(|o| c.bias.as_ref().map_or(0.0, |b| b[o]) * scale[o] + shift[o])
             .collect();

@@ -15,20 +15,19 @@ use crate::graph::{Graph, Op, UnaryFn, ValueId};
 pub fn fuse_epilogue(graph: &mut Graph<'_>, keep: &[ValueId]) -> bool {
     let mut changed = false;
     loop {
+        // (The candidates guarantee the ops matched below: the `return`s are not reached.)
         if let Some((conv_at, add_at, side)) = residual_candidate(graph, keep) {
             let nodes = graph.nodes_mut();
-            let add = nodes.remove(add_at);
-            let Op::Add { relu } = add.op else {
-                unreachable!("residual_candidate() returns an Add")
-            };
-            let mut conv = nodes.remove(conv_at);
-            let Op::Conv2d(c) = &mut conv.op else {
-                unreachable!("residual_candidate() returns a conv")
-            };
+            let Op::Add { relu } = nodes[add_at].op else { return changed };
+            let other = nodes[add_at].inputs[1 - side];
+            let out = nodes[add_at].output;
+            let Op::Conv2d(c) = &mut nodes[conv_at].op else { return changed };
             c.residual = true;
             c.relu = relu;
-            conv.inputs.push(add.inputs[1 - side]);
-            conv.output = add.output;
+            nodes.remove(add_at);
+            let mut conv = nodes.remove(conv_at);
+            conv.inputs.push(other);
+            conv.output = out;
             // The add sat after the conv: removing the conv moved it one place up.
             nodes.insert(add_at - 1, conv);
         } else if let Some((producer, relu_at)) = relu_candidate(graph, keep) {
@@ -37,7 +36,7 @@ pub fn fuse_epilogue(graph: &mut Graph<'_>, keep: &[ValueId]) -> bool {
             match &mut nodes[producer].op {
                 Op::Conv2d(c) => c.relu = true,
                 Op::Affine { relu, .. } | Op::Add { relu } => *relu = true,
-                _ => unreachable!("relu_candidate() returns a conv, affine or add"),
+                _ => return changed,
             }
             nodes[producer].output = out;
             nodes.remove(relu_at);
