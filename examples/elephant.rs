@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use convnet::budget::LoadBudget;
 use convnet::imagenet::{decode_predictions, image::keras_resnet_input, Prediction};
 use convnet::models::{ResNet, ResNetConfig};
 use convnet::weights::{LoadOptions, WeightFile};
@@ -69,11 +70,7 @@ fn parse_args() -> Result<Args, String> {
 /// `--weights`, the caches, or a download.
 fn find_weights(explicit: Option<PathBuf>, quiet: bool) -> Result<PathBuf, String> {
     if let Some(p) = explicit {
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("--weights {}: no such file", p.display()))
-        };
+        return Ok(p); // the loader refuses what is not a readable regular file
     }
     let mut candidates = vec![cache_dir().join(WEIGHTS_FILE)];
     if let Some(home) = std::env::var_os("HOME") {
@@ -146,15 +143,12 @@ fn python_repr(preds: &[Prediction]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
-}
-
 fn run(args: Args) -> Result<(), String> {
     let quiet = args.json;
     let mut model = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(args.width_divisor)).map_err(|e| e.to_string())?;
     let weights_path = find_weights(args.weights, quiet)?;
-    let weights = WeightFile::open(&weights_path).map_err(|e| e.to_string())?;
+    // Decode only what the model takes, within the default budget.
+    let weights = WeightFile::open_for_model(&weights_path, &model, &LoadBudget::default()).map_err(|e| e.to_string())?;
     weights.load_into(&mut model, &LoadOptions::strict()).map_err(|e| e.to_string())?;
     if args.summary && !args.json {
         println!("{}", model.summary().map_err(|e| e.to_string())?);
@@ -165,22 +159,12 @@ fn run(args: Args) -> Result<(), String> {
     let preds = model.forward(&x).map_err(|e| e.to_string())?;
     let top = decode_predictions(&preds, args.top).map_err(|e| e.to_string())?.remove(0);
     if args.json {
-        let items: Vec<String> = top
+        let predictions: Vec<serde_json::Value> = top
             .iter()
-            .map(|p| {
-                format!(
-                    "{{\"wnid\": {}, \"label\": {}, \"probability\": {}}}",
-                    json_string(&p.wnid),
-                    json_string(&p.label),
-                    p.probability
-                )
-            })
+            .map(|p| serde_json::json!({"wnid": p.wnid, "label": p.label, "probability": p.probability}))
             .collect();
-        println!(
-            "{{\"image\": {}, \"predictions\": [{}]}}",
-            json_string(&image.display().to_string()),
-            items.join(", ")
-        );
+        let line = serde_json::json!({"image": image.display().to_string(), "predictions": predictions});
+        println!("{line}");
     } else {
         println!("Input image shape: ({})", shape.join(", "));
         println!("Predicted: {}", python_repr(&top));

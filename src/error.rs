@@ -144,6 +144,27 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Reading a file would cost more than the [`LoadBudget`](crate::budget::LoadBudget)
+    /// allows (a crafted or corrupt file, or a legitimate one larger than the defaults).
+    #[error("{what} needs {needed}, over the load budget's {limit} of {allowed}; if the file is trusted, raise LoadBudget::{limit}")]
+    Budget {
+        /// What asked for the resources (a file, a tensor, a pickle, an image), with its name.
+        what: String,
+        /// The [`LoadBudget`](crate::budget::LoadBudget) field that refused it.
+        limit: &'static str,
+        /// That field's value.
+        allowed: u64,
+        /// What the input needed (bytes, entries, levels or pixels, as the field counts).
+        needed: u64,
+    },
+    /// A path names a directory, FIFO, socket or device where a regular file is needed.
+    #[error("{path}: is a {kind}, not a regular file")]
+    NotARegularFile {
+        /// The path.
+        path: String,
+        /// `directory`, `FIFO`, `character device`, ...
+        kind: &'static str,
+    },
     /// A download failed (network error, HTTP status, checksum mismatch, cache not writable).
     #[error("download of {url} failed: {reason}")]
     Download {

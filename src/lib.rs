@@ -65,6 +65,7 @@
 //!   learning-rate schedules, checkpoints.
 //! - [`init`]: seeded He / Glorot / PyTorch-default initialisers.
 //! - `download` (feature `download`): md5-verified, atomic downloads into a cache.
+//! - [`budget`]: the resource budget every loader checks before it allocates.
 //! - [`error`]: the one [`Error`] type; bad input is a typed error, never a panic.
 //!
 //! ## Features
@@ -76,6 +77,7 @@
 
 #![warn(missing_docs)]
 
+pub mod budget;
 #[cfg(feature = "download")]
 pub mod download;
 pub mod error;

@@ -7,7 +7,8 @@ mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use convnet::imagenet::image::{decode_rgb, load_rgb, ImageLimits, RgbImage};
+use convnet::budget::LoadBudget;
+use convnet::imagenet::image::{decode_rgb, load_rgb, ImageOptions, RgbImage};
 use convnet::layers::{Dense, Layer, Tensor};
 use convnet::models::{ResNet, ResNetConfig};
 use convnet::weights::{Convention, LoadOptions, StoredTensor, WeightFile};
@@ -30,6 +31,8 @@ fn variant(r: &convnet::Result<()>) -> &'static str {
         Err(Error::UnusedWeights { .. }) => "UnusedWeights",
         Err(Error::Image { .. }) => "Image",
         Err(Error::Download { .. }) => "Download",
+        Err(Error::Budget { .. }) => "Budget",
+        Err(Error::NotARegularFile { .. }) => "NotARegularFile",
         Err(_) => "other",
     }
 }
@@ -319,7 +322,7 @@ fn cases() -> Vec<Case> {
             "Image",
             Box::new(|| {
                 let b = bytes("keras_resnet50_w8/images/chelsea.png");
-                decode_rgb(&b[..b.len() / 2], "half.png", &ImageLimits::default()).map(|_| ())
+                decode_rgb(&b[..b.len() / 2], "half.png", &ImageOptions::default()).map(|_| ())
             }),
         ),
         (
@@ -327,7 +330,7 @@ fn cases() -> Vec<Case> {
             "Image",
             Box::new(|| {
                 let b = bytes("keras_resnet50_w8/images/rocket.jpg");
-                decode_rgb(&b[..200], "cut.jpg", &ImageLimits::default()).map(|_| ())
+                decode_rgb(&b[..200], "cut.jpg", &ImageOptions::default()).map(|_| ())
             }),
         ),
         (
@@ -337,14 +340,17 @@ fn cases() -> Vec<Case> {
         ),
         (
             "image above a configured size limit",
-            "Image",
+            "Budget",
             Box::new(|| {
                 decode_rgb(
                     &bytes("keras_resnet50_w8/images/chelsea.png"),
                     "chelsea.png",
-                    &ImageLimits {
-                        max_side: 100,
-                        max_bytes: 1 << 30,
+                    &ImageOptions {
+                        budget: LoadBudget {
+                            max_image_side: 100,
+                            ..LoadBudget::default()
+                        },
+                        allow_truncated: false,
                     },
                 )
                 .map(|_| ())

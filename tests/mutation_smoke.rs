@@ -6,7 +6,7 @@ mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use convnet::imagenet::image::{decode_rgb, ImageLimits};
+use convnet::imagenet::image::{decode_rgb, ImageOptions};
 use convnet::weights::WeightFile;
 
 #[test]
@@ -41,7 +41,7 @@ fn corrupted_inputs_never_panic() {
             }
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 if file.ends_with(".png") || file.ends_with(".jpg") {
-                    decode_rgb(&bytes, file, &ImageLimits::default()).map(|_| ())
+                    decode_rgb(&bytes, file, &ImageOptions::default()).map(|_| ())
                 } else {
                     WeightFile::from_bytes(bytes.clone(), file).map(|_| ())
                 }

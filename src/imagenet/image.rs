@@ -8,9 +8,11 @@
 
 use std::path::Path;
 
-use ::image::{DynamicImage, ImageReader, Limits};
+use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use ndarray::{Array4, Axis};
 
+use super::stream;
+use crate::budget::{read_regular_file, LoadBudget};
 use crate::error::{Error, Result};
 use crate::layers::Tensor;
 
@@ -22,22 +24,26 @@ pub const TORCHVISION_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// torchvision's ImageNet standard deviations, R, G, B.
 pub const TORCHVISION_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Caps on what a decoder may allocate, so a crafted header (a 60000x60000 PNG) is an error
-/// instead of an out-of-memory abort.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ImageLimits {
-    /// Largest accepted width or height.
-    pub max_side: u32,
-    /// Largest accepted decoded size in bytes.
-    pub max_bytes: u64,
+/// How images are read: the [`LoadBudget`]'s image limits (file size, side, pixel count)
+/// and whether a truncated stream is accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImageOptions {
+    /// `max_image_file_bytes`, `max_image_side` and `max_image_pixels` apply.
+    pub budget: LoadBudget,
+    /// Accept a JPEG that ends before its last scan (as Pillow does with
+    /// `ImageFile.LOAD_TRUNCATED_IMAGES = True`): the missing blocks decode as mid-grey. Off by
+    /// default: a truncated JPEG or PNG (no end-of-image marker, no `IEND` chunk, a chunk cut
+    /// short) is an [`Error::Image`]. A PNG whose pixel data is cut short is an error either
+    /// way, since its decoder stops at the first missing byte.
+    pub allow_truncated: bool,
 }
 
-impl Default for ImageLimits {
-    /// 16384 pixels a side and 1 GiB decoded.
-    fn default() -> Self {
-        ImageLimits {
-            max_side: 16384,
-            max_bytes: 1 << 30,
+impl ImageOptions {
+    /// The default budget, truncated streams accepted.
+    pub fn lenient() -> Self {
+        ImageOptions {
+            allow_truncated: true,
+            ..Self::default()
         }
     }
 }
@@ -215,33 +221,66 @@ fn convolve(taps: impl Iterator<Item = (u8, i64)>) -> u8 {
 /// Decodes an image file (PNG or JPEG) and converts it to RGB as Pillow's `convert("RGB")`
 /// does: grey is replicated, alpha dropped (not composited), palettes expanded; 16-bit
 /// colour keeps the high byte, 16-bit grey is clipped at 255 (Pillow's `I;16` to `RGB`).
+/// Within the default [`ImageOptions`]: truncated files are errors.
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
-    load_rgb_with_limits(path, &ImageLimits::default())
+    load_rgb_with(path, &ImageOptions::default())
 }
 
-/// [`load_rgb`] with explicit decoder limits.
-pub fn load_rgb_with_limits(path: impl AsRef<Path>, limits: &ImageLimits) -> Result<RgbImage> {
+/// [`load_rgb`] with explicit options. Only regular files are read, and only up to
+/// `budget.max_image_file_bytes`.
+pub fn load_rgb_with(path: impl AsRef<Path>, options: &ImageOptions) -> Result<RgbImage> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
-    decode_rgb(&bytes, &path.display().to_string(), limits)
+    let bytes = read_regular_file(path, options.budget.max_image_file_bytes, "max_image_file_bytes")?;
+    decode_rgb(&bytes, &path.display().to_string(), options)
 }
 
-/// [`load_rgb`] on bytes in memory; `name` is used in messages.
-pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbImage> {
+/// [`load_rgb_with`] on bytes in memory; `name` is used in messages.
+pub fn decode_rgb(bytes: &[u8], name: &str, options: &ImageOptions) -> Result<RgbImage> {
     let err = |reason: String| Error::Image { path: name.into(), reason };
-    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+    let budget = &options.budget;
+    LoadBudget::check(
+        "max_image_file_bytes",
+        budget.max_image_file_bytes,
+        bytes.len() as u64,
+        format_args!("{name} ({} bytes)", bytes.len()),
+    )?;
+    let reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
-    let mut l = Limits::default();
-    l.max_image_width = Some(limits.max_side);
-    l.max_image_height = Some(limits.max_side);
-    l.max_alloc = Some(limits.max_bytes);
-    reader.limits(l);
-    let img = reader.decode().map_err(|e| err(e.to_string()))?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
+    match reader.format() {
+        Some(ImageFormat::Jpeg) if !options.allow_truncated => stream::jpeg_complete(bytes).map_err(err)?,
+        Some(ImageFormat::Png) if !options.allow_truncated => stream::png_complete(bytes).map_err(err)?,
+        Some(ImageFormat::Jpeg | ImageFormat::Png) => {}
+        Some(other) => return Err(err(format!("{other:?} images are not read; PNG and JPEG are"))),
+        None => return Err(err("neither a PNG nor a JPEG file".into())),
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
         return Err(err(format!("the image is empty ({w}x{h})")));
     }
+    let side = u64::from(w.max(h));
+    LoadBudget::check(
+        "max_image_side",
+        budget.max_image_side.into(),
+        side,
+        format_args!("{name} ({w}x{h})"),
+    )?;
+    let pixels = u64::from(w) * u64::from(h);
+    LoadBudget::check(
+        "max_image_pixels",
+        budget.max_image_pixels,
+        pixels,
+        format_args!("{name} ({w}x{h})"),
+    )?;
+    // The decoder's own allocations: at most 8 bytes a pixel (16-bit RGBA) and its buffers.
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
+    decoder.set_limits(limits).map_err(|e| err(e.to_string()))?;
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
     let data = match img {
         DynamicImage::ImageRgb8(i) => i.into_raw(),
         DynamicImage::ImageRgba8(i) => i.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),

@@ -1,10 +1,10 @@
 //! Keras HDF5 weights: the Keras 2 `save_weights` layout and the Keras 1 release layout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use hdf5_pure::{AttrValue, DType, File, Group};
+use hdf5_pure::{AttrValue, DType, Dataset, File, Group};
 
-use super::{Convention, StoredTensor, WeightFile};
+use super::{Convention, ReadContext, StoredTensor, WeightFile};
 use crate::error::Result;
 
 const FORMAT: &str = "HDF5 (Keras)";
@@ -67,7 +67,12 @@ fn canonical_slot(layer: &str, weight_name: &str) -> String {
 }
 
 /// Parses a Keras HDF5 weights file held in `bytes`.
-pub(super) fn read(bytes: Vec<u8>, name: &str) -> Result<WeightFile> {
+///
+/// Everything the attributes name is checked before any tensor data is read: a layer or a
+/// weight listed twice is an error, the number of names is limited by
+/// [`LoadBudget::max_entries`](crate::budget::LoadBudget::max_entries), and the total size of
+/// the datasets to decode is charged to the budget from their headers.
+pub(super) fn read(bytes: Vec<u8>, name: &str, cx: &mut ReadContext<'_>) -> Result<WeightFile> {
     let file_len = bytes.len();
     let mut out = WeightFile::empty(name, FORMAT, Convention::Keras);
     let h5 = File::from_bytes(bytes).map_err(|e| out.format_error(e.to_string()))?;
@@ -76,24 +81,64 @@ pub(super) fn read(bytes: Vec<u8>, name: &str) -> Result<WeightFile> {
     let root_attrs = root.attrs().map_err(|e| h5err(e, "root attributes"))?;
     let layers = string_list(&root_attrs, "layer_names", &out, "the root")?
         .ok_or_else(|| out.format_error("no layer_names attribute at the root: not a Keras weights file (a full saved model keeps them under model_weights/, save the weights alone)"))?;
-    let mut tensors = Vec::new();
+    cx.budget.check_entries(layers.len(), format_args!("{name}: layer_names"))?;
+    let mut seen_layers = HashSet::new();
+    for layer in &layers {
+        if !seen_layers.insert(layer.as_str()) {
+            return Err(out.format_error(format!("layer {layer} is listed twice in layer_names")));
+        }
+    }
+    // Every (layer, weight) the attributes name, checked for repeats and counted, before any
+    // dataset is opened.
+    let mut plan = Vec::new();
+    let mut keys = HashSet::new();
     for layer in &layers {
         let group = root.group(layer).map_err(|e| h5err(e, &format!("layer group {layer}")))?;
         let attrs = group.attrs().map_err(|e| h5err(e, &format!("attributes of {layer}")))?;
         let weights = string_list(&attrs, "weight_names", &out, layer)?.unwrap_or_default();
+        cx.budget
+            .check_entries(plan.len().saturating_add(weights.len()), format_args!("{name}: weight_names"))?;
         for w in weights {
             let key = format!("{layer}/{}", canonical_slot(layer, &w));
-            let t = read_dataset(&group, layer, &w, file_len, &out)?;
-            tensors.push((key, t));
+            if !keys.insert(key.clone()) {
+                return Err(out.format_error(format!("tensor {key} appears twice (weight {w} of layer {layer})")));
+            }
+            plan.push((layer.as_str(), w, key));
         }
     }
-    for (k, t) in tensors {
-        out.insert(k, t)?;
+    // Headers next: shapes, types and sizes, all charged before any data is read.
+    let mut headers = Vec::with_capacity(plan.len());
+    for (layer, w, key) in plan {
+        let group = root.group(layer).map_err(|e| h5err(e, &format!("layer group {layer}")))?;
+        let (ds, shape) = dataset_header(&group, layer, &w, file_len, &out)?;
+        let count = crate::error::checked_product(&key, &shape)?;
+        if cx.wants(Convention::Keras, &key, count) {
+            cx.charge_tensor(name, &key, count)?;
+            headers.push((key, Some(ds), shape));
+        } else {
+            headers.push((key, None, shape));
+        }
+    }
+    for (key, ds, shape) in headers {
+        match ds {
+            Some(ds) => {
+                let data = ds.read_f32().map_err(|e| out.format_error(format!("data of {key}: {e}")))?;
+                let count = crate::error::checked_product(&key, &shape)?;
+                if data.len() != count {
+                    return Err(out.format_error(format!("{key} holds {} values for its shape {shape:?}", data.len())));
+                }
+                out.insert(key, StoredTensor::new(shape, data)?)?;
+            }
+            None => out.insert_skipped(key, shape)?,
+        }
     }
     Ok(out)
 }
 
-fn read_dataset(group: &Group, layer: &str, weight: &str, file_len: usize, out: &WeightFile) -> Result<StoredTensor> {
+/// Opens dataset `weight` of `group` and checks its header: a float type, and no more values
+/// than the file could hold uncompressed (Keras stores weights uncompressed), so a corrupt
+/// header is refused before anything is allocated for it.
+fn dataset_header(group: &Group, layer: &str, weight: &str, file_len: usize, out: &WeightFile) -> Result<(Dataset, Vec<usize>)> {
     let at = format!("{layer}/{weight}");
     let ds = group.dataset(weight).map_err(|e| out.format_error(format!("dataset {at}: {e}")))?;
     let shape: Vec<usize> = ds
@@ -115,18 +160,12 @@ fn read_dataset(group: &Group, layer: &str, weight: &str, file_len: usize, out: 
             })
         }
     };
-    // Keras stores weights uncompressed: a dataset can't hold more than the file does. This
-    // refuses a corrupt header before anything is allocated for it.
     if count.saturating_mul(width) > file_len {
         return Err(out.format_error(format!(
             "{at} declares {count} values of {width} bytes, more than the file's {file_len} bytes"
         )));
     }
-    let data = ds.read_f32().map_err(|e| out.format_error(format!("data of {at}: {e}")))?;
-    if data.len() != count {
-        return Err(out.format_error(format!("{at} holds {} values for its shape {shape:?}", data.len())));
-    }
-    StoredTensor::new(shape, data)
+    Ok((ds, shape))
 }
 
 #[cfg(test)]

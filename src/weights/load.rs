@@ -108,6 +108,15 @@ fn to_model_layout(convention: Convention, kind: ParamKind, t: &StoredTensor) ->
     Ok(a.as_standard_layout().into_owned())
 }
 
+/// [`to_model_layout`]'s shape change, for a tensor that was not decoded.
+fn model_layout_shape(convention: Convention, kind: ParamKind, shape: &[usize]) -> Vec<usize> {
+    match (convention, kind, shape) {
+        (Convention::Torch, ParamKind::Kernel, &[o, i, h, w]) => vec![h, w, i, o],
+        (Convention::Torch, ParamKind::Kernel, &[o, i]) => vec![i, o],
+        _ => shape.to_vec(),
+    }
+}
+
 struct Matcher<'a> {
     file: &'a WeightFile,
     options: LoadOptions,
@@ -120,16 +129,32 @@ struct Matcher<'a> {
 impl ParamVisitor for Matcher<'_> {
     fn visit(&mut self, path: &LayerPath, kind: ParamKind, mut value: ArrayViewMutD<'_, f32>) -> Result<()> {
         let key = self.file.convention.key(path, kind);
-        let Some(stored) = self.file.tensors.get(&key) else {
+        let stored = self.file.tensors.get(&key);
+        let skipped = self.file.skipped.get(&key);
+        if stored.is_none() && skipped.is_none() {
             self.report.missing.push(format!("{path} ({}) <- {key}", kind.keras_name()));
             return Ok(());
-        };
+        }
         let taker = format!("{path} ({})", kind.keras_name());
         if let Some(first) = self.used.get(&key) {
             self.report.ambiguous.push(format!("{key} <- {first}, {taker}"));
             return Ok(());
         }
         self.used.insert(key.clone(), taker);
+        let Some(stored) = stored else {
+            // Not decoded because its size cannot be this parameter's: a mismatch by shape.
+            let found = skipped
+                .map(|s| model_layout_shape(self.file.convention, kind, s))
+                .unwrap_or_default();
+            self.report.mismatched.push(Mismatch {
+                layer: path.to_string(),
+                kind,
+                key,
+                expected: value.shape().to_vec(),
+                found,
+            });
+            return Ok(());
+        };
         let t = to_model_layout(self.file.convention, kind, stored)?;
         if t.shape() != value.shape() {
             self.report.mismatched.push(Mismatch {
@@ -178,7 +203,14 @@ impl WeightFile {
             report: LoadReport::default(),
         };
         model.visit_params_mut(&mut LayerPath::default(), &mut dry)?;
-        dry.report.unused = self.tensors.keys().filter(|k| !dry.used.contains_key(*k)).cloned().collect();
+        dry.report.unused = self
+            .tensors
+            .keys()
+            .chain(self.skipped.keys())
+            .filter(|k| !dry.used.contains_key(*k))
+            .cloned()
+            .collect();
+        dry.report.unused.sort();
         let report = dry.report;
         if options.strict {
             if let Some(m) = report.mismatched.first() {

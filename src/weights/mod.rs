@@ -33,11 +33,12 @@ pub(crate) mod save;
 pub use load::{LoadOptions, LoadReport, Mismatch};
 pub use save::{save_safetensors, to_safetensors};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use crate::budget::{read_regular_file, LoadBudget, Spend};
 use crate::error::{Error, Result, ShapeFmt};
-use crate::layers::{LayerPath, ParamKind};
+use crate::layers::{Layer, LayerPath, ParamKind};
 
 /// How a file names its tensors and lays them out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -100,6 +101,9 @@ pub struct WeightFile {
     format: &'static str,
     convention: Convention,
     tensors: BTreeMap<String, StoredTensor>,
+    /// Tensors the file holds but that were not decoded (read for a model that has no use for
+    /// them, or whose element count the model cannot take): their stored shapes.
+    skipped: BTreeMap<String, Vec<usize>>,
 }
 
 const HDF5_MAGIC: &[u8] = b"\x89HDF\r\n\x1a\n";
@@ -112,17 +116,18 @@ pub enum WeightFormat {
     KerasH5,
     /// A PyTorch `state_dict` saved as `.safetensors`.
     Safetensors,
-    /// A PyTorch `state_dict` saved by `torch.save` (zip + pickle).
+    /// A PyTorch `state_dict` saved by `torch.save`: the zip format (PyTorch 1.6 and later)
+    /// or the legacy format (`_use_new_zipfile_serialization=False`, and older releases).
     Pth,
 }
 
 impl WeightFormat {
-    /// The format a file's first bytes announce: HDF5 (Keras), zip (PyTorch `.pth`), else
-    /// safetensors (which has no magic number).
+    /// The format a file's first bytes announce: HDF5 (Keras), zip or a pickle protocol
+    /// header (PyTorch `.pth`), else safetensors (which has no magic number).
     pub fn detect(bytes: &[u8]) -> Self {
         if bytes.starts_with(HDF5_MAGIC) {
             WeightFormat::KerasH5
-        } else if bytes.starts_with(ZIP_MAGIC) {
+        } else if bytes.starts_with(ZIP_MAGIC) || pth::is_legacy(bytes) {
             WeightFormat::Pth
         } else {
             WeightFormat::Safetensors
@@ -130,18 +135,107 @@ impl WeightFormat {
     }
 }
 
+/// The tensors a reader should decode, by key, with the element counts the model can take;
+/// everything else is recorded by shape only.
+#[derive(Debug, Default)]
+pub(crate) struct Wanted {
+    keras: HashMap<String, Vec<usize>>,
+    torch: HashMap<String, Vec<usize>>,
+    /// Bytes (as `f32`) of every distinct tensor the model takes.
+    bytes: u64,
+}
+
+impl Wanted {
+    fn for_model(model: &dyn Layer) -> Self {
+        let mut w = Wanted::default();
+        model.visit_params(&mut LayerPath::default(), &mut |path, kind, v| {
+            for (convention, map) in [(Convention::Keras, &mut w.keras), (Convention::Torch, &mut w.torch)] {
+                let counts = map.entry(convention.key(path, kind)).or_default();
+                if !counts.contains(&v.len()) {
+                    counts.push(v.len());
+                }
+            }
+        });
+        w.bytes = w.keras.values().flatten().map(|&n| n as u64 * 4).sum();
+        w
+    }
+}
+
+/// What a reader may spend, and which tensors it decodes.
+pub(crate) struct ReadContext<'a> {
+    pub budget: &'a LoadBudget,
+    wanted: Option<&'a Wanted>,
+    /// Tensor data decoded, as `f32` bytes.
+    pub decoded: Spend,
+    /// Bytes inflated out of compressed containers (limited by the file's size).
+    pub inflated: Spend,
+}
+
+impl<'a> ReadContext<'a> {
+    fn new(budget: &'a LoadBudget, wanted: Option<&'a Wanted>, file_len: u64) -> Self {
+        let mut decoded = Spend::decoded(budget, file_len);
+        if let (Some(w), None) = (wanted, budget.max_decoded_bytes) {
+            decoded = decoded.at_most(w.bytes);
+        }
+        ReadContext {
+            budget,
+            wanted,
+            decoded,
+            inflated: Spend::decoded(budget, file_len),
+        }
+    }
+
+    /// Whether the tensor `key` of `count` elements is to be decoded.
+    pub(crate) fn wants(&self, convention: Convention, key: &str, count: usize) -> bool {
+        let Some(w) = self.wanted else { return true };
+        let map = match convention {
+            Convention::Keras => &w.keras,
+            Convention::Torch => &w.torch,
+        };
+        map.get(key).is_some_and(|counts| counts.contains(&count))
+    }
+
+    /// Charges the decoding of `count` values of tensor `key` of file `file`.
+    pub(crate) fn charge_tensor(&mut self, file: &str, key: &str, count: usize) -> Result<()> {
+        let bytes = (count as u64).saturating_mul(4);
+        self.decoded.charge(bytes, format_args!("{file}: tensor {key} ({count} values)"))
+    }
+}
+
 impl WeightFile {
-    /// Reads a weights file, recognising the format by its first bytes ([`WeightFormat::detect`]).
+    /// Reads a weights file, recognising the format by its first bytes ([`WeightFormat::detect`]),
+    /// within the default [`LoadBudget`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with_budget(path, &LoadBudget::default())
+    }
+
+    /// [`open`](Self::open) within `budget`.
+    pub fn open_with_budget(path: impl AsRef<Path>, budget: &LoadBudget) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = read_file(path)?;
-        Self::from_bytes(bytes, &path.display().to_string())
+        let bytes = read_regular_file(path, budget.max_file_bytes, "max_file_bytes")?;
+        let format = WeightFormat::detect(&bytes);
+        Self::read(bytes, &path.display().to_string(), format, budget, None)
+    }
+
+    /// Reads only what `model` can take: tensors whose names the model has no parameter for,
+    /// or whose element count its parameter cannot hold, are recorded by name and shape (so
+    /// [`load_into`](Self::load_into) still reports them) but not decoded, and the data decoded
+    /// is limited to the size of the model's parameters (unless
+    /// [`LoadBudget::max_decoded_bytes`] says otherwise).
+    pub fn open_for_model(path: impl AsRef<Path>, model: &dyn Layer, budget: &LoadBudget) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = read_regular_file(path, budget.max_file_bytes, "max_file_bytes")?;
+        let format = WeightFormat::detect(&bytes);
+        let wanted = Wanted::for_model(model);
+        Self::read(bytes, &path.display().to_string(), format, budget, Some(&wanted))
     }
 
     /// Reads a weights file in the given format, whatever its first bytes say.
     pub fn open_as(path: impl AsRef<Path>, format: WeightFormat) -> Result<Self> {
         let path = path.as_ref();
-        Self::from_bytes_as(read_file(path)?, &path.display().to_string(), format)
+        let budget = LoadBudget::default();
+        let bytes = read_regular_file(path, budget.max_file_bytes, "max_file_bytes")?;
+        Self::read(bytes, &path.display().to_string(), format, &budget, None)
     }
 
     /// [`open`](Self::open) on bytes already in memory; `name` is used in messages.
@@ -152,22 +246,27 @@ impl WeightFile {
 
     /// [`open_as`](Self::open_as) on bytes already in memory.
     pub fn from_bytes_as(bytes: Vec<u8>, name: &str, format: WeightFormat) -> Result<Self> {
+        Self::read(bytes, name, format, &LoadBudget::default(), None)
+    }
+
+    /// [`from_bytes_as`](Self::from_bytes_as) within `budget`.
+    pub fn from_bytes_with_budget(bytes: Vec<u8>, name: &str, format: WeightFormat, budget: &LoadBudget) -> Result<Self> {
+        Self::read(bytes, name, format, budget, None)
+    }
+
+    fn read(bytes: Vec<u8>, name: &str, format: WeightFormat, budget: &LoadBudget, wanted: Option<&Wanted>) -> Result<Self> {
+        let mut cx = ReadContext::new(budget, wanted, bytes.len() as u64);
         match format {
-            WeightFormat::KerasH5 => keras_h5::read(bytes, name),
-            WeightFormat::Safetensors => safetensors_file::read(&bytes, name),
-            WeightFormat::Pth => pth::read(bytes, name),
+            WeightFormat::KerasH5 => keras_h5::read(bytes, name, &mut cx),
+            WeightFormat::Safetensors => safetensors_file::read(&bytes, name, &mut cx),
+            WeightFormat::Pth => pth::read(&bytes, name, &mut cx),
         }
     }
 
     /// A weights source from tensors already in memory (e.g. read from `.npy` files), named in
     /// `convention`.
     pub fn from_tensors(name: &str, convention: Convention, tensors: impl IntoIterator<Item = (String, StoredTensor)>) -> Result<Self> {
-        let mut file = WeightFile {
-            name: name.into(),
-            format: "in-memory",
-            convention,
-            tensors: BTreeMap::new(),
-        };
+        let mut file = WeightFile::empty(name, "in-memory", convention);
         for (k, t) in tensors {
             file.insert(k, t)?;
         }
@@ -180,14 +279,27 @@ impl WeightFile {
             format,
             convention,
             tensors: BTreeMap::new(),
+            skipped: BTreeMap::new(),
         }
     }
 
-    pub(crate) fn insert(&mut self, key: String, t: StoredTensor) -> Result<()> {
-        if self.tensors.contains_key(&key) {
+    fn check_new(&self, key: &str) -> Result<()> {
+        if self.tensors.contains_key(key) || self.skipped.contains_key(key) {
             return Err(self.format_error(format!("tensor {key} appears twice")));
         }
+        Ok(())
+    }
+
+    pub(crate) fn insert(&mut self, key: String, t: StoredTensor) -> Result<()> {
+        self.check_new(&key)?;
         self.tensors.insert(key, t);
+        Ok(())
+    }
+
+    /// Records a tensor that is in the file but was not decoded.
+    pub(crate) fn insert_skipped(&mut self, key: String, shape: Vec<usize>) -> Result<()> {
+        self.check_new(&key)?;
+        self.skipped.insert(key, shape);
         Ok(())
     }
 
@@ -214,29 +326,31 @@ impl WeightFile {
         self.convention
     }
 
-    /// Tensor names, sorted.
+    /// Names of the decoded tensors, sorted.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
 
-    /// One tensor, as stored.
+    /// One decoded tensor, as stored.
     pub fn get(&self, key: &str) -> Option<&StoredTensor> {
         self.tensors.get(key)
     }
 
-    /// Number of tensors.
+    /// Tensors the file holds that [`open_for_model`](Self::open_for_model) did not decode,
+    /// with their stored shapes, sorted by name.
+    pub fn skipped(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.skipped.iter().map(|(k, s)| (k.as_str(), s.as_slice()))
+    }
+
+    /// Number of decoded tensors.
     pub fn len(&self) -> usize {
         self.tensors.len()
     }
 
-    /// True when the file holds no tensor.
+    /// True when the file holds no decoded tensor.
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }
-}
-
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path.display(), e))
 }
 
 /// Converts raw little-endian bytes of `dtype` into `f32`, refusing types that are not floats.
