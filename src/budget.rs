@@ -49,7 +49,7 @@ pub struct LoadBudget {
     /// Default 1,000,000.
     pub max_pickle_memo: usize,
     /// The most entries a container may list: zip members, safetensors tensors, HDF5 layer and
-    /// weight names. Default 1,000,000.
+    /// weight names. Default 100,000 (ResNet152 has about 1,000 tensors).
     pub max_entries: usize,
     /// The largest image file read (bytes on disk). Default 256 MiB.
     pub max_image_file_bytes: u64,
@@ -67,7 +67,7 @@ impl Default for LoadBudget {
             decoded_bytes_per_file_byte: 4,
             max_pickle_depth: 100,
             max_pickle_memo: 1_000_000,
-            max_entries: 1_000_000,
+            max_entries: 100_000,
             max_image_file_bytes: 256 << 20,
             max_image_side: 65_535,
             max_image_pixels: 40_000_000,

@@ -88,12 +88,21 @@ pub(super) fn read(bytes: Vec<u8>, name: &str, cx: &mut ReadContext<'_>) -> Resu
             return Err(out.format_error(format!("layer {layer} is listed twice in layer_names")));
         }
     }
+    // The root's groups in one walk (a lookup by name walks all of a large group's links).
+    let mut groups: HashMap<String, Group> = root
+        .iter_groups()
+        .map_err(|e| h5err(e, "the root's groups"))?
+        .filter(|(n, _)| seen_layers.contains(n.as_str()))
+        .collect();
+    groups.shrink_to_fit();
     // Every (layer, weight) the attributes name, checked for repeats and counted, before any
     // dataset is opened.
     let mut plan = Vec::new();
     let mut keys = HashSet::new();
     for layer in &layers {
-        let group = root.group(layer).map_err(|e| h5err(e, &format!("layer group {layer}")))?;
+        let group = groups
+            .get(layer)
+            .ok_or_else(|| out.format_error(format!("layer group {layer}: not found")))?;
         let attrs = group.attrs().map_err(|e| h5err(e, &format!("attributes of {layer}")))?;
         let weights = string_list(&attrs, "weight_names", &out, layer)?.unwrap_or_default();
         cx.budget
@@ -109,8 +118,10 @@ pub(super) fn read(bytes: Vec<u8>, name: &str, cx: &mut ReadContext<'_>) -> Resu
     // Headers next: shapes, types and sizes, all charged before any data is read.
     let mut headers = Vec::with_capacity(plan.len());
     for (layer, w, key) in plan {
-        let group = root.group(layer).map_err(|e| h5err(e, &format!("layer group {layer}")))?;
-        let (ds, shape) = dataset_header(&group, layer, &w, file_len, &out)?;
+        let group = groups
+            .get(layer)
+            .ok_or_else(|| out.format_error(format!("layer group {layer}: not found")))?;
+        let (ds, shape) = dataset_header(group, layer, &w, file_len, &out)?;
         let count = crate::error::checked_product(&key, &shape)?;
         if cx.wants(Convention::Keras, &key, count) {
             cx.charge_tensor(name, &key, count)?;

@@ -149,6 +149,7 @@ impl Wanted {
     fn for_model(model: &dyn Layer) -> Self {
         let mut w = Wanted::default();
         model.visit_params(&mut LayerPath::default(), &mut |path, kind, v| {
+            w.bytes += v.len() as u64 * 4;
             for (convention, map) in [(Convention::Keras, &mut w.keras), (Convention::Torch, &mut w.torch)] {
                 let counts = map.entry(convention.key(path, kind)).or_default();
                 if !counts.contains(&v.len()) {
@@ -156,7 +157,6 @@ impl Wanted {
                 }
             }
         });
-        w.bytes = w.keras.values().flatten().map(|&n| n as u64 * 4).sum();
         w
     }
 }

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use crate::budget::LoadBudget;
+use crate::budget::{LoadBudget, Spend};
 use crate::error::{Error, Result};
 
 /// Index of a value in the arena.
@@ -126,8 +126,14 @@ struct Machine<'a> {
     /// Nesting depth of each value when it was built or last extended.
     depth: Vec<usize>,
     budget: &'a LoadBudget,
+    /// What the values cost in memory, charged as they are made.
+    spend: &'a mut Spend,
     name: &'a str,
 }
+
+/// The memory one value takes in the arena beyond its own heap data: the value, its depth,
+/// the stack slot or container entry that refers to it.
+const VALUE_COST: u64 = (std::mem::size_of::<Value>() + std::mem::size_of::<usize>() + 2 * std::mem::size_of::<Slot>()) as u64;
 
 impl<'a> Machine<'a> {
     fn refuse(&self, reason: impl Into<String>) -> Error {
@@ -196,6 +202,13 @@ impl<'a> Machine<'a> {
             depth as u64,
             format_args!("{}: a pickle value nested {depth} deep", self.name),
         )?;
+        let heap = match &v {
+            Value::Str(s) | Value::Global(s) => s.len(),
+            Value::Bytes(b) | Value::BigInt(b) => b.len(),
+            _ => 0,
+        };
+        self.spend
+            .charge(VALUE_COST + heap as u64, format_args!("{}: the pickle's values", self.name))?;
         let id = Id::try_from(self.values.len()).map_err(|_| self.refuse("too many values"))?;
         self.values.push(v);
         self.depth.push(depth);
@@ -251,6 +264,10 @@ impl<'a> Machine<'a> {
 
     fn memo_get(&mut self, k: u32) -> Result<()> {
         let id = *self.memo.get(&k).ok_or_else(|| self.refuse(format!("memo key {k} unset")))?;
+        self.spend.charge(
+            2 * std::mem::size_of::<Slot>() as u64,
+            format_args!("{}: the pickle's values", self.name),
+        )?;
         self.stack.push(Slot::Val(id));
         Ok(())
     }
@@ -599,8 +616,9 @@ fn check_view(shape: &[usize], stride: &[usize], offset: usize, numel: usize) ->
 }
 
 /// Runs the pickle at the start of `data` (it may be followed by other data).
-pub(crate) fn parse(data: &[u8], budget: &LoadBudget, name: &str) -> Result<Pickle> {
+pub(crate) fn parse(data: &[u8], budget: &LoadBudget, spend: &mut Spend, name: &str) -> Result<Pickle> {
     Machine {
+        spend,
         data,
         pos: 0,
         stack: Vec::new(),
@@ -645,7 +663,9 @@ impl Pickle {
 /// Runs a whole pickle and returns the `(name, tensor)` entries of its top-level dict.
 #[cfg(test)]
 pub(crate) fn state_dict(data: &[u8]) -> std::result::Result<Vec<(String, TensorRef)>, String> {
-    let p = parse(data, &LoadBudget::default(), "test").map_err(|e| e.to_string())?;
+    let budget = LoadBudget::default();
+    let mut spend = Spend::decoded(&budget, data.len() as u64);
+    let p = parse(data, &budget, &mut spend, "test").map_err(|e| e.to_string())?;
     p.state_dict()
 }
 

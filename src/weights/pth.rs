@@ -117,7 +117,7 @@ fn read_zip(bytes: &[u8], name: &str, cx: &mut ReadContext<'_>) -> Result<Weight
         }
     }
     let pickle_bytes = entry(&mut zip, bytes, &pkl, cx, &out)?;
-    let parsed = pickle::parse(&pickle_bytes, cx.budget, name)?;
+    let parsed = pickle::parse(&pickle_bytes, cx.budget, &mut cx.inflated, name)?;
     let entries = parsed
         .state_dict()
         .map_err(|reason| Error::UnsafePickle { path: name.into(), reason })?;
@@ -166,8 +166,9 @@ fn entry<'b>(
 fn read_legacy(bytes: &[u8], name: &str, cx: &mut ReadContext<'_>) -> Result<WeightFile> {
     let mut out = WeightFile::empty(name, FORMAT, Convention::Torch);
     let mut pos = LEGACY_MAGIC.len();
-    let next = |pos: &mut usize, what: &str| -> Result<pickle::Pickle> {
-        let p = pickle::parse(&bytes[*pos..], cx.budget, name).map_err(|e| match e {
+    let budget = cx.budget;
+    let next = |pos: &mut usize, what: &str, cx: &mut ReadContext<'_>| -> Result<pickle::Pickle> {
+        let p = pickle::parse(&bytes[*pos..], budget, &mut cx.inflated, name).map_err(|e| match e {
             Error::UnsafePickle { path, reason } => Error::UnsafePickle {
                 path,
                 reason: format!("{what}: {reason}"),
@@ -177,18 +178,18 @@ fn read_legacy(bytes: &[u8], name: &str, cx: &mut ReadContext<'_>) -> Result<Wei
         *pos += p.end;
         Ok(p)
     };
-    let version = next(&mut pos, "the protocol version")?;
+    let version = next(&mut pos, "the protocol version", cx)?;
     if *version.root() != Value::Int(LEGACY_PROTOCOL_VERSION) {
         return Err(out.format_error(format!("legacy protocol version is not {LEGACY_PROTOCOL_VERSION}")));
     }
-    let sys_info = next(&mut pos, "the system information")?;
+    let sys_info = next(&mut pos, "the system information", cx)?;
     check_sys_info(&sys_info, &out)?;
-    let object = next(&mut pos, "the state_dict")?;
+    let object = next(&mut pos, "the state_dict", cx)?;
     let entries = object
         .state_dict()
         .map_err(|reason| Error::UnsafePickle { path: name.into(), reason })?;
     drop(object);
-    let keys = next(&mut pos, "the storage keys")?;
+    let keys = next(&mut pos, "the storage keys", cx)?;
     let Value::List(ids) = keys.root() else {
         return Err(out.format_error("the storage keys are not a list"));
     };
