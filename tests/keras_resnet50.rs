@@ -108,3 +108,14 @@ fn forward_is_deterministic() {
     let x = input("coffee.png");
     assert_eq!(m.forward(&x).unwrap(), m.forward(&x).unwrap());
 }
+
+/// From the JPEG file itself (decoded here, bit-identical to Pillow) to Keras' probabilities.
+#[test]
+fn rocket_jpg_decoded_here_gives_keras_probabilities() {
+    let m = model("resnet50.h5");
+    let x = convnet::imagenet::image::keras_resnet_input(common::fixture("keras_resnet50_w8/images/rocket.jpg")).unwrap();
+    let got = m.forward(&x).unwrap();
+    let err = common::max_abs_diff(&got, &common::npy("keras_resnet50_w8/probs_rocket.jpg.npy"));
+    println!("rocket.jpg from the file: max abs error {err:e}");
+    assert!(err <= 1e-5, "max abs error {err}");
+}

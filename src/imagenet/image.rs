@@ -11,7 +11,7 @@ use std::path::Path;
 use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use ndarray::{Array4, Axis};
 
-use super::stream;
+use super::{jpeg, stream};
 use crate::budget::{read_regular_file, LoadBudget};
 use crate::error::{Error, Result};
 use crate::layers::Tensor;
@@ -248,9 +248,9 @@ pub fn decode_rgb(bytes: &[u8], name: &str, options: &ImageOptions) -> Result<Rg
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
     match reader.format() {
-        Some(ImageFormat::Jpeg) if !options.allow_truncated => stream::jpeg_complete(bytes).map_err(err)?,
+        Some(ImageFormat::Jpeg) => return decode_jpeg(bytes, name, options),
         Some(ImageFormat::Png) if !options.allow_truncated => stream::png_complete(bytes).map_err(err)?,
-        Some(ImageFormat::Jpeg | ImageFormat::Png) => {}
+        Some(ImageFormat::Png) => {}
         Some(other) => return Err(err(format!("{other:?} images are not read; PNG and JPEG are"))),
         None => return Err(err("neither a PNG nor a JPEG file".into())),
     }
@@ -297,6 +297,48 @@ pub fn decode_rgb(bytes: &[u8], name: &str, options: &ImageOptions) -> Result<Rg
         other => other.to_rgb8().into_raw(),
     };
     RgbImage::new(w, h, data)
+}
+
+/// JPEG through this crate's Pillow-exact decoder, converted to RGB as Pillow's
+/// `convert("RGB")` converts its mode: `L` replicated, `CMYK` (which Pillow reads inverted,
+/// Adobe's convention) by `cmyk2rgb`.
+fn decode_jpeg(bytes: &[u8], name: &str, options: &ImageOptions) -> Result<RgbImage> {
+    let err = |reason: String| Error::Image { path: name.into(), reason };
+    let budget = &options.budget;
+    let (w, h) = jpeg::dimensions(bytes).map_err(err)?;
+    let side = w.max(h) as u64;
+    LoadBudget::check(
+        "max_image_side",
+        budget.max_image_side.into(),
+        side,
+        format_args!("{name} ({w}x{h})"),
+    )?;
+    LoadBudget::check(
+        "max_image_pixels",
+        budget.max_image_pixels,
+        (w * h) as u64,
+        format_args!("{name} ({w}x{h})"),
+    )?;
+    let d = jpeg::decode(bytes, options.allow_truncated, budget.max_image_pixels).map_err(err)?;
+    let data = match d.channels {
+        1 => d.data.iter().flat_map(|&v| [v; 3]).collect(),
+        3 => d.data,
+        _ => d
+            .data
+            .chunks_exact(4)
+            .flat_map(|p| {
+                // "CMYK;I": Pillow stores 255 - each sample, then cmyk2rgb.
+                let k = 255 - i32::from(p[3]);
+                let nk = 255 - k;
+                let ch = |v: u8| {
+                    let t = (255 - i32::from(v)) * nk + 128;
+                    (nk - (((t >> 8) + t) >> 8)).clamp(0, 255) as u8
+                };
+                [ch(p[0]), ch(p[1]), ch(p[2])]
+            })
+            .collect(),
+    };
+    RgbImage::new(d.width, d.height, data)
 }
 
 /// Keras' `load_img(path, target_size=(height, width))`: decode, convert to RGB, and resize

@@ -2,6 +2,7 @@
 //! that feed the networks exactly as Keras and torchvision do ([`image`]).
 
 pub mod image;
+mod jpeg;
 mod stream;
 
 use std::sync::OnceLock;
