@@ -17,63 +17,58 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::Parser;
 use convnet::inference::{BatchSchedule, CompiledModel, InferenceOptions};
 use convnet::layers::{LayerPath, ParamKind, ParamVisitor};
 use convnet::models::{ResNet, ResNetConfig};
 use convnet::weights::{LoadOptions, WeightFile};
 use ndarray::{ArrayD, ArrayViewMutD, IxDyn};
 
+/// Times ResNet50 on the compiled path.
+#[derive(Parser)]
+#[command(name = "bench_resnet50")]
 struct Args {
+    /// A Keras HDF5 weights file (default: deterministic random weights).
+    #[arg(long)]
     weights: Option<String>,
-    batch: usize,
-    threads: usize,
-    iters: usize,
-    warmup: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+    /// Threads (default: all available cores).
+    #[arg(long, default_value_t = default_threads(), value_parser = clap::value_parser!(u64).range(1..))]
+    threads: u64,
+    /// Timed iterations.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    iters: u64,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Print the median time of each layer.
+    #[arg(long)]
     profile: bool,
+    /// Time the layer-by-layer (reference) forward pass instead.
+    #[arg(long)]
     unfused: bool,
-    winograd: bool,
-    schedule: BatchSchedule,
+    /// Compute 3x3 convolutions by direct GEMM instead of Winograd.
+    #[arg(long)]
+    no_winograd: bool,
+    /// How a batch is spread over the threads.
+    #[arg(long, value_enum, default_value_t = Schedule::Auto)]
+    schedule: Schedule,
+    /// Compare with onnxruntime's output in DIR first (check_input.npy, check_probs.npy).
+    #[arg(long, value_name = "DIR")]
     check: Option<String>,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        weights: None,
-        batch: 1,
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        iters: 20,
-        warmup: 3,
-        profile: false,
-        unfused: false,
-        winograd: true,
-        schedule: BatchSchedule::Auto,
-        check: None,
-    };
-    let mut it = std::env::args().skip(1);
-    let num = |v: Option<String>, what: &str| v.and_then(|v| v.parse::<usize>().ok()).ok_or(format!("{what} needs a number"));
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--weights" => a.weights = Some(it.next().ok_or("--weights needs a file")?),
-            "--batch" => a.batch = num(it.next(), "--batch")?.max(1),
-            "--threads" => a.threads = num(it.next(), "--threads")?.max(1),
-            "--iters" => a.iters = num(it.next(), "--iters")?.max(1),
-            "--warmup" => a.warmup = num(it.next(), "--warmup")?,
-            "--profile" => a.profile = true,
-            "--unfused" => a.unfused = true,
-            "--no-winograd" => a.winograd = false,
-            "--schedule" => {
-                a.schedule = match it.next().as_deref() {
-                    Some("auto") => BatchSchedule::Auto,
-                    Some("lanes") => BatchSchedule::ImageLanes,
-                    Some("serial") => BatchSchedule::ImageSerial,
-                    _ => return Err("--schedule takes auto, lanes or serial".into()),
-                }
-            }
-            "--check" => a.check = Some(it.next().ok_or("--check needs a folder")?),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(a)
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Schedule {
+    Auto,
+    Lanes,
+    Serial,
+}
+
+fn default_threads() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
 }
 
 /// He-uniform kernels, BatchNorm statistics near identity, from a fixed seed.
@@ -122,9 +117,13 @@ fn run(a: Args) -> convnet::Result<()> {
         None => convnet::layers::Layer::visit_params_mut(&mut model, &mut Default::default(), &mut RandomWeights(42))?,
     }
     let options = InferenceOptions {
-        threads: a.threads,
-        winograd: a.winograd,
-        schedule: a.schedule,
+        threads: a.threads as usize,
+        winograd: !a.no_winograd,
+        schedule: match a.schedule {
+            Schedule::Auto => BatchSchedule::Auto,
+            Schedule::Lanes => BatchSchedule::ImageLanes,
+            Schedule::Serial => BatchSchedule::ImageSerial,
+        },
         ..Default::default()
     };
     if let Some(dir) = &a.check {
@@ -149,17 +148,17 @@ fn run(a: Args) -> convnet::Result<()> {
             input.shape()[0]
         );
     }
-    let x = ArrayD::from_shape_fn(IxDyn(&[a.batch, 224, 224, 3]), |i| {
+    let x = ArrayD::from_shape_fn(IxDyn(&[a.batch as usize, 224, 224, 3]), |i| {
         ((i[1] * 7 + i[2] * 13 + i[3] * 29 + i[0]) % 255) as f32 - 120.0
     });
-    let mut times = Vec::with_capacity(a.iters);
+    let mut times = Vec::with_capacity(a.iters as usize);
     let mut per_layer: Vec<(String, Vec<f64>)> = Vec::new();
     let mut fast = if a.unfused {
         None
     } else {
         Some(CompiledModel::new(&model, &[224, 224, 3], &options)?)
     };
-    let mut out = vec![0.0; a.batch * 1000];
+    let mut out = vec![0.0; a.batch as usize * 1000];
     for i in 0..a.warmup + a.iters {
         let t = Instant::now();
         match &mut fast {
@@ -197,29 +196,25 @@ fn run(a: Args) -> convnet::Result<()> {
     }
     times.sort_by(f64::total_cmp);
     let median = percentile(&times, 0.5);
-    println!(
-        "{{\"model\": \"resnet50-keras\", \"batch\": {}, \"threads\": {}, \"iters\": {}, \"median_ms\": {:.2}, \"p10_ms\": {:.2}, \"p90_ms\": {:.2}, \"images_per_s\": {:.2}, \"peak_rss_mib\": {:.1}}}",
-        a.batch,
-        if a.unfused { 0 } else { a.threads },
-        a.iters,
-        median,
-        percentile(&times, 0.1),
-        percentile(&times, 0.9),
-        a.batch as f64 * 1000.0 / median,
-        peak_rss_mib()
-    );
+    let round2 = |v: f64| (v * 100.0).round() / 100.0;
+    let line = serde_json::json!({
+        "model": "resnet50-keras",
+        "batch": a.batch,
+        "threads": if a.unfused { 0 } else { a.threads },
+        "iters": a.iters,
+        "median_ms": round2(median),
+        "p10_ms": round2(percentile(&times, 0.1)),
+        "p90_ms": round2(percentile(&times, 0.9)),
+        "images_per_s": round2(a.batch as f64 * 1000.0 / median),
+        "peak_rss_mib": (peak_rss_mib() * 10.0).round() / 10.0,
+        "gemm_kernel": format!("{:?}", convnet::kernels::packed_gemm::gemm_kernel()),
+    });
+    println!("{line}");
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}\nusage: bench_resnet50 [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--no-winograd] [--schedule auto|lanes|serial] [--check DIR]");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args) {
+    match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

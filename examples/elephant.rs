@@ -17,54 +17,35 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::Parser;
+use convnet::remote::{cache_dir, KERAS_ELEPHANT_JPG, KERAS_RESNET50_WEIGHTS};
+
 use convnet::budget::LoadBudget;
 use convnet::imagenet::{decode_predictions, image::keras_resnet_input, Prediction};
 use convnet::models::{ResNet, ResNetConfig};
 use convnet::weights::{LoadOptions, WeightFile};
 
-const WEIGHTS_FILE: &str = "resnet50_weights_tf_dim_ordering_tf_kernels.h5";
-const WEIGHTS_URL: &str =
-    "https://github.com/fchollet/deep-learning-models/releases/download/v0.2/resnet50_weights_tf_dim_ordering_tf_kernels.h5";
-
+/// The seed program, from the command line.
+#[derive(Parser)]
+#[command(name = "elephant", about = "Classify an image with the Keras ResNet50, as the seed program does")]
 struct Args {
+    /// The image (PNG or JPEG); default: elephant.jpg here, else Keras' test photo (downloaded).
     image: Option<PathBuf>,
+    /// The Keras HDF5 weights file; default: the cache, Keras' cache, else a download.
+    #[arg(long)]
     weights: Option<PathBuf>,
-    top: usize,
+    /// How many predictions to print.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    top: u64,
+    /// Print one JSON object instead of the summary and Python-style lines.
+    #[arg(long)]
     json: bool,
-    summary: bool,
-    width_divisor: usize,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        image: None,
-        weights: None,
-        top: 5,
-        json: false,
-        summary: true,
-        width_divisor: 1,
-    };
-    // Paths may be any bytes the OS allows (not only UTF-8); options are ASCII.
-    let mut it = std::env::args_os().skip(1);
-    let number = |v: Option<std::ffi::OsString>, what: &str| {
-        v.and_then(|v| v.to_str().and_then(|s| s.parse().ok()))
-            .filter(|&n: &usize| n > 0)
-            .ok_or(format!("{what} needs a positive number"))
-    };
-    while let Some(arg) = it.next() {
-        match arg.to_str() {
-            Some("--weights") => a.weights = Some(it.next().ok_or("--weights needs a file")?.into()),
-            Some("--top") => a.top = number(it.next(), "--top")?,
-            Some("--width-divisor") => a.width_divisor = number(it.next(), "--width-divisor")?,
-            Some("--json") => a.json = true,
-            Some("--no-summary") => a.summary = false,
-            Some("-h" | "--help") => return Err(String::new()),
-            Some(s) if s.starts_with('-') => return Err(format!("unknown option {s}")),
-            _ if a.image.is_none() => a.image = Some(arg.into()),
-            _ => return Err(format!("unexpected argument {}", arg.to_string_lossy())),
-        }
-    }
-    Ok(a)
+    /// Skip the model summary.
+    #[arg(long)]
+    no_summary: bool,
+    /// Divide every width by N (the reduced fixtures in tests/fixtures/keras_resnet50_w8 use 8).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    width_divisor: u64,
 }
 
 /// `--weights`, the caches, or a download.
@@ -72,39 +53,30 @@ fn find_weights(explicit: Option<PathBuf>, quiet: bool) -> Result<PathBuf, Strin
     if let Some(p) = explicit {
         return Ok(p); // the loader refuses what is not a readable regular file
     }
-    let mut candidates = vec![cache_dir().join(WEIGHTS_FILE)];
+    let file = KERAS_RESNET50_WEIGHTS.file_name;
+    let mut candidates = vec![cache_dir().join(file)];
     if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(Path::new(&home).join(".keras/models").join(WEIGHTS_FILE));
+        candidates.push(Path::new(&home).join(".keras/models").join(file));
     }
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {
         return Ok(found.clone());
     }
     download_weights(quiet).map_err(|e| {
         format!(
-            "{e}\n\nThe pretrained weights are needed: download {WEIGHTS_URL}\n(md5 a7b3fe01876f51b976af0dea6bc144eb, 102,853,048 bytes) and either pass it with\n--weights FILE or put it at {}.",
+            "{e}\n\nThe pretrained weights are needed: download {}\n(md5 {}, 102,853,048 bytes) and either pass it with\n--weights FILE or put it at {}.",
+            KERAS_RESNET50_WEIGHTS.url,
+            KERAS_RESNET50_WEIGHTS.md5.unwrap_or("unpublished"),
             candidates[0].display()
         )
     })
 }
 
 #[cfg(feature = "download")]
-fn cache_dir() -> PathBuf {
-    convnet::download::cache_dir()
-}
-
-#[cfg(not(feature = "download"))]
-fn cache_dir() -> PathBuf {
-    std::env::var_os("CONVNET_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".convnet-cache"))
-}
-
-#[cfg(feature = "download")]
 fn download_weights(quiet: bool) -> Result<PathBuf, String> {
     if !quiet {
-        eprintln!("Downloading {WEIGHTS_URL}");
+        eprintln!("Downloading {}", KERAS_RESNET50_WEIGHTS.url);
     }
-    convnet::download::fetch_cached(&convnet::download::KERAS_RESNET50_WEIGHTS, &cache_dir(), !quiet).map_err(|e| e.to_string())
+    convnet::download::fetch_cached(&KERAS_RESNET50_WEIGHTS, &cache_dir(), !quiet).map_err(|e| e.to_string())
 }
 
 #[cfg(not(feature = "download"))]
@@ -126,7 +98,7 @@ fn find_image(explicit: Option<PathBuf>, quiet: bool) -> Result<PathBuf, String>
 
 #[cfg(feature = "download")]
 fn download_elephant(quiet: bool) -> Result<PathBuf, String> {
-    convnet::download::fetch_cached(&convnet::download::KERAS_ELEPHANT_JPG, &cache_dir(), !quiet).map_err(|e| e.to_string())
+    convnet::download::fetch_cached(&KERAS_ELEPHANT_JPG, &cache_dir(), !quiet).map_err(|e| e.to_string())
 }
 
 #[cfg(not(feature = "download"))]
@@ -145,19 +117,20 @@ fn python_repr(preds: &[Prediction]) -> String {
 
 fn run(args: Args) -> Result<(), String> {
     let quiet = args.json;
-    let mut model = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(args.width_divisor)).map_err(|e| e.to_string())?;
+    let mut model =
+        ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(args.width_divisor as usize)).map_err(|e| e.to_string())?;
     let weights_path = find_weights(args.weights, quiet)?;
     // Decode only what the model takes, within the default budget.
     let weights = WeightFile::open_for_model(&weights_path, &model, &LoadBudget::default()).map_err(|e| e.to_string())?;
     weights.load_into(&mut model, &LoadOptions::strict()).map_err(|e| e.to_string())?;
-    if args.summary && !args.json {
+    if !args.no_summary && !args.json {
         println!("{}", model.summary().map_err(|e| e.to_string())?);
     }
     let image = find_image(args.image, quiet)?;
     let x = keras_resnet_input(&image).map_err(|e| e.to_string())?;
     let shape: Vec<String> = x.shape().iter().map(usize::to_string).collect();
     let preds = model.forward(&x).map_err(|e| e.to_string())?;
-    let top = decode_predictions(&preds, args.top).map_err(|e| e.to_string())?.remove(0);
+    let top = decode_predictions(&preds, args.top as usize).map_err(|e| e.to_string())?.remove(0);
     if args.json {
         let predictions: Vec<serde_json::Value> = top
             .iter()
@@ -173,16 +146,9 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(msg) => {
-            if !msg.is_empty() {
-                eprintln!("error: {msg}");
-            }
-            eprintln!("usage: elephant [IMAGE] [--weights FILE] [--top N] [--json] [--no-summary] [--width-divisor N]");
-            return ExitCode::from(2);
-        }
-    };
+    // clap reads paths as OsStrings (non-UTF-8 names work) and exits with status 2 and a
+    // usage message on a bad command line.
+    let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {

@@ -63,13 +63,22 @@ fn main() {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features were detected.
             let g = measure(12.0 * 8.0 * 2.0, |n| unsafe { x86::ymm(n) });
-            let _ = writeln!(out, "{{\"vector\": \"ymm (AVX2 + FMA)\", \"gflops_per_core\": {g:.1}}}");
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::json!({"vector": "ymm (AVX2 + FMA)", "gflops_per_core": (g * 10.0).round() / 10.0})
+            );
         }
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the feature was detected.
             let g = measure(24.0 * 16.0 * 2.0, |n| unsafe { x86::zmm(n) });
-            let _ = writeln!(out, "{{\"vector\": \"zmm (AVX-512F)\", \"gflops_per_core\": {g:.1}}}");
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::json!({"vector": "zmm (AVX-512F)", "gflops_per_core": (g * 10.0).round() / 10.0})
+            );
         }
     }
-    let _ = writeln!(out, "{{\"gemm_kernel\": \"{:?}\"}}", convnet::kernels::packed_gemm::gemm_kernel());
+    let kernel = format!("{:?}", convnet::kernels::packed_gemm::gemm_kernel());
+    let _ = writeln!(out, "{}", serde_json::json!({ "gemm_kernel": kernel }));
 }

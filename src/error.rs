@@ -95,7 +95,7 @@ pub enum Error {
     },
     /// A tensor in the file has a different shape than the layer it was matched to.
     #[error(
-        "{layer} ({kind}): expected shape {}, found {} in tensor {key}",
+        "{layer} ({kind}): expected shape {}, found {} in tensor {key}{hint}",
         ShapeFmt(expected),
         ShapeFmt(found)
     )]
@@ -110,6 +110,9 @@ pub enum Error {
         expected: Vec<usize>,
         /// The shape in the file (converted to the model's layout).
         found: Vec<usize>,
+        /// What the mismatches suggest, when they all differ by one width ratio (`; every
+        /// mismatched tensor is 8 times narrower in the file ...`), else empty.
+        hint: String,
     },
     /// Parameters of the model for which the file has no tensor.
     #[error("{source_name}: no weights for {} model parameters: {}", missing.len(), list(missing))]

@@ -1,7 +1,12 @@
 //! # convnet
 //!
 //! Convolutional neural networks on the CPU, in Rust: Keras-exact layers over a GEMM-backed
-//! convolution kernel, composed into residual networks.
+//! convolution kernel, composed into residual networks, run on a fast compiled path and
+//! trained with PyTorch's and Keras' optimizers. Everything computes in `f32`.
+//!
+//! A freshly built layer holds zeros (its kernels, biases and BatchNorm statistics): load a
+//! weights file ([`weights::WeightFile`]) or initialise it with a seeded scheme
+//! ([`init::initialize`], He / Glorot / PyTorch's defaults) before using it.
 //!
 //! ```
 //! use convnet::kernels::Padding;
@@ -18,12 +23,20 @@
 //!    .push("block", Residual::new(block, None, Some(Activation::Relu))?)?
 //!    .push("pool", GlobalAvgPool)?
 //!    .push("fc", Dense::new(16, 10, Some(Activation::Softmax))?)?;
+//! // Built layers hold zeros: give them Keras' initialisers (Glorot kernels, zero biases,
+//! // identity BatchNorm), seeded.
+//! convnet::init::initialize(&mut net, &convnet::init::InitScheme::keras(), 42)?;
 //!
 //! // Shapes are checked before anything runs...
 //! assert_eq!(net.output_shape(&[2, 33, 33, 3])?, vec![2, 10]);
-//! // ...and a forward pass maps an NHWC batch to class probabilities.
-//! let probs = net.forward(&ArrayD::zeros(IxDyn(&[2, 33, 33, 3])))?;
+//! // ...and a forward pass maps an NHWC batch (owned, or any view) to class probabilities.
+//! let x = ArrayD::from_shape_fn(IxDyn(&[2, 33, 33, 3]), |i| (i[1] * 33 + i[2]) as f32 / 1089.0);
+//! let probs = net.forward(&x)?;
 //! assert_eq!(probs.shape(), &[2, 10]);
+//! assert!((probs.sum() - 2.0).abs() < 1e-5);
+//! let first = net.forward(&x.slice(ndarray::s![0..1, .., .., ..]).into_dyn())?;
+//! let same = first.iter().zip(probs.iter()).all(|(a, b)| (a - b).abs() < 1e-6);
+//! assert!(same, "the first image alone gives its row of the batch");
 //! println!("{}", net.summary(&[1, 33, 33, 3])?);
 //! # Ok::<(), convnet::Error>(())
 //! ```
@@ -33,12 +46,12 @@
 //! - Batches are 4-D `f32` [`ndarray`] arrays in **NHWC** `(batch, height, width, channels)`,
 //!   Keras' `channels_last`. After [`layers::Flatten`], [`layers::GlobalAvgPool`] and
 //!   [`layers::Dense`] they are `(batch, features)`. The type is [`layers::Tensor`]
-//!   (`ArrayD<f32>`).
+//!   (`ArrayD<f32>`); inputs are taken as [`layers::TensorRef`], which owned arrays and views
+//!   both dereference to.
 //! - Convolution kernels are **HWIO** `(kh, kw, in_channels, out_channels)`, exactly as Keras
 //!   stores them; dense kernels are `(in, out)`.
-//! - Coming from PyTorch (NCHW)? Convert a batch once with
-//!   `x.permuted_axes([0, 2, 3, 1]).as_standard_layout().into_owned()`, or
-//!   [`nchw_to_nhwc`]; and back with [`nhwc_to_nchw`]. Weight files in PyTorch's layouts are
+//! - Coming from PyTorch (NCHW)? Convert a batch once with [`nchw_to_nhwc`] (any 4-D array
+//!   or view in, a [`layers::Tensor`] out); and back with [`nhwc_to_nchw`]. Weight files in PyTorch's layouts are
 //!   converted once at load time, never per forward pass.
 //!
 //! ## Modules
@@ -65,6 +78,7 @@
 //!   learning-rate schedules, checkpoints.
 //! - [`init`]: seeded He / Glorot / PyTorch-default initialisers.
 //! - `download` (feature `download`): md5-verified, atomic downloads into a cache.
+//! - [`remote`]: where the pretrained weights and sample images live, and the cache folder.
 //! - [`budget`]: the resource budget every loader checks before it allocates.
 //! - [`error`]: the one [`Error`] type; bad input is a typed error, never a panic.
 //!
@@ -88,12 +102,11 @@ pub mod init;
 pub mod kernels;
 pub mod layers;
 pub mod models;
+pub mod remote;
 pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
-
-use ndarray::Array4;
 
 /// The README's Rust examples, compiled and run as doctests.
 #[cfg(doctest)]
@@ -101,11 +114,28 @@ use ndarray::Array4;
 struct ReadmeDoctests;
 
 /// Converts an NCHW batch (PyTorch's layout) into NHWC, the layout every layer here takes.
-pub fn nchw_to_nhwc(x: &Array4<f32>) -> Array4<f32> {
-    x.view().permuted_axes([0, 2, 3, 1]).as_standard_layout().into_owned()
+/// Takes any 4-dimensional `f32` array or view (`&Array4`, `&ArrayD`, `&ArrayViewD`, ...);
+/// another rank is [`Error::Shape`].
+pub fn nchw_to_nhwc<D: ndarray::Dimension>(x: &ndarray::ArrayRef<f32, D>) -> Result<layers::Tensor> {
+    permute4(x, [0, 2, 3, 1], "nchw_to_nhwc")
 }
 
-/// Converts an NHWC batch into NCHW.
-pub fn nhwc_to_nchw(x: &Array4<f32>) -> Array4<f32> {
-    x.view().permuted_axes([0, 3, 1, 2]).as_standard_layout().into_owned()
+/// Converts an NHWC batch into NCHW (PyTorch's layout); see [`nchw_to_nhwc`].
+pub fn nhwc_to_nchw<D: ndarray::Dimension>(x: &ndarray::ArrayRef<f32, D>) -> Result<layers::Tensor> {
+    permute4(x, [0, 3, 1, 2], "nhwc_to_nchw")
+}
+
+fn permute4<D: ndarray::Dimension>(x: &ndarray::ArrayRef<f32, D>, axes: [usize; 4], what: &str) -> Result<layers::Tensor> {
+    if x.ndim() != 4 {
+        return Err(Error::Shape {
+            layer: what.into(),
+            expected: "a 4-dimensional batch".into(),
+            got: format!("{}", error::ShapeFmt(x.shape())),
+        });
+    }
+    Ok(x.view()
+        .into_dyn()
+        .permuted_axes(ndarray::IxDyn(&axes))
+        .as_standard_layout()
+        .into_owned())
 }

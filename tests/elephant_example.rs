@@ -99,6 +99,10 @@ fn bad_input_fails_cleanly_with_a_message() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("expected shape (7, 7, 3, 64), found (7, 7, 3, 8)"), "{err}");
+    assert!(
+        err.contains("8 times narrower in the file") && err.contains("with_width_divisor"),
+        "{err}"
+    );
     // unreadable image
     let out = run(&["/nonexistent.png", "--weights", weights.to_str().unwrap(), "--width-divisor", "8"]);
     assert_eq!(out.status.code(), Some(1));

@@ -123,7 +123,7 @@ impl Layer for SignedSquare {
             }),
         }
     }
-    fn forward(&self, x: &Tensor) -> convnet::Result<Tensor> {
+    fn forward(&self, x: &convnet::layers::TensorRef) -> convnet::Result<Tensor> {
         self.output_shape(x.shape())?;
         let c = self.offset.len();
         let mut y = x.as_standard_layout().into_owned();

@@ -378,7 +378,7 @@ pub(crate) fn per_image(shape: &[usize]) -> Result<&[usize]> {
 
 /// What [`Layer::forward`] does: lowers `layer` for `x`'s shape and runs the reference
 /// executor. Refuses non-finite input ([`Error::NonFinite`]).
-pub(crate) fn forward_layer<L: Layer + ?Sized>(layer: &L, x: &crate::layers::Tensor) -> Result<crate::layers::Tensor> {
+pub(crate) fn forward_layer<L: Layer + ?Sized>(layer: &L, x: &crate::layers::TensorRef) -> Result<crate::layers::Tensor> {
     let _active = guard::enter(layer)?;
     let mut b = Lowering::new(per_image(x.shape())?)?;
     let input = b.input();
@@ -402,7 +402,7 @@ pub(crate) fn layer_output_shape<L: Layer + ?Sized>(layer: &L, input: &[usize]) 
 /// What [`Layer::forward_with_taps`] does.
 pub(crate) fn forward_layer_with_taps<L: Layer + ?Sized>(
     layer: &L,
-    x: &crate::layers::Tensor,
+    x: &crate::layers::TensorRef,
     names: &[&str],
 ) -> Result<(crate::layers::Tensor, crate::layers::Taps)> {
     let _active = guard::enter(layer)?;

@@ -80,7 +80,7 @@ impl ConvOp<'_> {
             return Err(Error::shape(
                 "Conv2D",
                 format!("{} input channels", self.in_channels),
-                format!("{c} (input {})", ShapeFmt(input)),
+                format!("{c}, in a per-image input of shape {}", ShapeFmt(input)),
             ));
         }
         let g = self.groups;

@@ -13,17 +13,20 @@ use super::op::{ConvOp, DenseOp, Op, PoolOp};
 use super::{Graph, ValueId};
 use crate::error::{Error, Result, ShapeFmt};
 use crate::kernels::{self, Epilogue};
-use crate::layers::{check_finite, Tensor};
+use crate::layers::{check_finite, Tensor, TensorRef};
 
 /// Runs `graph` on the batch `x` (`(n, ...)` with the graph's per-image input shape).
-pub fn run(graph: &Graph<'_>, x: &Tensor) -> Result<Tensor> {
+pub fn run(graph: &Graph<'_>, x: &TensorRef) -> Result<Tensor> {
     run_with_taps(graph, x, &[]).map(|(y, _)| y)
 }
 
 /// Runs `graph` on `x` and also returns the values `taps`, in order.
-pub fn run_with_taps(graph: &Graph<'_>, x: &Tensor, taps: &[ValueId]) -> Result<(Tensor, Vec<Tensor>)> {
+pub fn run_with_taps(graph: &Graph<'_>, x: &TensorRef, taps: &[ValueId]) -> Result<(Tensor, Vec<Tensor>)> {
     check_input(graph, x.shape())?;
     check_finite(x)?;
+    // The reference executor keeps every value owned (a copy of the input is small beside the
+    // arithmetic); the fast path reads views without copying.
+    let x: Tensor = x.to_owned();
     let batch = x.shape()[0];
     let n = graph.value_count();
     // The last node reading each value; kept values are never freed.
@@ -43,7 +46,7 @@ pub fn run_with_taps(graph: &Graph<'_>, x: &Tensor, taps: &[ValueId]) -> Result<
             .inputs
             .iter()
             .map(|v| {
-                if *v == input { Some(x) } else { values[v.0].as_ref() }
+                if *v == input { Some(&x) } else { values[v.0].as_ref() }
                     .ok_or_else(|| Error::config("graph", format!("{} reads value {} before it is written", node.name(), v.0)))
             })
             .collect::<Result<_>>()?;
@@ -76,7 +79,7 @@ pub fn run_with_taps(graph: &Graph<'_>, x: &Tensor, taps: &[ValueId]) -> Result<
     if count > 0 {
         return Err(Error::NonFiniteOutput {
             count,
-            origin: format!("they first appear in the output of {}", first_non_finite(graph, x)),
+            origin: format!("they first appear in the output of {}", first_non_finite(graph, &x)),
         });
     }
     Ok((y, tapped))

@@ -110,7 +110,7 @@ impl std::fmt::Debug for ForwardPass<'_, '_> {
 }
 
 /// Runs `graph` on `x` in training mode.
-pub fn forward<'g, 'm>(graph: &'g Graph<'m>, x: &Tensor, mode: &TrainingMode) -> Result<ForwardPass<'g, 'm>> {
+pub fn forward<'g, 'm>(graph: &'g Graph<'m>, x: &crate::layers::TensorRef, mode: &TrainingMode) -> Result<ForwardPass<'g, 'm>> {
     check_input(graph, x.shape())?;
     check_finite(x)?;
     if !(0.0..=1.0).contains(&mode.batch_norm_momentum) {

@@ -2,9 +2,9 @@
 //!
 //! The seed feeds its network with Keras' `load_img(path, target_size=(224, 224))` (Pillow's
 //! NEAREST resize, no crop), `img_to_array` and `preprocess_input` (caffe mode). This module
-//! reproduces that bit for bit on lossless images; see [`keras_resnet_input`]. JPEG files are
-//! decoded by the pure-Rust decoder of the `image` crate, which differs from libjpeg-turbo
-//! (Pillow) by +-1-2 levels on some pixels.
+//! reproduces that bit for bit; see [`keras_resnet_input`]. JPEG files are decoded by this
+//! crate's own decoder, bit-identical to Pillow's libjpeg-turbo (the accurate integer IDCT,
+//! fancy upsampling, its fixed-point colour conversion); PNGs by the `image` crate.
 
 use std::path::Path;
 
@@ -374,7 +374,18 @@ pub fn preprocess_input_caffe(x: &mut Tensor) -> Result<()> {
 /// The seed's whole input pipeline: `load_img(path, target_size=(224, 224))`, `img_to_array`,
 /// batch axis, `preprocess_input` (caffe). Returns `(1, 224, 224, 3)`.
 pub fn keras_resnet_input(path: impl AsRef<Path>) -> Result<Tensor> {
-    let mut x = keras_load_img(path, Some((224, 224)))?.to_tensor();
+    keras_resnet_input_from_image(&load_rgb(path)?)
+}
+
+/// [`keras_resnet_input`] on an image already decoded: Pillow's NEAREST resize to 224 x 224
+/// (when the size differs), then caffe-mode preprocessing. Returns `(1, 224, 224, 3)`.
+pub fn keras_resnet_input_from_image(img: &RgbImage) -> Result<Tensor> {
+    let img = if (img.width, img.height) == (224, 224) {
+        img.clone()
+    } else {
+        img.resize_nearest(224, 224)?
+    };
+    let mut x = img.to_tensor();
     preprocess_input_caffe(&mut x)?;
     Ok(x)
 }
@@ -401,7 +412,8 @@ pub fn torchvision_crop(img: &RgbImage) -> Result<RgbImage> {
 
 /// torchvision's ImageNet evaluation transform: [`torchvision_crop`], `ToTensor()` (/255),
 /// `Normalize(TORCHVISION_MEAN, TORCHVISION_STD)`, in `f32`. Returned NHWC `(1, 224, 224, 3)`,
-/// RGB, ready for the torchvision presets.
+/// RGB, ready for the torchvision presets. [`torchvision_input_from_file`] reads the file
+/// first.
 pub fn torchvision_input(img: &RgbImage) -> Result<Tensor> {
     let mut x = torchvision_crop(img)?.to_tensor();
     for mut px in x.lanes_mut(Axis(3)) {
@@ -410,4 +422,10 @@ pub fn torchvision_input(img: &RgbImage) -> Result<Tensor> {
         }
     }
     Ok(x)
+}
+
+/// [`torchvision_input`] on an image file (PNG or JPEG, decoded as Pillow decodes it, as
+/// torchvision's `ImageFolder` does).
+pub fn torchvision_input_from_file(path: impl AsRef<Path>) -> Result<Tensor> {
+    torchvision_input(&load_rgb(path)?)
 }

@@ -8,7 +8,7 @@ mod stream;
 use std::sync::OnceLock;
 
 use crate::error::{Error, Result, ShapeFmt};
-use crate::layers::Tensor;
+use crate::layers::TensorRef;
 
 /// Keras' `imagenet_class_index.json` (index -> [wnid, name]), embedded.
 const CLASS_INDEX_JSON: &str = include_str!("imagenet_class_index.json");
@@ -64,17 +64,58 @@ pub struct Prediction {
 
 /// The `top` highest-scoring classes of each row of `probs` (shape `(n, 1000)`), highest
 /// first, as `(wnid, name, probability)`: Keras' `decode_predictions(preds, top)`.
-pub fn decode_predictions(probs: &Tensor, top: usize) -> Result<Vec<Vec<Prediction>>> {
-    let shape = probs.shape();
+///
+/// Each row must be a probability distribution (values in [0, 1] summing to 1 within 1e-3),
+/// as a softmax head gives; raw logits (a torchvision model's output) are refused with
+/// [`Error::Shape`]: pass them to [`decode_logits`] instead.
+pub fn decode_predictions(probs: &TensorRef, top: usize) -> Result<Vec<Vec<Prediction>>> {
+    check_classes(probs.shape(), "decode_predictions")?;
+    for (i, row) in probs.outer_iter().enumerate() {
+        let sum: f64 = row.iter().map(|&v| f64::from(v)).sum();
+        let outside = row.iter().find(|&&v| !(0.0..=1.0).contains(&v));
+        if outside.is_some() || (sum - 1.0).abs() > 1e-3 {
+            return Err(Error::shape(
+                "decode_predictions",
+                "rows of probabilities (each in [0, 1], summing to 1); for logits use decode_logits, which applies the softmax",
+                match outside {
+                    Some(v) => format!("row {i} holds {v}"),
+                    None => format!("row {i} sums to {sum}"),
+                },
+            ));
+        }
+    }
+    Ok(top_classes(probs, top))
+}
+
+/// [`decode_predictions`] for logits (a model without a softmax head, such as torchvision's
+/// ResNets): each row goes through the softmax first, so the `probability` fields are
+/// probabilities.
+pub fn decode_logits(logits: &TensorRef, top: usize) -> Result<Vec<Vec<Prediction>>> {
+    check_classes(logits.shape(), "decode_logits")?;
+    let mut probs = logits.to_owned();
+    for mut row in probs.outer_iter_mut() {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        row.mapv_inplace(|v| (v - max).exp());
+        let sum: f32 = row.sum();
+        row.mapv_inplace(|v| v / sum);
+    }
+    Ok(top_classes(&probs, top))
+}
+
+fn check_classes(shape: &[usize], what: &str) -> Result<()> {
     if shape.len() != 2 || shape[1] != NUM_CLASSES {
         return Err(Error::shape(
-            "decode_predictions",
+            what,
             format!("a batch of shape (n, {NUM_CLASSES})"),
             format!("{}", ShapeFmt(shape)),
         ));
     }
+    Ok(())
+}
+
+fn top_classes(probs: &TensorRef, top: usize) -> Vec<Vec<Prediction>> {
     let classes = classes();
-    Ok(probs
+    probs
         .outer_iter()
         .map(|row| {
             let mut order: Vec<usize> = (0..NUM_CLASSES).collect();
@@ -97,7 +138,7 @@ pub fn decode_predictions(probs: &Tensor, top: usize) -> Result<Vec<Vec<Predicti
                 })
                 .collect()
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

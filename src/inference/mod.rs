@@ -66,7 +66,9 @@ use program::Program;
 /// How to compile a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InferenceOptions {
-    /// Threads that run each layer (the caller's included); 1 spawns nothing.
+    /// Threads that run each layer (the caller's included); 1 spawns nothing, 0 means all
+    /// available cores (`std::thread::available_parallelism`, which honours CPU affinity and
+    /// cgroup quotas). [`CompiledModel::threads`] reports the number used.
     pub threads: usize,
     /// Fold each BatchNorm into the convolution before it.
     pub fold_batch_norm: bool,
@@ -345,7 +347,7 @@ impl<'m> CompiledModel<'m> {
     }
 
     /// Runs a batch and returns the output as a new tensor.
-    pub fn run(&mut self, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    pub fn run(&mut self, x: &crate::layers::TensorRef) -> Result<ArrayD<f32>> {
         let i = self.plan(per_image(x.shape())?, &[])?;
         let (batch, per_out) = (x.shape()[0], self.plans[i].program.values[self.plans[i].program.output].len());
         let mut out = vec![0.0; batch * per_out];
@@ -377,7 +379,7 @@ impl<'m> CompiledModel<'m> {
     /// [`Layer::forward_with_taps`] takes: `res2c`, `layer1/0/conv1`, a Keras summary's
     /// `res2a_branch2a`). Tapped values are kept out of the fusions; an unknown name is an
     /// [`Error::Config`].
-    pub fn run_with_taps(&mut self, x: &ArrayD<f32>, names: &[&str]) -> Result<(ArrayD<f32>, Taps)> {
+    pub fn run_with_taps(&mut self, x: &crate::layers::TensorRef, names: &[&str]) -> Result<(ArrayD<f32>, Taps)> {
         let i = self.plan(per_image(x.shape())?, names)?;
         let batch = x.shape()[0];
         let mut out = vec![0.0; self.batched_output_shape(i, batch).iter().product()];
@@ -403,7 +405,7 @@ impl<'m> CompiledModel<'m> {
     }
 
     /// Runs a batch and returns how long each kernel call took, by layer name.
-    pub fn profile(&mut self, x: &ArrayD<f32>) -> Result<Vec<(String, Duration)>> {
+    pub fn profile(&mut self, x: &crate::layers::TensorRef) -> Result<Vec<(String, Duration)>> {
         let i = self.plan(per_image(x.shape())?, &[])?;
         let mut out = vec![0.0; self.batched_output_shape(i, x.shape()[0]).iter().product()];
         let mut times = Vec::with_capacity(self.plans[i].program.ops.len());

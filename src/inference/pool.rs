@@ -55,9 +55,14 @@ impl std::fmt::Debug for ThreadPool {
 }
 
 impl ThreadPool {
-    /// A pool running loops on `threads` threads (at least 1; 1 spawns nothing).
+    /// A pool running loops on `threads` threads (1 spawns nothing; 0 means every core
+    /// `std::thread::available_parallelism` reports).
     pub fn new(threads: usize) -> crate::Result<Self> {
-        let threads = threads.max(1);
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
         let shared = Arc::new(Shared {
             job: Mutex::new(None),
             generation: AtomicU64::new(0),

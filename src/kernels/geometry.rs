@@ -136,7 +136,7 @@ impl Window2d {
                     "a padded input of at least {}x{} for a {}x{} window",
                     span[0], span[1], self.kernel[0], self.kernel[1]
                 ),
-                format!("{}x{} (input {})", ph, pw, ShapeFmt(&in_hw)),
+                format!("{ph}x{pw}, from an input of {}", ShapeFmt(&in_hw)),
             ));
         }
         let out = [(ph - span[0]) / self.stride[0] + 1, (pw - span[1]) / self.stride[1] + 1];

@@ -208,7 +208,7 @@ impl Conv2d {
             return Err(Error::shape(
                 NAME,
                 format!("{} input channels", self.config.in_channels),
-                format!("{c} (input {})", crate::error::ShapeFmt(input)),
+                format!("{c}, in an input of shape {}", crate::error::ShapeFmt(input)),
             ));
         }
         let g = self.config.groups.max(1);

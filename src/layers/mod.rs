@@ -47,6 +47,10 @@ use crate::error::{Error, Result, ShapeFmt};
 /// [`Flatten`], [`GlobalAvgPool`] or [`Dense`].
 pub type Tensor = ArrayD<f32>;
 
+/// A borrowed batch: what `&Tensor`, `&ArrayViewD<f32>` and any other dynamic-rank `f32`
+/// array dereference to, so functions taking `&TensorRef` accept owned arrays and views alike.
+pub type TensorRef = ndarray::ArrayRef<f32, ndarray::IxDyn>;
+
 /// Intermediate values by the names they were asked for (see [`Layer::forward_with_taps`]).
 pub type Taps = Vec<(String, Tensor)>;
 
@@ -63,14 +67,14 @@ pub type Taps = Vec<(String, Tensor)>;
 ///
 /// ```
 /// use convnet::graph::{Lowering, ValueId};
-/// use convnet::layers::{Layer, Tensor};
+/// use convnet::layers::{Layer, Tensor, TensorRef};
 /// #[derive(Debug)]
 /// struct Square;
 /// impl Layer for Square {
 ///     fn type_name(&self) -> &'static str { "Square" }
 ///     fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> convnet::Result<ValueId> { b.opaque(self, x) }
 ///     fn output_shape(&self, input: &[usize]) -> convnet::Result<Vec<usize>> { Ok(input.to_vec()) }
-///     fn forward(&self, x: &Tensor) -> convnet::Result<Tensor> { Ok(x.mapv(|v| v * v)) }
+///     fn forward(&self, x: &TensorRef) -> convnet::Result<Tensor> { Ok(x.mapv(|v| v * v)) }
 /// }
 /// let y = Square.forward(&ndarray::ArrayD::from_elem(ndarray::IxDyn(&[1, 2]), 3.0))?;
 /// assert_eq!(y[[0, 1]], 9.0);
@@ -94,14 +98,14 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// ([`graph::reference`](crate::graph::reference)). A batch holding NaN or infinity is
     /// refused with [`Error::NonFinite`], as by every entry point of the crate, and an output
     /// holding them is [`Error::NonFiniteOutput`], naming the first layer that produced any.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &TensorRef) -> Result<Tensor> {
         crate::graph::forward_layer(self, x)
     }
 
     /// Runs the layer and also returns the outputs of the sub-layers named in `names`: layer
     /// paths as displayed (`res2c`, `layer1/0/conv1` or `layer1.0.conv1`), or a layer's own
     /// name where it is unique (as Keras summaries print it). An unknown name is an error.
-    fn forward_with_taps(&self, x: &Tensor, names: &[&str]) -> Result<(Tensor, Taps)> {
+    fn forward_with_taps(&self, x: &TensorRef, names: &[&str]) -> Result<(Tensor, Taps)> {
         crate::graph::forward_layer_with_taps(self, x, names)
     }
 
@@ -141,7 +145,7 @@ pub trait Layer: Send + Sync + fmt::Debug {
 }
 
 /// Refuses a batch holding NaN or infinite values ([`Error::NonFinite`], key `input`).
-pub fn check_finite(x: &Tensor) -> Result<()> {
+pub fn check_finite(x: &TensorRef) -> Result<()> {
     let count = x.iter().filter(|v| !v.is_finite()).count();
     if count > 0 {
         return Err(Error::NonFinite {

@@ -46,7 +46,13 @@ pub struct Step {
 /// label-smoothed), and back-propagates it. For a model whose head ends in a softmax (the seed's
 /// `fc1000`), the loss is taken from the logits before it (fused and stable, never the log of a
 /// probability) and the gradient enters there.
-pub fn compute_gradients(model: &dyn Layer, x: &Tensor, labels: &[usize], label_smoothing: f32, mode: &TrainingMode) -> Result<Step> {
+pub fn compute_gradients(
+    model: &dyn Layer,
+    x: &crate::layers::TensorRef,
+    labels: &[usize],
+    label_smoothing: f32,
+    mode: &TrainingMode,
+) -> Result<Step> {
     let graph = Graph::lower(model, crate::graph::per_image(x.shape())?)?;
     let pass = training::forward(&graph, x, mode)?;
     let output = pass.output().clone();

@@ -117,6 +117,45 @@ fn model_layout_shape(convention: Convention, kind: ParamKind, shape: &[usize]) 
     }
 }
 
+/// When every mismatched tensor differs from its parameter by one and the same ratio on every
+/// axis that differs, the file is for the same network at another width: say so, and name
+/// the builder option that sets widths.
+fn width_hint(mismatched: &[Mismatch]) -> String {
+    let mut ratio: Option<(usize, bool)> = None; // (factor, file narrower)
+    for m in mismatched {
+        if m.expected.len() != m.found.len() {
+            return String::new();
+        }
+        for (&e, &f) in m.expected.iter().zip(&m.found) {
+            if e == f {
+                continue;
+            }
+            let this = if f > 0 && e > f && e % f == 0 {
+                (e / f, true)
+            } else if e > 0 && f > e && f % e == 0 {
+                (f / e, false)
+            } else {
+                return String::new();
+            };
+            if ratio.is_some_and(|r| r != this) {
+                return String::new();
+            }
+            ratio = Some(this);
+        }
+    }
+    match ratio {
+        Some((k, true)) => format!(
+            "; all {} mismatched tensors are {k} times narrower in the file: it holds this network at 1/{k} of the width, so build the model with its width divisor multiplied by {k} (ResNetConfig::with_width_divisor)",
+            mismatched.len()
+        ),
+        Some((k, false)) => format!(
+            "; all {} mismatched tensors are {k} times wider in the file: it holds this network at {k} times the width, so build the model with its width divisor divided by {k} (ResNetConfig::with_width_divisor)",
+            mismatched.len()
+        ),
+        None => String::new(),
+    }
+}
+
 struct Matcher<'a> {
     file: &'a WeightFile,
     options: LoadOptions,
@@ -215,6 +254,7 @@ impl WeightFile {
         if options.strict {
             if let Some(m) = report.mismatched.first() {
                 return Err(Error::WeightShape {
+                    hint: width_hint(&report.mismatched),
                     layer: m.layer.clone(),
                     kind: m.kind.keras_name().into(),
                     key: m.key.clone(),

@@ -55,6 +55,7 @@ pub(crate) struct Frame {
 }
 
 /// A decoded image: 1 (grey), 3 (RGB) or 4 (CMYK as libjpeg outputs it) samples a pixel.
+#[derive(Debug)]
 pub(crate) struct Decoded {
     pub width: usize,
     pub height: usize,

@@ -72,7 +72,7 @@ impl ResNet {
 
     /// Runs the model on an NHWC batch ([`Layer::forward`]: the reference executor). An input
     /// holding NaN or infinity is refused with [`Error::NonFinite`](crate::Error::NonFinite).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &crate::layers::TensorRef) -> Result<Tensor> {
         Layer::forward(self, x)
     }
 
@@ -91,7 +91,7 @@ impl ResNet {
 
     /// Runs the model and also returns the outputs of the layers named in `names` (paths as
     /// displayed: `res2c`, `pool1`, `layer1/0`; see [`Layer::forward_with_taps`]).
-    pub fn forward_with_taps(&self, x: &Tensor, names: &[&str]) -> Result<(Tensor, crate::layers::Taps)> {
+    pub fn forward_with_taps(&self, x: &crate::layers::TensorRef, names: &[&str]) -> Result<(Tensor, crate::layers::Taps)> {
         Layer::forward_with_taps(self, x, names)
     }
 }
