@@ -6,7 +6,7 @@
 //! camera photo through while keeping a crafted file (a zip bomb, a pickle that doubles itself,
 //! an HDF5 attribute naming one dataset a million times, a PNG announcing a billion pixels)
 //! within a few hundred MiB and a fraction of a second. A limit that is hit is an
-//! [`Error::Budget`](crate::Error::Budget) naming the field to raise:
+//! [`Error::Budget`] naming the field to raise:
 //!
 //! ```
 //! use convnet::budget::LoadBudget;
@@ -128,7 +128,7 @@ impl Spend {
     /// Records `bytes` more, refusing (before anything is allocated) when they would exceed
     /// the limit.
     pub(crate) fn charge(&mut self, bytes: u64, what: impl fmt::Display) -> Result<()> {
-        let needed = self.spent.checked_add(bytes).unwrap_or(u64::MAX);
+        let needed = self.spent.saturating_add(bytes);
         LoadBudget::check(self.limit, self.allowed, needed, what)?;
         self.spent = needed;
         Ok(())

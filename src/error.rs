@@ -103,16 +103,16 @@ pub enum Error {
         /// The layer path in the model.
         layer: String,
         /// The parameter (`kernel`, `bias`, `gamma`, ...).
-        kind: String,
+        kind: &'static str,
         /// The tensor's name in the file.
         key: String,
         /// The shape the model needs (in the model's layout).
         expected: Vec<usize>,
         /// The shape in the file (converted to the model's layout).
         found: Vec<usize>,
-        /// What the mismatches suggest, when they all differ by one width ratio (`; every
-        /// mismatched tensor is 8 times narrower in the file ...`), else empty.
-        hint: String,
+        /// What the mismatches suggest, when they all differ by one width ratio (`; all 40
+        /// mismatched tensors are 8 times narrower in the file ...`), else empty.
+        hint: Box<String>,
     },
     /// Parameters of the model for which the file has no tensor.
     #[error("{source_name}: no weights for {} model parameters: {}", missing.len(), list(missing))]

@@ -254,9 +254,9 @@ impl WeightFile {
         if options.strict {
             if let Some(m) = report.mismatched.first() {
                 return Err(Error::WeightShape {
-                    hint: width_hint(&report.mismatched),
+                    hint: Box::new(width_hint(&report.mismatched)),
                     layer: m.layer.clone(),
-                    kind: m.kind.keras_name().into(),
+                    kind: m.kind.keras_name(),
                     key: m.key.clone(),
                     expected: m.expected.clone(),
                     found: m.found.clone(),

@@ -224,6 +224,21 @@ impl<'a> BitReader<'a> {
     }
 }
 
+impl BitReader<'_> {
+    /// Where the scan's data ends: the 0xFF of the next marker that is not a stuffed byte, or
+    /// the end of the data.
+    pub(crate) fn end_of_scan(&self) -> usize {
+        let mut p = self.pos;
+        while p < self.data.len() {
+            if self.data[p] == 0xFF && !matches!(self.data.get(p + 1), Some(0x00)) {
+                return p;
+            }
+            p += 1;
+        }
+        self.data.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,20 +276,5 @@ mod tests {
         let mut counts = [0u8; 16];
         counts[0] = 3; // three 1-bit codes
         assert!(Table::new(&counts, &[1, 2, 3]).is_err());
-    }
-}
-
-impl BitReader<'_> {
-    /// Where the scan's data ends: the 0xFF of the next marker that is not a stuffed byte, or
-    /// the end of the data.
-    pub(crate) fn end_of_scan(&self) -> usize {
-        let mut p = self.pos;
-        while p < self.data.len() {
-            if self.data[p] == 0xFF && !matches!(self.data.get(p + 1), Some(0x00)) {
-                return p;
-            }
-            p += 1;
-        }
-        self.data.len()
     }
 }

@@ -197,7 +197,7 @@ impl<'a> Decoder<'a> {
                 0xD8 => return Err("corrupt JPEG: a second start-of-image marker".into()),
                 0xD9 => return self.finish(scans),
                 0x00 | 0x01 | 0xD0..=0xD7 => continue,
-                0xC0 | 0xC1 | 0xC2 => {
+                0xC0..=0xC2 => {
                     let (body, next) = self.segment(pos, marker)?;
                     self.start_frame(body, marker == 0xC2)?;
                     pos = next;

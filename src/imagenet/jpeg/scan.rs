@@ -60,7 +60,7 @@ fn mcu_layout(frame: &Frame, comps: &[ScanComponent]) -> (usize, usize, Vec<(usi
 /// Handles the restart marker due after `mcu` MCUs, if one is: checks it and resets the
 /// predictors.
 fn restart(reader: &mut BitReader<'_>, interval: usize, mcu: usize, total: usize, expected: &mut u8) -> R<bool> {
-    if interval == 0 || mcu == 0 || mcu % interval != 0 || mcu >= total {
+    if interval == 0 || mcu == 0 || !mcu.is_multiple_of(interval) || mcu >= total {
         return Ok(false);
     }
     match reader.take_marker() {
