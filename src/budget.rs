@@ -55,7 +55,8 @@ pub struct LoadBudget {
     pub max_image_file_bytes: u64,
     /// The largest width or height an image may have. Default 65,535.
     pub max_image_side: u32,
-    /// The most pixels an image may decode to. Default 40 million (an 8000 x 5000 photo).
+    /// The most pixels an image may decode to. Default 25 million (a 6000 x 4000 photo and
+    /// more; a progressive CMYK JPEG that large needs about 250 MiB to decode).
     pub max_image_pixels: u64,
 }
 
@@ -70,7 +71,7 @@ impl Default for LoadBudget {
             max_entries: 100_000,
             max_image_file_bytes: 256 << 20,
             max_image_side: 65_535,
-            max_image_pixels: 40_000_000,
+            max_image_pixels: 25_000_000,
         }
     }
 }

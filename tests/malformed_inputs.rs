@@ -318,6 +318,11 @@ fn cases() -> Vec<Case> {
         ("empty image file", "Image", Box::new(|| image("empty.png").map(|_| ()))),
         ("text file named .png", "Image", Box::new(|| image("not_an_image.png").map(|_| ()))),
         (
+            "JPEG whose Huffman table overflows its code lengths (found by the image fuzzer)",
+            "Image",
+            Box::new(|| image("jpeg_overfull_huffman.jpg").map(|_| ())),
+        ),
+        (
             "truncated PNG",
             "Image",
             Box::new(|| {

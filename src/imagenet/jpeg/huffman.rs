@@ -33,6 +33,9 @@ impl Table {
             offset[len] = k as i32 - code;
             if n > 0 {
                 for _ in 0..n {
+                    if code >= (1 << len) {
+                        return Err("a Huffman table whose codes overflow their lengths".into());
+                    }
                     if len as u32 <= FAST_BITS {
                         let shift = FAST_BITS - len as u32;
                         let first = (code as usize) << shift;
@@ -45,8 +48,9 @@ impl Table {
                 }
                 maxcode[len] = code - 1;
             }
-            // A code space overflowing its length is a corrupt table (libjpeg: "bad table").
-            if code > (1 << len) {
+            // The code after the last must still fit (no code is all ones): libjpeg's "bad
+            // Huffman table" check.
+            if code >= (1 << len) {
                 return Err("a Huffman table whose codes overflow their lengths".into());
             }
             code <<= 1;
@@ -276,5 +280,10 @@ mod tests {
         let mut counts = [0u8; 16];
         counts[0] = 3; // three 1-bit codes
         assert!(Table::new(&counts, &[1, 2, 3]).is_err());
+        counts[0] = 2; // 0 and 1: the all-ones code, refused as libjpeg refuses it
+        assert!(Table::new(&counts, &[1, 2]).is_err());
+        let mut long = [0u8; 16];
+        long[1] = 200; // 200 two-bit codes: overflows inside the fast table's range
+        assert!(Table::new(&long, &[0; 200]).is_err());
     }
 }
