@@ -96,6 +96,14 @@ impl LoadBudget {
         Ok(())
     }
 
+    /// Checks an image's header size against [`max_image_side`](Self::max_image_side) and
+    /// [`max_image_pixels`](Self::max_image_pixels).
+    pub(crate) fn check_image(&self, width: u64, height: u64, name: &str) -> Result<()> {
+        let what = format_args!("{name} ({width}x{height})");
+        Self::check("max_image_side", self.max_image_side.into(), width.max(height), what)?;
+        Self::check("max_image_pixels", self.max_image_pixels, width.saturating_mul(height), what)
+    }
+
     /// Checks a count of entries against [`max_entries`](Self::max_entries).
     pub(crate) fn check_entries(&self, needed: usize, what: impl fmt::Display) -> Result<()> {
         Self::check("max_entries", self.max_entries as u64, needed as u64, what)

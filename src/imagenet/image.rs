@@ -259,20 +259,8 @@ pub fn decode_rgb(bytes: &[u8], name: &str, options: &ImageOptions) -> Result<Rg
     if w == 0 || h == 0 {
         return Err(err(format!("the image is empty ({w}x{h})")));
     }
-    let side = u64::from(w.max(h));
-    LoadBudget::check(
-        "max_image_side",
-        budget.max_image_side.into(),
-        side,
-        format_args!("{name} ({w}x{h})"),
-    )?;
+    budget.check_image(w.into(), h.into(), name)?;
     let pixels = u64::from(w) * u64::from(h);
-    LoadBudget::check(
-        "max_image_pixels",
-        budget.max_image_pixels,
-        pixels,
-        format_args!("{name} ({w}x{h})"),
-    )?;
     // The decoder's own allocations: at most 8 bytes a pixel (16-bit RGBA) and its buffers.
     let mut limits = Limits::default();
     limits.max_image_width = Some(w);
@@ -306,19 +294,7 @@ fn decode_jpeg(bytes: &[u8], name: &str, options: &ImageOptions) -> Result<RgbIm
     let err = |reason: String| Error::Image { path: name.into(), reason };
     let budget = &options.budget;
     let (w, h) = jpeg::dimensions(bytes).map_err(err)?;
-    let side = w.max(h) as u64;
-    LoadBudget::check(
-        "max_image_side",
-        budget.max_image_side.into(),
-        side,
-        format_args!("{name} ({w}x{h})"),
-    )?;
-    LoadBudget::check(
-        "max_image_pixels",
-        budget.max_image_pixels,
-        (w * h) as u64,
-        format_args!("{name} ({w}x{h})"),
-    )?;
+    budget.check_image(w as u64, h as u64, name)?;
     let d = jpeg::decode(bytes, options.allow_truncated, budget.max_image_pixels).map_err(err)?;
     let data = match d.channels {
         1 => d.data.iter().flat_map(|&v| [v; 3]).collect(),

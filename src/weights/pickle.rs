@@ -194,14 +194,18 @@ impl<'a> Machine<'a> {
         Ok(Value::Str(s.to_string()))
     }
 
-    /// Adds a value of nesting `depth` to the arena and pushes it.
-    fn push_value(&mut self, v: Value, depth: usize) -> Result<()> {
+    fn check_depth(&self, depth: usize) -> Result<()> {
         LoadBudget::check(
             "max_pickle_depth",
             self.budget.max_pickle_depth as u64,
             depth as u64,
             format_args!("{}: a pickle value nested {depth} deep", self.name),
-        )?;
+        )
+    }
+
+    /// Adds a value of nesting `depth` to the arena and pushes it.
+    fn push_value(&mut self, v: Value, depth: usize) -> Result<()> {
+        self.check_depth(depth)?;
         let heap = match &v {
             Value::Str(s) | Value::Global(s) => s.len(),
             Value::Bytes(b) | Value::BigInt(b) => b.len(),
@@ -297,12 +301,7 @@ impl<'a> Machine<'a> {
     /// Raises the recorded depth of container `id` now that it holds `child`.
     fn deepen(&mut self, id: Id, child: Id) -> Result<()> {
         let d = self.depth[id as usize].max(1 + self.depth[child as usize]);
-        LoadBudget::check(
-            "max_pickle_depth",
-            self.budget.max_pickle_depth as u64,
-            d as u64,
-            format_args!("{}: a pickle value nested {d} deep", self.name),
-        )?;
+        self.check_depth(d)?;
         self.depth[id as usize] = d;
         Ok(())
     }

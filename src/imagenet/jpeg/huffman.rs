@@ -95,6 +95,16 @@ impl<'a> BitReader<'a> {
         }
     }
 
+    /// For the 0xFF at `at`: the position after it and any fill bytes (more 0xFFs), and the
+    /// byte found there (0x00 for a stuffed 0xFF, else a marker code; `None` at the end).
+    fn after_ff(&self, at: usize) -> (usize, Option<u8>) {
+        let mut p = at + 1;
+        while self.data.get(p) == Some(&0xFF) {
+            p += 1;
+        }
+        (p, self.data.get(p).copied())
+    }
+
     fn fill(&mut self) {
         while self.bits <= 56 && !self.at_end {
             let Some(&b) = self.data.get(self.pos) else {
@@ -103,12 +113,8 @@ impl<'a> BitReader<'a> {
             };
             if b == 0xFF {
                 // 0xFF 0x00 is a stuffed 0xFF; fill bytes 0xFF 0xFF... then a marker ends the data.
-                let mut p = self.pos + 1;
-                while self.data.get(p) == Some(&0xFF) {
-                    p += 1;
-                }
-                match self.data.get(p) {
-                    Some(0x00) => self.pos = p + 1,
+                match self.after_ff(self.pos) {
+                    (p, Some(0x00)) => self.pos = p + 1,
                     _ => {
                         self.at_end = true;
                         break;
@@ -205,17 +211,13 @@ impl<'a> BitReader<'a> {
         // The fill stopped at a marker's 0xFF (or earlier, when the buffer was full): skip to it.
         while let Some(&b) = self.data.get(self.pos) {
             if b == 0xFF {
-                let mut p = self.pos + 1;
-                while self.data.get(p) == Some(&0xFF) {
-                    p += 1;
-                }
-                match self.data.get(p) {
-                    Some(0x00) => self.pos = p + 1,
-                    Some(&m) => {
+                match self.after_ff(self.pos) {
+                    (p, Some(0x00)) => self.pos = p + 1,
+                    (p, Some(m)) => {
                         self.pos = p + 1;
                         return Some(m);
                     }
-                    None => {
+                    (p, None) => {
                         self.pos = p;
                         return None;
                     }
