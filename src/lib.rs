@@ -76,6 +76,7 @@
 //!   im2col, buffers planned once per input shape, threads.
 //! - [`train`]: gradients by layer path, softmax cross-entropy, PyTorch's and Keras' optimizers,
 //!   learning-rate schedules, checkpoints.
+//! - [`data`]: datasets in memory, seeded batches, IDX (Fashion-MNIST) and digits readers.
 //! - [`init`]: seeded He / Glorot / PyTorch-default initialisers.
 //! - `download` (feature `download`): md5-verified, atomic downloads into a cache.
 //! - [`remote`]: where the pretrained weights and sample images live, and the cache folder.
@@ -92,6 +93,7 @@
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod data;
 #[cfg(feature = "download")]
 pub mod download;
 pub mod error;

@@ -3,5 +3,6 @@
 pub mod resnet;
 
 pub use resnet::{
-    BasicBlock, BlockConfig, BlockKind, BlockNames, Bottleneck, Depth, Head, NameStyle, PadMode, ResNet, ResNetConfig, StridePlacement,
+    BasicBlock, BlockConfig, BlockKind, BlockNames, Bottleneck, Depth, Head, NameStyle, PadMode, ResNet, ResNetConfig, Stem,
+    StridePlacement,
 };

@@ -18,6 +18,17 @@ pub enum Head {
     GlobalAvgPool,
 }
 
+/// The layers before the residual stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stem {
+    /// Convolution 7x7 stride 2 (`stem_width` filters), BatchNorm, ReLU, max pool 3x3 stride
+    /// 2: the ImageNet ResNets (a quarter of the input's size after it).
+    ImageNet,
+    /// Convolution 3x3 stride 1 with padding 1, BatchNorm, ReLU, no pool: the ResNets of He et
+    /// al. (2016) for CIFAR-sized images (32x32, 28x28, 8x8), which keep the input's size.
+    Small,
+}
+
 /// Standard depths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Depth {
@@ -69,7 +80,9 @@ pub struct ResNetConfig {
     pub stage_blocks: Vec<usize>,
     /// `planes` per stage (a stage outputs `planes * expansion` channels).
     pub stage_widths: Vec<usize>,
-    /// Filters of the 7x7 stem convolution.
+    /// The stem's kind.
+    pub stem: Stem,
+    /// Filters of the stem convolution.
     pub stem_width: usize,
     /// `(height, width, channels)` of one input image.
     pub input_shape: [usize; 3],
@@ -106,6 +119,7 @@ impl ResNetConfig {
             block: BlockKind::Bottleneck,
             stage_blocks: vec![3, 4, 6, 3],
             stage_widths: vec![64, 128, 256, 512],
+            stem: Stem::ImageNet,
             stem_width: 64,
             input_shape: [224, 224, 3],
             stride_placement: StridePlacement::FirstConv,
@@ -163,6 +177,7 @@ impl ResNetConfig {
             block,
             stage_blocks: blocks.to_vec(),
             stage_widths: vec![64, 128, 256, 512],
+            stem: Stem::ImageNet,
             stem_width: 64,
             input_shape: [224, 224, 3],
             stride_placement: StridePlacement::SpatialConv,
@@ -175,6 +190,36 @@ impl ResNetConfig {
             softmax: false,
             names: NameStyle::Torchvision,
         }
+    }
+
+    /// The ResNets of He et al. (2016, section 4.2) for small images, `depth` = 6n + 2 (20,
+    /// 32, 44, 56, 110, ...): a [`Stem::Small`] of 16 filters, three stages of n BasicBlocks at
+    /// 16, 32 and 64 planes (stride 2 at the start of the second and third), global average
+    /// pooling and a linear classifier giving logits. Downsampling blocks use 1x1 projection
+    /// shortcuts (the paper's option B); torchvision's conventions and names (`conv1`, `bn1`,
+    /// `layer1.0.conv1`, `fc`). ResNet-20 for 32x32x3 input and 10 classes has 272,474
+    /// trainable parameters, 274,042 with the BatchNorm statistics (the paper's 0.27 M, with
+    /// parameter-free shortcuts, is 269,722); for 28x28x1 input, 272,186 trainable.
+    /// `input_shape` is one image, e.g. `[28, 28, 1]` for Fashion-MNIST.
+    pub fn small_image_resnet(depth: usize, input_shape: [usize; 3], classes: usize) -> Result<Self> {
+        if depth < 8 || !(depth - 2).is_multiple_of(6) {
+            return Err(Error::config(
+                "ResNetConfig",
+                format!("a small-image ResNet has depth 6n + 2 (8, 14, 20, 32, 44, 56, 110, ...), not {depth}"),
+            ));
+        }
+        let n = (depth - 2) / 6;
+        Ok(ResNetConfig {
+            name: format!("resnet{depth}"),
+            block: BlockKind::Basic,
+            stage_blocks: vec![n; 3],
+            stage_widths: vec![16, 32, 64],
+            stem: Stem::Small,
+            stem_width: 16,
+            input_shape,
+            classes,
+            ..Self::torchvision(Depth::R18)
+        })
     }
 
     /// Divides every width (stem and stages) by `divisor`, keeping at least 1: the reference

@@ -14,7 +14,7 @@ mod config;
 mod names;
 
 pub use block::{BasicBlock, BlockConfig, BlockKind, Bottleneck, PadMode, StridePlacement};
-pub use config::{Depth, Head, ResNetConfig};
+pub use config::{Depth, Head, ResNetConfig, Stem};
 pub use names::{keras_block_letter, BlockNames, NameStyle};
 
 use ndarray::ArrayViewD;
@@ -126,8 +126,23 @@ impl Layer for ResNet {
     }
 }
 
-/// conv 7x7/2, BN, ReLU, max pool 3x3/2; returns the channels out.
+/// conv 7x7/2, BN, ReLU, max pool 3x3/2 (or conv 3x3/1, BN, ReLU); returns the channels out.
 fn build_stem(c: &ResNetConfig, net: &mut Sequential) -> Result<usize> {
+    if c.stem == Stem::Small {
+        let conv = Conv2dConfig::new(c.input_shape[2], c.stem_width, [3, 3])
+            .with_padding(Padding::Explicit(Padding2d::uniform(1)))
+            .with_bias(c.conv_bias);
+        let bn = BatchNorm::new(c.stem_width, c.bn_epsilon)?;
+        let [conv_name, bn_name, relu_name] = match c.names {
+            NameStyle::KerasClassic => ["conv1", "bn_conv1", "conv1_relu"],
+            NameStyle::KerasModern => ["conv1_conv", "conv1_bn", "conv1_relu"],
+            NameStyle::Torchvision => ["conv1", "bn1", "relu"],
+        };
+        net.push(conv_name, Conv2d::new(conv)?)?;
+        net.push(bn_name, bn)?;
+        net.push(relu_name, Relu)?;
+        return Ok(c.stem_width);
+    }
     let conv = |padding| {
         Conv2dConfig::new(c.input_shape[2], c.stem_width, [7, 7])
             .with_strides([2, 2])
