@@ -68,6 +68,26 @@ fn col2im_add(cols: &[f32], g: &ConvGeometry, first: usize, rows: usize, grad_in
     }
 }
 
+/// Runs `f(first, rows, tile)` over the output pixels `0..g.out_pixels()` in tiles of patch
+/// rows, `tile` being `workspace` grown to `rows * g.patch_len()` floats (and kept for reuse).
+fn for_each_tile(g: &ConvGeometry, workspace: &mut Vec<f32>, mut f: impl FnMut(usize, usize, &mut [f32]) -> Result<()>) -> Result<()> {
+    let (m, k) = (g.out_pixels(), g.patch_len());
+    if m == 0 || k == 0 {
+        return Ok(());
+    }
+    let tile = tile_rows(g).clamp(1, m);
+    if workspace.len() < tile * k {
+        workspace.resize(tile * k, 0.0);
+    }
+    let mut first = 0;
+    while first < m {
+        let rows = tile.min(m - first);
+        f(first, rows, &mut workspace[..rows * k])?;
+        first += rows;
+    }
+    Ok(())
+}
+
 /// The input gradient of [`conv2d`](super::conv2d): `grad_in = col2im(grad_out Wᵀ)`.
 ///
 /// - `grad_out`: `g.output_len()` elements, NHWC; `kernel`: HWIO, `g.kernel_len()`;
@@ -89,24 +109,14 @@ pub fn conv2d_backward_input(
         ],
     )?;
     grad_in.fill(0.0);
-    let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_channels);
-    if m == 0 || k == 0 {
-        return Ok(());
-    }
+    let (k, n) = (g.patch_len(), g.out_channels);
     let w = view(kernel, k, n)?;
-    let tile = tile_rows(g).clamp(1, m);
-    if workspace.len() < tile * k {
-        workspace.resize(tile * k, 0.0);
-    }
-    let mut first = 0;
-    while first < m {
-        let rows = tile.min(m - first);
+    for_each_tile(g, workspace, |first, rows, tile| {
         let dy = view(&grad_out[first * n..(first + rows) * n], rows, n)?;
-        sgemm(1.0, dy, w.t(), 0.0, view_mut(&mut workspace[..rows * k], rows, k)?)?;
-        col2im_add(workspace, g, first, rows, grad_in);
-        first += rows;
-    }
-    Ok(())
+        sgemm(1.0, dy, w.t(), 0.0, view_mut(tile, rows, k)?)?;
+        col2im_add(tile, g, first, rows, grad_in);
+        Ok(())
+    })
 }
 
 /// The kernel gradient of [`conv2d`](super::conv2d): `grad_kernel = im2col(input)ᵀ grad_out`,
@@ -127,25 +137,13 @@ pub fn conv2d_backward_kernel(
         ],
     )?;
     grad_kernel.fill(0.0);
-    let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_channels);
-    if m == 0 || k == 0 {
-        return Ok(());
-    }
-    let tile = tile_rows(g).clamp(1, m);
-    if workspace.len() < tile * k {
-        workspace.resize(tile * k, 0.0);
-    }
+    let (k, n) = (g.patch_len(), g.out_channels);
     let mut dw = view_mut(grad_kernel, k, n)?;
-    let mut first = 0;
-    while first < m {
-        let rows = tile.min(m - first);
-        im2col_unchecked(input, g, first, rows, workspace);
-        let x = view(&workspace[..rows * k], rows, k)?;
+    for_each_tile(g, workspace, |first, rows, tile| {
+        im2col_unchecked(input, g, first, rows, tile);
         let dy = view(&grad_out[first * n..(first + rows) * n], rows, n)?;
-        sgemm(1.0, x.t(), dy, 1.0, dw.view_mut())?;
-        first += rows;
-    }
-    Ok(())
+        sgemm(1.0, view(tile, rows, k)?.t(), dy, 1.0, dw.view_mut())
+    })
 }
 
 /// The bias gradient: `grad_bias[o] = sum of grad_out[.., o]` over every output pixel.

@@ -159,44 +159,49 @@ fn conv_taps(g: &ConvGeometry, mut f: impl FnMut(usize, usize, usize)) {
 /// window (NaN never wins).
 pub fn max_pool2d_backward(input: &[f32], g: &PoolGeometry, grad_out: &[f32], grad_in: &mut [f32]) {
     grad_in.fill(0.0);
-    let [oh, ow] = g.out_hw;
-    let [ih, iw] = g.in_hw;
-    for n in 0..g.batch {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for c in 0..g.channels {
-                    let mut best: Option<(f32, usize)> = None;
-                    pool_cells(g, oy, ox, |iy, ix| {
-                        let at = ((n * ih + iy) * iw + ix) * g.channels + c;
-                        if input[at] > best.map_or(f32::NEG_INFINITY, |b| b.0) {
-                            best = Some((input[at], at));
-                        }
-                    });
-                    if let Some((_, at)) = best {
-                        grad_in[at] += grad_out[((n * oh + oy) * ow + ox) * g.channels + c];
-                    }
+    let ch = g.channels;
+    pool_windows(g, |out_px, cells| {
+        for c in 0..ch {
+            let mut best: Option<(f32, usize)> = None;
+            for &px in cells {
+                let at = px * ch + c;
+                if input[at] > best.map_or(f32::NEG_INFINITY, |b| b.0) {
+                    best = Some((input[at], at));
                 }
             }
+            if let Some((_, at)) = best {
+                grad_in[at] += grad_out[out_px * ch + c];
+            }
         }
-    }
+    });
 }
 
 /// The gradient of [`avg_pool2d`] by direct loops.
 pub fn avg_pool2d_backward(g: &PoolGeometry, grad_out: &[f32], grad_in: &mut [f32]) {
     grad_in.fill(0.0);
-    let [oh, ow] = g.out_hw;
-    let [ih, iw] = g.in_hw;
+    let ch = g.channels;
+    pool_windows(g, |out_px, cells| {
+        for c in 0..ch {
+            let d = grad_out[out_px * ch + c] / cells.len() as f32;
+            for &px in cells {
+                grad_in[px * ch + c] += d;
+            }
+        }
+    });
+}
+
+/// Calls `f(output pixel, input pixels)` for every pooling window of the batch: the output
+/// pixel's index `(n * oh + oy) * ow + ox` and those of the real cells its window covers,
+/// `(n * ih + iy) * iw + ix`, in row-major order.
+fn pool_windows(g: &PoolGeometry, mut f: impl FnMut(usize, &[usize])) {
+    let ([oh, ow], [ih, iw]) = (g.out_hw, g.in_hw);
+    let mut cells = Vec::new();
     for n in 0..g.batch {
         for oy in 0..oh {
             for ox in 0..ow {
-                let mut cells = Vec::new();
-                pool_cells(g, oy, ox, |iy, ix| cells.push((iy, ix)));
-                for c in 0..g.channels {
-                    let d = grad_out[((n * oh + oy) * ow + ox) * g.channels + c] / cells.len() as f32;
-                    for &(iy, ix) in &cells {
-                        grad_in[((n * ih + iy) * iw + ix) * g.channels + c] += d;
-                    }
-                }
+                cells.clear();
+                pool_cells(g, oy, ox, |iy, ix| cells.push((n * ih + iy) * iw + ix));
+                f((n * oh + oy) * ow + ox, &cells);
             }
         }
     }
