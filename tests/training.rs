@@ -404,8 +404,10 @@ fn keras_batch_norm_training_matches_keras() {
         gradients: convnet::train::Gradients {
             params: Default::default(),
             input: x.clone(),
+            node_times: Vec::new(),
         },
         running_stats: stats,
+        times: Vec::new(),
     };
     step.apply_running_stats(&mut net).unwrap();
     let mut moving = 0.0f32;

@@ -18,6 +18,7 @@ use super::op::{ConvOp, Op, UnaryFn};
 use super::reference::{self, check_input, per_channel, tensor};
 use super::{Graph, Node};
 use crate::error::{Error, Result, ShapeFmt};
+use crate::kernels::threaded::{self, Threads};
 use crate::kernels::{self, backward};
 use crate::layers::{check_finite, LayerPath, ParamKind, Tensor};
 
@@ -92,15 +93,35 @@ pub struct Gradients {
     pub params: BTreeMap<(LayerPath, ParamKind), Tensor>,
     /// `dL/dx`.
     pub input: Tensor,
+    /// Time each node's backward took, in the graph's node order (zero for nodes the gradient
+    /// did not reach).
+    pub node_times: Vec<std::time::Duration>,
+}
+
+/// The threads a pass runs on: its own single thread, or a caller's pool.
+enum ThreadsRef<'g> {
+    Own(Threads),
+    Borrowed(&'g Threads),
+}
+
+impl ThreadsRef<'_> {
+    fn get(&self) -> &Threads {
+        match self {
+            ThreadsRef::Own(t) => t,
+            ThreadsRef::Borrowed(t) => t,
+        }
+    }
 }
 
 /// A training-mode forward pass over `graph`, keeping what the backward needs.
 pub struct ForwardPass<'g, 'm> {
     graph: &'g Graph<'m>,
+    threads: ThreadsRef<'g>,
     mode: TrainingMode,
     values: Vec<Option<Tensor>>,
     stats: Vec<Option<BatchStats>>,
     output: Tensor,
+    times: Vec<std::time::Duration>,
 }
 
 impl std::fmt::Debug for ForwardPass<'_, '_> {
@@ -109,8 +130,29 @@ impl std::fmt::Debug for ForwardPass<'_, '_> {
     }
 }
 
-/// Runs `graph` on `x` in training mode.
+/// Runs `graph` on `x` in training mode, on the calling thread.
 pub fn forward<'g, 'm>(graph: &'g Graph<'m>, x: &crate::layers::TensorRef, mode: &TrainingMode) -> Result<ForwardPass<'g, 'm>> {
+    forward_on(graph, x, mode, ThreadsRef::Own(Threads::new(1)?))
+}
+
+/// [`forward`] on `threads` (the backward runs on them too); the results are the same bits
+/// whatever the thread count.
+pub fn forward_with<'g, 'm>(
+    graph: &'g Graph<'m>,
+    x: &crate::layers::TensorRef,
+    mode: &TrainingMode,
+    threads: &'g Threads,
+) -> Result<ForwardPass<'g, 'm>> {
+    forward_on(graph, x, mode, ThreadsRef::Borrowed(threads))
+}
+
+fn forward_on<'g, 'm>(
+    graph: &'g Graph<'m>,
+    x: &crate::layers::TensorRef,
+    mode: &TrainingMode,
+    threads: ThreadsRef<'g>,
+) -> Result<ForwardPass<'g, 'm>> {
+    let pool = threads.get();
     check_input(graph, x.shape())?;
     check_finite(x)?;
     if !(0.0..=1.0).contains(&mode.batch_norm_momentum) {
@@ -122,7 +164,9 @@ pub fn forward<'g, 'm>(graph: &'g Graph<'m>, x: &crate::layers::TensorRef, mode:
     let mut values: Vec<Option<Tensor>> = vec![None; graph.value_count()];
     let mut stats = vec![None; graph.nodes().len()];
     values[graph.input().0] = Some(x.as_standard_layout().into_owned());
+    let mut times = vec![std::time::Duration::ZERO; graph.nodes().len()];
     for (i, node) in graph.nodes().iter().enumerate() {
+        let start = std::time::Instant::now();
         let inputs: Vec<&Tensor> = node
             .inputs
             .iter()
@@ -134,9 +178,27 @@ pub fn forward<'g, 'm>(graph: &'g Graph<'m>, x: &crate::layers::TensorRef, mode:
             .collect::<Result<_>>()?;
         let y = match &node.op {
             Op::BatchNorm(bn) if !mode.is_frozen(&node.path) => {
-                let (y, s) = batch_norm_training(bn.gamma.as_ref(), bn.beta.as_ref(), bn.epsilon, inputs[0]);
+                let (y, s) = batch_norm_training(pool, bn.gamma.as_ref(), bn.beta.as_ref(), bn.epsilon, inputs[0])
+                    .map_err(|e| e.in_layer(&node.path.to_string()))?;
                 stats[i] = Some(s);
                 y
+            }
+            Op::Conv2d(c) if c.groups == 1 => conv_forward(pool, c, &inputs).map_err(|e| e.in_layer(&node.path.to_string()))?,
+            Op::Unary(f) => {
+                let (f, x) = (*f, slice(inputs[0]));
+                let mut y = pool.take(x.len());
+                pool.elementwise(&mut y, &|at, out| out.iter_mut().zip(&x[at..]).for_each(|(o, &v)| *o = f.apply(v)));
+                tensor(inputs[0].shape(), y)?
+            }
+            Op::Add { relu } if inputs.len() == 2 && inputs[0].shape() == inputs[1].shape() => {
+                let (relu, a, b) = (*relu, slice(inputs[0]), slice(inputs[1]));
+                let mut y = pool.take(a.len());
+                pool.elementwise(&mut y, &|at, out| {
+                    for ((o, &p), &q) in out.iter_mut().zip(&a[at..]).zip(&b[at..]) {
+                        *o = if relu { (p + q).max(0.0) } else { p + q };
+                    }
+                });
+                tensor(inputs[0].shape(), y)?
             }
             Op::Opaque(layer) => {
                 return Err(Error::config(
@@ -150,18 +212,29 @@ pub fn forward<'g, 'm>(graph: &'g Graph<'m>, x: &crate::layers::TensorRef, mode:
             op => reference::eval(op, &inputs).map_err(|e| e.in_layer(&node.path.to_string()))?,
         };
         values[node.output.0] = Some(y);
+        times[i] = start.elapsed();
     }
     let output = values[graph.output().0].clone().unwrap_or_default();
     Ok(ForwardPass {
         graph,
+        threads,
         mode: mode.clone(),
         values,
         stats,
         output,
+        times,
     })
 }
 
 impl ForwardPass<'_, '_> {
+    /// Ends the pass, handing its values' buffers back to its threads for the next step.
+    pub fn recycle(mut self) {
+        let threads = self.threads.get();
+        for v in self.values.drain(..).flatten() {
+            threads.give(v.into_raw_vec_and_offset().0);
+        }
+    }
+
     /// The graph's output.
     pub fn output(&self) -> &Tensor {
         &self.output
@@ -191,6 +264,11 @@ impl ForwardPass<'_, '_> {
             .collect()
     }
 
+    /// Time each node's forward took, in the graph's node order.
+    pub fn node_times(&self) -> &[std::time::Duration] {
+        &self.times
+    }
+
     /// A value computed by the forward pass.
     pub fn value(&self, v: super::ValueId) -> Result<&Tensor> {
         self.values
@@ -218,8 +296,12 @@ impl ForwardPass<'_, '_> {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.graph.value_count()];
         grads[from.0] = Some(grad.as_standard_layout().into_owned());
         let mut params = BTreeMap::new();
+        let threads = self.threads.get();
+        let mut scratch = Vec::new();
+        let mut node_times = vec![std::time::Duration::ZERO; self.graph.nodes().len()];
         for (i, node) in self.graph.nodes().iter().enumerate().rev() {
             let Some(dy) = grads[node.output.0].take() else { continue };
+            let start = std::time::Instant::now();
             let kept = |v: super::ValueId| {
                 self.values[v.0]
                     .as_ref()
@@ -228,11 +310,20 @@ impl ForwardPass<'_, '_> {
             let inputs: Vec<&Tensor> = node.inputs.iter().map(|&v| kept(v)).collect::<Result<_>>()?;
             let y = kept(node.output)?;
             let frozen = self.mode.is_frozen(&node.path);
-            let (dx, dp) =
-                backward_op(node, &inputs, y, &dy, self.stats[i].as_ref(), frozen).map_err(|e| e.in_layer(&node.path.to_string()))?;
+            let (dx, dp) = backward_op(threads, &mut scratch, node, &inputs, y, &dy, self.stats[i].as_ref(), frozen)
+                .map_err(|e| e.in_layer(&node.path.to_string()))?;
+            threads.give(dy.into_raw_vec_and_offset().0);
             for (v, d) in node.inputs.iter().zip(dx) {
                 let Some(d) = d else { continue };
                 match &mut grads[v.0] {
+                    Some(acc) if acc.shape() == d.shape() => {
+                        if let (Some(a), Some(b)) = (acc.as_slice_mut(), d.as_slice()) {
+                            threads.elementwise(a, &|at, out| out.iter_mut().zip(&b[at..]).for_each(|(o, v)| *o += v));
+                        } else {
+                            *acc += &d;
+                        }
+                        threads.give(d.into_raw_vec_and_offset().0);
+                    }
                     Some(acc) => *acc += &d,
                     slot => *slot = Some(d),
                 }
@@ -242,47 +333,45 @@ impl ForwardPass<'_, '_> {
                     params.insert((node.path.clone(), kind), g);
                 }
             }
+            node_times[i] = start.elapsed();
         }
         let input = grads[self.graph.input().0]
             .take()
             .unwrap_or_else(|| ArrayD::zeros(self.values[self.graph.input().0].as_ref().map_or(IxDyn(&[0]), |x| x.raw_dim())));
-        Ok(Gradients { params, input })
+        Ok(Gradients { params, input, node_times })
     }
 }
 
 /// Training-mode BatchNorm over the last axis: `(y, batch statistics)`.
-fn batch_norm_training(gamma: &[f32], beta: &[f32], epsilon: f32, x: &Tensor) -> (Tensor, BatchStats) {
-    let c = gamma.len();
-    let data = x.as_slice().unwrap_or(&[]);
-    let count = data.len() / c.max(1);
-    let mut sum = vec![0.0f64; c];
-    for px in data.chunks_exact(c) {
-        sum.iter_mut().zip(px).for_each(|(s, &v)| *s += v as f64);
-    }
-    let mean: Vec<f64> = sum.iter().map(|s| s / count.max(1) as f64).collect();
-    let mut sq = vec![0.0f64; c];
-    for px in data.chunks_exact(c) {
-        sq.iter_mut()
-            .zip(px)
-            .zip(&mean)
-            .for_each(|((s, &v), m)| *s += (v as f64 - m).powi(2));
-    }
-    let variance: Vec<f64> = sq.iter().map(|s| s / count.max(1) as f64).collect();
-    let inv: Vec<f64> = variance.iter().map(|v| 1.0 / (v + epsilon as f64).sqrt()).collect();
-    let mut y = x.clone();
-    if let Some(out) = y.as_slice_mut() {
-        for px in out.chunks_exact_mut(c) {
-            for (ch, v) in px.iter_mut().enumerate() {
-                *v = ((*v as f64 - mean[ch]) * inv[ch] * gamma[ch] as f64 + beta[ch] as f64) as f32;
+fn batch_norm_training(threads: &Threads, gamma: &[f32], beta: &[f32], epsilon: f32, x: &Tensor) -> Result<(Tensor, BatchStats)> {
+    let mut y = threads.take(x.len());
+    let (mean, variance) = threaded::batch_norm_forward(threads, slice(x), gamma, beta, epsilon, &mut y)?;
+    let count = x.len() / gamma.len().max(1);
+    Ok((tensor(x.shape(), y)?, BatchStats { mean, variance, count }))
+}
+
+/// A dense convolution's forward on the threads, then its epilogue
+/// (`act(conv * scale + bias + residual)`, as [`reference::eval`] applies it).
+fn conv_forward(threads: &Threads, c: &ConvOp<'_>, inputs: &[&Tensor]) -> Result<Tensor> {
+    let x = inputs[0];
+    let g = c.geometry(x.shape()[0], &x.shape()[1..])?;
+    let packed = threaded::pack_kernel(&c.kernel, &g)?;
+    let mut y = threads.take(g.output_len());
+    threaded::conv2d_forward(threads, slice(x), &g, &packed, &mut y)?;
+    let residual = if c.residual { Some(slice(inputs[1])) } else { None };
+    if c.scale.is_some() || c.bias.is_some() || residual.is_some() || c.relu {
+        let n = c.out_channels;
+        for (i, px) in y.chunks_exact_mut(n).enumerate() {
+            for (o, v) in px.iter_mut().enumerate() {
+                let mut t = c.scale.as_ref().map_or(*v, |s| *v * s[o]) + c.bias.as_ref().map_or(0.0, |b| b[o]);
+                if let Some(r) = residual {
+                    t += r[i * n + o];
+                }
+                *v = if c.relu { t.max(0.0) } else { t };
             }
         }
     }
-    let stats = BatchStats {
-        mean: mean.iter().map(|&m| m as f32).collect(),
-        variance: variance.iter().map(|&v| v as f32).collect(),
-        count,
-    };
-    (y, stats)
+    tensor(&[g.batch, g.out_hw[0], g.out_hw[1], c.out_channels], y)
 }
 
 type OpGrads = (Vec<Option<Tensor>>, Vec<(ParamKind, Tensor)>);
@@ -293,23 +382,35 @@ fn slice(t: &Tensor) -> &[f32] {
 
 /// The backward of one node: the gradients of its inputs (in order) and of its parameters.
 /// `frozen` skips the parameter gradients (and is how a frozen BatchNorm ran: in inference mode).
-fn backward_op(node: &Node<'_>, inputs: &[&Tensor], y: &Tensor, dy: &Tensor, stats: Option<&BatchStats>, frozen: bool) -> Result<OpGrads> {
+#[allow(clippy::too_many_arguments)]
+fn backward_op(
+    threads: &Threads,
+    scratch: &mut Vec<f32>,
+    node: &Node<'_>,
+    inputs: &[&Tensor],
+    y: &Tensor,
+    dy: &Tensor,
+    stats: Option<&BatchStats>,
+    frozen: bool,
+) -> Result<OpGrads> {
     let x = inputs[0];
     let same = |d: Tensor| (vec![Some(d)], Vec::new());
     Ok(match &node.op {
-        Op::Conv2d(c) => conv_backward(c, inputs, y, dy, frozen)?,
+        Op::Conv2d(c) => conv_backward(threads, scratch, c, inputs, y, dy, frozen)?,
         Op::BatchNorm(bn) => match stats {
-            Some(s) => batch_norm_backward(bn.gamma.as_ref(), bn.epsilon, s, x, dy)?,
+            Some(s) => batch_norm_backward(threads, bn.gamma.as_ref(), bn.epsilon, s, x, dy)?,
             None => {
                 // Inference mode (frozen): an affine map.
                 let (scale, _) = bn.scale_shift();
                 same(per_channel(dy, |d, ch| d * scale[ch]))
             }
         },
-        Op::Affine { scale, relu, .. } => same(per_channel_masked(dy, y, *relu, |d, ch| d * scale[ch])),
+        Op::Affine { scale, relu, .. } => same(per_channel_masked(threads, dy, y, *relu, |d, ch| d * scale[ch])?),
         Op::Add { relu } => {
-            let d = if *relu { relu_mask(dy, y) } else { dy.clone() };
-            (inputs.iter().map(|_| Some(d.clone())).collect(), Vec::new())
+            let d = if *relu { relu_mask(threads, dy, y)? } else { copy(threads, dy)? };
+            let mut grads: Vec<Option<Tensor>> = inputs[1..].iter().map(|_| copy(threads, &d).map(Some)).collect::<Result<_>>()?;
+            grads.insert(0, Some(d));
+            (grads, Vec::new())
         }
         Op::Concat => {
             let last = Axis(x.ndim() - 1);
@@ -346,25 +447,31 @@ fn backward_op(node: &Node<'_>, inputs: &[&Tensor], y: &Tensor, dy: &Tensor, sta
             (vec![Some(dx), Some(tensor(w.shape(), dw)?)], Vec::new())
         }
         Op::Unary(f) => {
-            let d = ndarray::Zip::from(dy).and(x).and(y).map_collect(|&d, &x, &y| match f {
-                // PyTorch's threshold backward: the gradient passes where the output is positive.
-                UnaryFn::Relu => {
-                    if y > 0.0 {
-                        d
-                    } else {
-                        0.0
+            let (f, xs, ys, ds) = (*f, slice(x), slice(y), slice(dy));
+            let mut dx = threads.take(xs.len());
+            threads.elementwise(&mut dx, &|at, out| {
+                let n = out.len();
+                let (d, x, y) = (&ds[at..at + n], &xs[at..at + n], &ys[at..at + n]);
+                match f {
+                    // PyTorch's threshold backward: the gradient passes where the output is positive.
+                    UnaryFn::Relu => {
+                        for ((o, &d), &y) in out.iter_mut().zip(d).zip(y) {
+                            *o = if y > 0.0 { d } else { 0.0 };
+                        }
+                    }
+                    UnaryFn::Relu6 => {
+                        for ((o, &d), &x) in out.iter_mut().zip(d).zip(x) {
+                            *o = if x > 0.0 && x < 6.0 { d } else { 0.0 };
+                        }
+                    }
+                    UnaryFn::Sigmoid => {
+                        for ((o, &d), &y) in out.iter_mut().zip(d).zip(y) {
+                            *o = d * y * (1.0 - y);
+                        }
                     }
                 }
-                UnaryFn::Relu6 => {
-                    if x > 0.0 && x < 6.0 {
-                        d
-                    } else {
-                        0.0
-                    }
-                }
-                UnaryFn::Sigmoid => d * y * (1.0 - y),
             });
-            same(d)
+            same(tensor(x.shape(), dx)?)
         }
         Op::MaxPool(p) | Op::AvgPool(p) => {
             let g = p.geometry(x.shape()[0], &x.shape()[1..])?;
@@ -432,98 +539,115 @@ fn backward_op(node: &Node<'_>, inputs: &[&Tensor], y: &Tensor, dy: &Tensor, sta
     })
 }
 
-fn relu_mask(dy: &Tensor, y: &Tensor) -> Tensor {
-    ndarray::Zip::from(dy).and(y).map_collect(|&d, &y| if y > 0.0 { d } else { 0.0 })
+/// `dy` where `y > 0`, else 0 (ReLU's backward, from its output).
+fn relu_mask(threads: &Threads, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let (ds, ys) = (slice(dy), slice(y));
+    let mut out = threads.take(ds.len());
+    threads.elementwise(&mut out, &|at, o| {
+        for ((o, &d), &y) in o.iter_mut().zip(&ds[at..]).zip(&ys[at..]) {
+            *o = if y > 0.0 { d } else { 0.0 };
+        }
+    });
+    tensor(dy.shape(), out)
 }
 
-fn per_channel_masked(dy: &Tensor, y: &Tensor, relu: bool, f: impl Fn(f32, usize) -> f32) -> Tensor {
-    let d = if relu { relu_mask(dy, y) } else { dy.clone() };
-    per_channel(&d, f)
+/// A copy of `t` in a reused buffer.
+fn copy(threads: &Threads, t: &Tensor) -> Result<Tensor> {
+    let src = slice(t);
+    let mut out = threads.take(src.len());
+    threads.elementwise(&mut out, &|at, o| o.copy_from_slice(&src[at..at + o.len()]));
+    tensor(t.shape(), out)
 }
 
-/// Training-mode BatchNorm backward, with `x_hat = (x - mean) * inv_std`:
-/// `dgamma = sum(dy * x_hat)`, `dbeta = sum(dy)`,
-/// `dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat))`.
-fn batch_norm_backward(gamma: &[f32], epsilon: f32, s: &BatchStats, x: &Tensor, dy: &Tensor) -> Result<OpGrads> {
+fn per_channel_masked(threads: &Threads, dy: &Tensor, y: &Tensor, relu: bool, f: impl Fn(f32, usize) -> f32) -> Result<Tensor> {
+    Ok(if relu {
+        per_channel(&relu_mask(threads, dy, y)?, f)
+    } else {
+        per_channel(dy, f)
+    })
+}
+
+/// Training-mode BatchNorm backward ([`threaded::batch_norm_backward`]).
+fn batch_norm_backward(threads: &Threads, gamma: &[f32], epsilon: f32, s: &BatchStats, x: &Tensor, dy: &Tensor) -> Result<OpGrads> {
     let c = gamma.len();
-    let inv: Vec<f64> = s.variance.iter().map(|&v| 1.0 / (v as f64 + epsilon as f64).sqrt()).collect();
-    let (xs, ds) = (slice(x), slice(dy));
-    let mut sum_dy = vec![0.0f64; c];
-    let mut sum_dy_xhat = vec![0.0f64; c];
-    for (px, dpx) in xs.chunks_exact(c).zip(ds.chunks_exact(c)) {
-        for ch in 0..c {
-            let xhat = (px[ch] as f64 - s.mean[ch] as f64) * inv[ch];
-            sum_dy[ch] += dpx[ch] as f64;
-            sum_dy_xhat[ch] += dpx[ch] as f64 * xhat;
-        }
-    }
-    let n = s.count.max(1) as f64;
-    let mut dx = vec![0.0f32; xs.len()];
-    for ((out, px), dpx) in dx.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(ds.chunks_exact(c)) {
-        for ch in 0..c {
-            let xhat = (px[ch] as f64 - s.mean[ch] as f64) * inv[ch];
-            out[ch] = (gamma[ch] as f64 * inv[ch] * (dpx[ch] as f64 - sum_dy[ch] / n - xhat * sum_dy_xhat[ch] / n)) as f32;
-        }
-    }
-    let params = vec![
-        (ParamKind::Gamma, tensor(&[c], sum_dy_xhat.iter().map(|&v| v as f32).collect())?),
-        (ParamKind::Beta, tensor(&[c], sum_dy.iter().map(|&v| v as f32).collect())?),
-    ];
+    let mut dx = threads.take(x.len());
+    let (dgamma, dbeta) = threaded::batch_norm_backward(threads, slice(x), slice(dy), gamma, &s.mean, &s.variance, epsilon, &mut dx)?;
+    let params = vec![(ParamKind::Gamma, tensor(&[c], dgamma)?), (ParamKind::Beta, tensor(&[c], dbeta)?)];
     Ok((vec![Some(tensor(x.shape(), dx)?)], params))
 }
 
-/// Convolution backward, through its epilogue (`act(conv * scale + bias + residual)`), group by
-/// group for a grouped convolution.
-fn conv_backward(c: &ConvOp<'_>, inputs: &[&Tensor], y: &Tensor, dy: &Tensor, frozen: bool) -> Result<OpGrads> {
-    let x = inputs[0];
-    let dz = if c.relu { relu_mask(dy, y) } else { dy.clone() };
-    let residual_grad = c.residual.then(|| dz.clone());
-    let dacc = match &c.scale {
-        Some(scale) => per_channel(&dz, |d, ch| d * scale[ch]),
-        None => dz.clone(),
-    };
-    let batch = x.shape()[0];
-    let gg = c.geometry(batch, &x.shape()[1..])?;
+/// A grouped convolution's gradients, group by group on the direct kernels: each group's
+/// channels gathered contiguous, its gradients scattered back into `dx` and `dk`.
+fn grouped_conv_backward(
+    c: &ConvOp<'_>,
+    gg: &kernels::ConvGeometry,
+    xs: &[f32],
+    ds: &[f32],
+    frozen: bool,
+    dx: &mut [f32],
+    dk: &mut [f32],
+) -> Result<()> {
     let (groups, cin, cout) = (c.groups, gg.in_channels, gg.out_channels);
-    let (xs, ds) = (slice(x), slice(&dacc));
-    let mut dx = vec![0.0f32; x.len()];
-    let mut dk = vec![0.0f32; c.kernel.len()];
     let mut ws = Vec::new();
     let (mut xg, mut dg, mut kg) = (Vec::new(), Vec::new(), Vec::new());
     let mut dxg = vec![0.0f32; gg.input_len()];
     let mut dkg = vec![0.0f32; gg.kernel_len()];
     for group in 0..groups {
-        // One group's channels, contiguous (no copy for a dense convolution).
-        let (xv, dv, kv): (&[f32], &[f32], &[f32]) = if groups == 1 {
-            (xs, ds, c.kernel.as_ref())
-        } else {
-            xg.clear();
-            xs.chunks_exact(cin * groups)
-                .for_each(|px| xg.extend_from_slice(&px[group * cin..(group + 1) * cin]));
-            dg.clear();
-            ds.chunks_exact(cout * groups)
-                .for_each(|px| dg.extend_from_slice(&px[group * cout..(group + 1) * cout]));
-            kg.clear();
-            c.kernel
-                .chunks_exact(cout * groups)
-                .for_each(|row| kg.extend_from_slice(&row[group * cout..(group + 1) * cout]));
-            (&xg, &dg, &kg)
-        };
-        backward::conv2d_backward_input(dv, &gg, kv, &mut dxg, &mut ws)?;
+        xg.clear();
+        xs.chunks_exact(cin * groups)
+            .for_each(|px| xg.extend_from_slice(&px[group * cin..(group + 1) * cin]));
+        dg.clear();
+        ds.chunks_exact(cout * groups)
+            .for_each(|px| dg.extend_from_slice(&px[group * cout..(group + 1) * cout]));
+        kg.clear();
+        c.kernel
+            .chunks_exact(cout * groups)
+            .for_each(|row| kg.extend_from_slice(&row[group * cout..(group + 1) * cout]));
+        backward::conv2d_backward_input(&dg, gg, &kg, &mut dxg, &mut ws)?;
         if !frozen {
-            backward::conv2d_backward_kernel(xv, &gg, dv, &mut dkg, &mut ws)?;
+            backward::conv2d_backward_kernel(&xg, gg, &dg, &mut dkg, &mut ws)?;
         }
-        if groups == 1 {
-            dx.copy_from_slice(&dxg);
-            dk.copy_from_slice(&dkg);
-        } else {
-            for (dst, src) in dx.chunks_exact_mut(cin * groups).zip(dxg.chunks_exact(cin)) {
-                dst[group * cin..(group + 1) * cin].copy_from_slice(src);
-            }
-            for (dst, src) in dk.chunks_exact_mut(cout * groups).zip(dkg.chunks_exact(cout)) {
-                dst[group * cout..(group + 1) * cout].copy_from_slice(src);
-            }
+        for (dst, src) in dx.chunks_exact_mut(cin * groups).zip(dxg.chunks_exact(cin)) {
+            dst[group * cin..(group + 1) * cin].copy_from_slice(src);
         }
+        for (dst, src) in dk.chunks_exact_mut(cout * groups).zip(dkg.chunks_exact(cout)) {
+            dst[group * cout..(group + 1) * cout].copy_from_slice(src);
+        }
+    }
+    Ok(())
+}
+
+/// Convolution backward, through its epilogue (`act(conv * scale + bias + residual)`), group by
+/// group for a grouped convolution.
+fn conv_backward(
+    threads: &Threads,
+    scratch: &mut Vec<f32>,
+    c: &ConvOp<'_>,
+    inputs: &[&Tensor],
+    y: &Tensor,
+    dy: &Tensor,
+    frozen: bool,
+) -> Result<OpGrads> {
+    let x = inputs[0];
+    let masked = if c.relu { Some(relu_mask(threads, dy, y)?) } else { None };
+    let dz = masked.as_ref().unwrap_or(dy);
+    let residual_grad = if c.residual { Some(copy(threads, dz)?) } else { None };
+    let scaled = c.scale.as_ref().map(|scale| per_channel(dz, |d, ch| d * scale[ch]));
+    let dacc = scaled.as_ref().unwrap_or(dz);
+    let batch = x.shape()[0];
+    let gg = c.geometry(batch, &x.shape()[1..])?;
+    let (groups, cin) = (c.groups, gg.in_channels);
+    let (xs, ds) = (slice(x), slice(dacc));
+    let mut dx = threads.take(x.len());
+    let mut dk = vec![0.0f32; c.kernel.len()];
+    if groups == 1 {
+        // A dense convolution: both GEMMs on the threads.
+        threaded::conv2d_backward_input(threads, ds, &gg, &c.kernel, &mut dx)?;
+        if !frozen {
+            threaded::conv2d_backward_kernel(threads, xs, &gg, ds, &mut dk, scratch)?;
+        }
+    } else {
+        grouped_conv_backward(c, &gg, xs, ds, frozen, &mut dx, &mut dk)?;
     }
     let mut params = Vec::new();
     if !frozen {
@@ -531,7 +655,7 @@ fn conv_backward(c: &ConvOp<'_>, inputs: &[&Tensor], y: &Tensor, dy: &Tensor, fr
         params.push((ParamKind::Kernel, tensor(&kshape, dk)?));
         if c.bias.is_some() {
             let mut db = vec![0.0; c.out_channels];
-            backward::conv2d_backward_bias(slice(&dz), c.out_channels, &mut db)?;
+            backward::conv2d_backward_bias(slice(dz), c.out_channels, &mut db)?;
             params.push((ParamKind::Bias, tensor(&[c.out_channels], db)?));
         }
     }

@@ -5,10 +5,11 @@ use std::sync::Mutex;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
-use super::pool::ThreadPool;
+use super::pool::{parallel, share, SendPtr, ThreadPool};
 use super::Value;
 use crate::error::{Error, Result};
 use crate::graph::{self, UnaryFn};
+use crate::kernels::implicit::{pieces, tap_segments};
 use crate::kernels::packed_gemm::{gemm_packed_raw, gemm_segments, GemmEpilogue, PackedB, Segment, MR, NR};
 use crate::kernels::winograd::{self, WinogradWeights};
 use crate::kernels::{self, ConvGeometry, PoolGeometry};
@@ -178,36 +179,6 @@ fn split(bufs: &mut [Vec<f32>], a: usize, b: usize, write: usize) -> (&[f32], &[
     // SAFETY: all indices are in bounds, and `write` differs from `a` and `b`, so the mutable
     // borrow does not overlap the shared ones.
     unsafe { ((*ptr.add(a)).as_slice(), (*ptr.add(b)).as_slice(), (*ptr.add(write)).as_mut_slice()) }
-}
-
-/// Runs `f(t)` on every thread of the pool and returns the first error any of them reported.
-fn parallel(pool: &ThreadPool, f: &(dyn Fn(usize) -> Result<()> + Sync)) -> Result<()> {
-    let failed = Mutex::new(None);
-    pool.run(&|t| {
-        if let Err(e) = f(t) {
-            *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
-        }
-    });
-    failed
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .map_or(Ok(()), Err)
-}
-
-/// `[total * t / n, total * (t + 1) / n)`: thread `t`'s share of `total` items.
-fn share(total: usize, t: usize, n: usize) -> std::ops::Range<usize> {
-    total * t / n..total * (t + 1) / n
-}
-
-pub(crate) struct SendPtr(pub(crate) *mut f32);
-// SAFETY: threads write disjoint blocks through it (see `conv`).
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
-    pub(crate) fn get(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 impl Op<'_> {
@@ -539,78 +510,6 @@ fn conv(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> 
         }
         Ok(())
     })
-}
-
-/// Sizes of the near-equal pieces `total` splits into with at most `max` per piece.
-fn pieces(total: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let n = total.div_ceil(max).max(1);
-    let (base, extra) = (total / n, total % n);
-    (0..n).scan(0, move |at, i| {
-        let len = base + usize::from(i < extra);
-        let r = *at..*at + len;
-        *at += len;
-        Some(r)
-    })
-}
-
-/// The GEMM segments of one micro-tile (output pixels `cols` of output row `oy` of image
-/// `img`): one per kernel tap, read in place when all its input pixels are inside the image,
-/// gathered into `gathered` (zeros for the padding) when it straddles the border, and left out
-/// when it lies wholly in the padding.
-#[allow(clippy::too_many_arguments)]
-fn tap_segments(
-    g: &ConvGeometry,
-    x: &[f32],
-    img: usize,
-    oy: usize,
-    cols: &Range<usize>,
-    gathered: &mut [f32],
-    segments: &mut Vec<Segment>,
-) {
-    let ([ih, iw], [kh, kw]) = (g.in_hw, g.window.kernel);
-    let ([sh, sw], [dh, dw], cin) = (g.window.stride, g.window.dilation, g.in_channels);
-    let r = cols.len();
-    segments.clear();
-    let mut used = 0;
-    for ky in 0..kh {
-        let iy = (oy * sh + ky * dh) as isize - g.pad.top as isize;
-        if iy < 0 || iy >= ih as isize {
-            continue;
-        }
-        let line = (img * ih + iy as usize) * iw;
-        for kx in 0..kw {
-            let b_row = (ky * kw + kx) * cin;
-            let ix0 = (cols.start * sw + kx * dw) as isize - g.pad.left as isize;
-            let ix_last = ix0 + ((r - 1) * sw) as isize;
-            if ix0 >= 0 && ix_last < iw as isize {
-                segments.push(Segment {
-                    a: (line + ix0 as usize) * cin,
-                    lda: sw * cin,
-                    b_row,
-                    kc: cin,
-                    gathered: false,
-                });
-            } else if ix_last >= 0 && ix0 < iw as isize {
-                for rr in 0..r {
-                    let ix = ix0 + (rr * sw) as isize;
-                    let dst = &mut gathered[used + rr * cin..used + (rr + 1) * cin];
-                    if ix >= 0 && ix < iw as isize {
-                        dst.copy_from_slice(&x[(line + ix as usize) * cin..(line + ix as usize + 1) * cin]);
-                    } else {
-                        dst.fill(0.0);
-                    }
-                }
-                segments.push(Segment {
-                    a: used,
-                    lda: cin,
-                    b_row,
-                    kc: cin,
-                    gathered: true,
-                });
-                used += r * cin;
-            }
-        }
-    }
 }
 
 /// A convolution without im2col: each micro-tile of up to `MR` output pixels in one output row

@@ -45,7 +45,7 @@
 
 mod exec;
 mod liveness;
-mod pool;
+pub(crate) mod pool;
 pub(crate) mod program;
 mod schedule;
 
@@ -501,10 +501,10 @@ impl Plan<'_> {
         // Where each image's result of the image-by-image phase goes: the output, or the
         // crossing value's batch buffer.
         let (dst, per_dst, from_slot) = if whole {
-            (exec::SendPtr(out.as_mut_ptr()), per_out, output_slot)
+            (pool::SendPtr(out.as_mut_ptr()), per_out, output_slot)
         } else {
             let v = &values[self.split_value];
-            (exec::SendPtr(self.buffers[v.slot].as_mut_ptr()), v.len(), v.slot)
+            (pool::SendPtr(self.buffers[v.slot].as_mut_ptr()), v.len(), v.slot)
         };
         let one_image = |image: usize, buffers: &mut [Vec<f32>], ctx: &exec::Ctx<'_>| -> Result<()> {
             buffers[input_slot][..per_in].copy_from_slice(&x[image * per_in..(image + 1) * per_in]);

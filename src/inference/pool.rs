@@ -14,6 +14,8 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, TryLockError};
+
+use crate::error::Result;
 use std::thread::JoinHandle;
 
 type Job = dyn Fn(usize) + Sync;
@@ -188,6 +190,38 @@ impl Drop for ThreadPool {
             let _ = w.join();
         }
     }
+}
+
+/// An output pointer shared by the threads of one dispatch, each writing its own disjoint
+/// block through it.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: threads write disjoint blocks through it (each user documents its split).
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    pub(crate) fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Runs `f(t)` on every thread of the pool and returns the first error any of them reported.
+pub(crate) fn parallel(pool: &ThreadPool, f: &(dyn Fn(usize) -> Result<()> + Sync)) -> Result<()> {
+    let failed = Mutex::new(None);
+    pool.run(&|t| {
+        if let Err(e) = f(t) {
+            *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+        }
+    });
+    failed
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .map_or(Ok(()), Err)
+}
+
+/// `[total * t / n, total * (t + 1) / n)`: thread `t`'s share of `total` items.
+pub(crate) fn share(total: usize, t: usize, n: usize) -> std::ops::Range<usize> {
+    total * t / n..total * (t + 1) / n
 }
 
 #[cfg(test)]

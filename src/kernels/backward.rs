@@ -38,7 +38,7 @@ fn view_mut<'a>(data: &'a mut [f32], rows: usize, cols: usize) -> Result<ArrayVi
 
 /// Adds the patch gradients `cols` (`rows x K`, output pixels `first..first + rows`) back onto
 /// the input pixels they were read from: the inverse scatter of `im2col`.
-fn col2im_add(cols: &[f32], g: &ConvGeometry, first: usize, rows: usize, grad_in: &mut [f32]) {
+pub(crate) fn col2im_add(cols: &[f32], g: &ConvGeometry, first: usize, rows: usize, grad_in: &mut [f32]) {
     let [ih, iw] = g.in_hw;
     let [oh, ow] = g.out_hw;
     let kw = g.window.kernel[1];

@@ -10,9 +10,11 @@ pub mod conv;
 pub mod gemm;
 pub mod geometry;
 pub mod im2col;
+pub(crate) mod implicit;
 pub mod packed_gemm;
 pub mod pool;
 pub mod reference;
+pub mod threaded;
 pub mod winograd;
 
 pub use conv::{conv2d, conv2d_grouped, conv2d_tiled, ConvStrategy, Epilogue};

@@ -55,6 +55,24 @@ impl PackedB {
         Ok(PackedB { k, n, data })
     }
 
+    /// A packed matrix from its panels as [`PackedB::pack`] lays them out (`ceil(n / NR)`
+    /// panels of `k x NR` floats, padding columns zero), reusing `data`'s allocation.
+    pub(crate) fn from_panels(k: usize, n: usize, data: Vec<f32>) -> Result<Self> {
+        if data.len() != n.div_ceil(NR) * k * NR {
+            return Err(Error::shape(
+                "PackedB",
+                format!("{} panels of {k} x {NR}", n.div_ceil(NR)),
+                format!("{} elements", data.len()),
+            ));
+        }
+        Ok(PackedB { k, n, data })
+    }
+
+    /// The panels' storage, to reuse its allocation.
+    pub(crate) fn into_panels(self) -> Vec<f32> {
+        self.data
+    }
+
     /// Rows (`K`).
     pub fn k(&self) -> usize {
         self.k
@@ -180,7 +198,7 @@ pub fn gemm_packed(
         return Ok(());
     }
     // SAFETY: `check` verified that every element written lies within `c`.
-    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, gemm_kernel()) };
+    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, gemm_kernel(), false) };
     Ok(())
 }
 
@@ -211,7 +229,33 @@ pub(crate) unsafe fn gemm_packed_raw(
         return Ok(());
     }
     // SAFETY: the caller guarantees `c` covers `c_len` floats and the block is ours alone.
-    unsafe { gemm_unchecked(a, lda, a_row0, b, c, ldc, rows, panels, e, gemm_kernel()) };
+    unsafe { gemm_unchecked(a, lda, a_row0, b, c, ldc, rows, panels, e, gemm_kernel(), false) };
+    Ok(())
+}
+
+/// [`gemm_packed_raw`] adding to `C` instead of overwriting it: `C += A B`, then the
+/// epilogue.
+///
+/// # Safety
+/// As [`gemm_packed_raw`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_packed_raw_accumulate(
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: *mut f32,
+    c_len: usize,
+    ldc: usize,
+    rows: Range<usize>,
+    panels: Range<usize>,
+) -> Result<()> {
+    let e = GemmEpilogue::default();
+    check(a, lda, 0, b, c_len, ldc, &rows, &panels, &e)?;
+    if rows.is_empty() || panels.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: the caller guarantees `c` covers `c_len` floats and the block is ours alone.
+    unsafe { gemm_unchecked(a, lda, 0, b, c, ldc, rows, panels, &e, gemm_kernel(), true) };
     Ok(())
 }
 
@@ -256,7 +300,7 @@ pub fn gemm_packed_with(
     }
     // SAFETY: `check` verified that every element written lies within `c`; the kernel's CPU
     // features were checked above.
-    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, kernel) };
+    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, kernel, false) };
     Ok(())
 }
 
@@ -317,6 +361,7 @@ unsafe fn gemm_unchecked(
     panels: Range<usize>,
     e: &GemmEpilogue<'_>,
     kernel: GemmKernel,
+    accumulate: bool,
 ) {
     let k = b.k;
     // Rows in near-equal micro-tiles of at most MR (49 rows: 10, 10, 10, 10, 9 rather than
@@ -331,7 +376,7 @@ unsafe fn gemm_unchecked(
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
-        let (first, last) = (k0 == 0, k0 + kc >= k);
+        let (first, last) = (k0 == 0 && !accumulate, k0 + kc >= k);
         let run = |i: usize, r: usize, p: usize| {
             let tile = Tile {
                 a: &a[(i - a_row0) * lda + k0..],

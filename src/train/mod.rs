@@ -39,6 +39,8 @@ pub struct Step {
     pub gradients: Gradients,
     /// The BatchNorm layers' new running statistics (not yet applied).
     pub running_stats: Vec<RunningStats>,
+    /// Where the step's time went, node by node.
+    pub times: Vec<NodeTime>,
 }
 
 /// Runs `model` in training mode on the batch `x` with integer `labels`, takes the softmax
@@ -46,6 +48,9 @@ pub struct Step {
 /// label-smoothed), and back-propagates it. For a model whose head ends in a softmax (the seed's
 /// `fc1000`), the loss is taken from the logits before it (fused and stable, never the log of a
 /// probability) and the gradient enters there.
+///
+/// This runs on the calling thread; a [`Trainer`] runs the same arithmetic on several (the
+/// same bits).
 pub fn compute_gradients(
     model: &dyn Layer,
     x: &crate::layers::TensorRef,
@@ -53,8 +58,77 @@ pub fn compute_gradients(
     label_smoothing: f32,
     mode: &TrainingMode,
 ) -> Result<Step> {
+    Trainer::new(mode.clone(), 1)?.compute_gradients(model, x, labels, label_smoothing)
+}
+
+/// Training steps on a pool of threads: [`compute_gradients`] with every convolution's forward
+/// and backward GEMMs and every BatchNorm spread over `threads` threads. Each result is the
+/// same bits whatever the thread count (the work is cut by shape, never by thread).
+///
+/// ```
+/// use convnet::init::{initialize, InitScheme};
+/// use convnet::models::{ResNet, ResNetConfig};
+/// use convnet::train::{Trainer, TrainingMode};
+/// let mut model = ResNet::new(ResNetConfig::small_image_resnet(8, [8, 8, 1], 10)?)?;
+/// initialize(&mut model, &InitScheme::torchvision_resnet(), 0)?;
+/// let x = ndarray::ArrayD::<f32>::ones(ndarray::IxDyn(&[4, 8, 8, 1]));
+/// let two = Trainer::new(TrainingMode::default(), 2)?.compute_gradients(&model, &x, &[0, 1, 2, 3], 0.0)?;
+/// let one = Trainer::new(TrainingMode::default(), 1)?.compute_gradients(&model, &x, &[0, 1, 2, 3], 0.0)?;
+/// assert_eq!(one.loss.to_bits(), two.loss.to_bits());
+/// # Ok::<(), convnet::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Trainer {
+    threads: crate::kernels::threaded::Threads,
+    mode: TrainingMode,
+}
+
+impl Trainer {
+    /// A trainer in `mode` on `threads` threads (0: every core).
+    pub fn new(mode: TrainingMode, threads: usize) -> Result<Self> {
+        Ok(Trainer {
+            threads: crate::kernels::threaded::Threads::new(threads)?,
+            mode,
+        })
+    }
+
+    /// Threads it runs on.
+    pub fn threads(&self) -> usize {
+        self.threads.count()
+    }
+
+    /// How it treats the layers (BatchNorm momentum, frozen layers).
+    pub fn mode(&self) -> &TrainingMode {
+        &self.mode
+    }
+
+    /// Sets how it treats the layers (to freeze or unfreeze layers between epochs).
+    pub fn set_mode(&mut self, mode: TrainingMode) {
+        self.mode = mode;
+    }
+
+    /// One training step's loss and gradients, as [`compute_gradients`] computes them.
+    pub fn compute_gradients(
+        &self,
+        model: &dyn Layer,
+        x: &crate::layers::TensorRef,
+        labels: &[usize],
+        label_smoothing: f32,
+    ) -> Result<Step> {
+        step(model, x, labels, label_smoothing, &self.mode, &self.threads)
+    }
+}
+
+fn step(
+    model: &dyn Layer,
+    x: &crate::layers::TensorRef,
+    labels: &[usize],
+    label_smoothing: f32,
+    mode: &TrainingMode,
+    threads: &crate::kernels::threaded::Threads,
+) -> Result<Step> {
     let graph = Graph::lower(model, crate::graph::per_image(x.shape())?)?;
-    let pass = training::forward(&graph, x, mode)?;
+    let pass = training::forward_with(&graph, x, mode, threads)?;
     let output = pass.output().clone();
     // A head ending in a last-axis softmax: the loss on its input.
     let logits_value = graph.nodes().last().and_then(|n| match n.op {
@@ -70,12 +144,41 @@ pub fn compute_gradients(
         Some(v) => pass.backward_from(v, &grad)?,
         None => pass.backward(&grad)?,
     };
+    let running_stats = pass.running_stats_update();
+    let forward_times = pass.node_times().to_vec();
+    pass.recycle();
+    let times = graph
+        .nodes()
+        .iter()
+        .zip(&forward_times)
+        .zip(&gradients.node_times)
+        .map(|((node, &forward), &backward)| NodeTime {
+            name: node.name(),
+            op: node.op.kind(),
+            forward,
+            backward,
+        })
+        .collect();
     Ok(Step {
         loss,
         output,
         gradients,
-        running_stats: pass.running_stats_update(),
+        running_stats,
+        times,
     })
+}
+
+/// The time one node of the lowered graph took in a training step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeTime {
+    /// The node's layer path (or its op's kind).
+    pub name: String,
+    /// The op's kind (`Conv2d`, `BatchNorm`, ...).
+    pub op: &'static str,
+    /// Its forward.
+    pub forward: std::time::Duration,
+    /// Its backward.
+    pub backward: std::time::Duration,
 }
 
 impl Step {

@@ -1,0 +1,684 @@
+//! Convolution forward and both backward GEMMs on a pool of threads, on the packed GEMM's
+//! micro-kernels: what a training step runs. Each has a direct-loop twin in
+//! [`reference`](super::reference) that the property tests compare it with.
+//!
+//! Every output element is computed by one thread with `K` summed in one fixed order, and how
+//! the work is cut depends on the shapes only, never on the thread count: results are the same
+//! bits on 1 thread and on 8.
+//!
+//! - forward, `Y = X W`: im2col tiles of output pixels (none for a 1x1 stride-1 convolution),
+//!   split over the threads by tiles or, when there are too few tiles, by panels of output
+//!   channels;
+//! - input gradient, `dX = col2im(dY Wᵀ)`: image by image, so the scatter of one image's patch
+//!   gradients never meets another thread's (a 1x1 stride-1 convolution is one GEMM split by
+//!   rows);
+//! - kernel gradient, `dWᵀ = dYᵀ X`: the patch columns of `X` in panels of [`NR`], each
+//!   gathered straight into the packed layout and multiplied over every output pixel of the
+//!   batch in one GEMM, so no partial sums are ever added across threads.
+
+use std::sync::{Mutex, PoisonError};
+
+use super::backward::col2im_add;
+use super::geometry::{ConvGeometry, Padding, Padding2d, Window2d};
+use super::im2col::im2col_unchecked;
+use super::implicit::{pieces, tap_segments};
+use super::packed_gemm::{gemm_packed_raw, gemm_packed_raw_accumulate, gemm_segments, GemmEpilogue, PackedB, MR, NR};
+use crate::error::{Error, Result};
+use crate::inference::pool::{parallel, share, SendPtr, ThreadPool};
+
+/// Output pixels per group of the kernel gradient's partial sums (at least), at most
+/// [`KERNEL_GRAD_MAX_GROUPS`] groups, and at most [`KERNEL_GRAD_PARTIAL_BYTES`] of partials.
+const KERNEL_GRAD_GROUP_PIXELS: usize = 4096;
+const KERNEL_GRAD_MAX_GROUPS: usize = 32;
+const KERNEL_GRAD_PARTIAL_BYTES: usize = 32 << 20;
+/// Output pixels gathered and multiplied at once in the kernel gradient (one `KC`).
+const KERNEL_GRAD_BLOCK: usize = super::packed_gemm::KC;
+
+/// Input channels from which a convolution reads its input in place (no im2col).
+const IMPLICIT_MIN_CHANNELS: usize = 16;
+
+/// Bytes of im2col tile (or of patch gradients) a thread fills before multiplying it.
+const TILE_BYTES: usize = 256 << 10;
+
+/// Elements per piece of the element-wise loops.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// Buffers kept for reuse, at most this many.
+const KEPT_BUFFERS: usize = 256;
+
+/// Threads for the training kernels, each with scratch space it keeps between calls, and a
+/// store of buffers that training steps hand back and take again, so a steady-state step
+/// allocates no new large buffer.
+#[derive(Debug)]
+pub struct Threads {
+    pool: ThreadPool,
+    scratch: Vec<Mutex<Vec<f32>>>,
+    buffers: Mutex<Vec<Vec<f32>>>,
+}
+
+impl Threads {
+    /// `threads` threads (the caller's included; 0 means every core the OS reports).
+    pub fn new(threads: usize) -> Result<Self> {
+        let pool = ThreadPool::new(threads)?;
+        let scratch = (0..pool.threads()).map(|_| Mutex::new(Vec::new())).collect();
+        Ok(Threads {
+            pool,
+            scratch,
+            buffers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A buffer of `len` floats, reused if one large enough was handed back (the smallest
+    /// such), else new. Its contents are unspecified: callers overwrite every element.
+    pub(crate) fn take(&self, len: usize) -> Vec<f32> {
+        let mut kept = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        let best = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        let mut v = match best {
+            Some(i) => kept.swap_remove(i),
+            None => Vec::with_capacity(len),
+        };
+        // Only the tail beyond the old length is written here; the rest is left as it was.
+        v.resize(len, 0.0);
+        v.truncate(len);
+        v
+    }
+
+    /// Hands a buffer back for reuse.
+    pub(crate) fn give(&self, v: Vec<f32>) {
+        if v.capacity() == 0 {
+            return;
+        }
+        let mut kept = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < KEPT_BUFFERS {
+            kept.push(v);
+        }
+    }
+
+    /// Runs `f(offset, piece)` over pieces of `out` on the threads (element-wise loops).
+    pub(crate) fn elementwise(&self, out: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+        let (len, ptr) = (out.len(), SendPtr(out.as_mut_ptr()));
+        let pieces = len.div_ceil(ELEMENTWISE_CHUNK);
+        let _ = self.for_each(pieces, &|i, _| {
+            let at = i * ELEMENTWISE_CHUNK;
+            let n = ELEMENTWISE_CHUNK.min(len - at);
+            // SAFETY: each piece is handed to one call; it lies inside `out`.
+            f(at, unsafe { std::slice::from_raw_parts_mut(ptr.get().add(at), n) });
+            Ok(())
+        });
+    }
+
+    /// Number of threads.
+    pub fn count(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Runs `f(t, scratch of thread t)` on every thread; the first error wins.
+    pub(crate) fn run(&self, f: &(dyn Fn(usize, &mut Vec<f32>) -> Result<()> + Sync)) -> Result<()> {
+        parallel(&self.pool, &|t| {
+            let mut ws = self.scratch[t].lock().unwrap_or_else(PoisonError::into_inner);
+            f(t, &mut ws)
+        })
+    }
+
+    /// Runs `f(i)` for every item `i` in `0..items`, each thread taking a contiguous share.
+    pub(crate) fn for_each(&self, items: usize, f: &(dyn Fn(usize, &mut Vec<f32>) -> Result<()> + Sync)) -> Result<()> {
+        let n = self.count();
+        self.run(&|t, ws| share(items, t, n).try_for_each(|i| f(i, ws)))
+    }
+}
+
+fn grow(ws: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if ws.len() < len {
+        ws.resize(len, 0.0);
+    }
+    &mut ws[..len]
+}
+
+fn pointwise(g: &ConvGeometry) -> bool {
+    g.window.kernel == [1, 1] && g.window.stride == [1, 1] && g.pad.is_zero()
+}
+
+/// Rows per tile for `k`-wide rows: what fits [`TILE_BYTES`], a multiple of `MR`, at least
+/// 8 `MR`, at most `m`.
+fn tile_rows(k: usize, m: usize) -> usize {
+    ((TILE_BYTES / (4 * k.max(1))) / MR * MR).max(8 * MR).min(m.max(1))
+}
+
+fn check(what: &str, pairs: &[(&str, usize, usize)]) -> Result<()> {
+    for &(name, want, got) in pairs {
+        if want != got {
+            return Err(Error::shape(what, format!("{name} of {want} elements"), format!("{got}")));
+        }
+    }
+    Ok(())
+}
+
+/// `W` (HWIO, `K x N`) packed for [`conv2d_forward`].
+pub fn pack_kernel(kernel: &[f32], g: &ConvGeometry) -> Result<PackedB> {
+    check("conv2d kernel", &[("kernel", g.kernel_len(), kernel.len())])?;
+    PackedB::pack(kernel, g.patch_len(), g.out_channels, g.out_channels)
+}
+
+/// `Wᵀ` (`N x K`), packed.
+fn pack_kernel_transposed(kernel: &[f32], g: &ConvGeometry) -> Result<PackedB> {
+    let (k, n) = (g.patch_len(), g.out_channels);
+    let mut t = vec![0.0; k * n];
+    for (r, row) in kernel.chunks_exact(n.max(1)).enumerate() {
+        for (o, &v) in row.iter().enumerate() {
+            t[o * k + r] = v;
+        }
+    }
+    PackedB::pack(&t, n, k, k)
+}
+
+/// For a stride-1 convolution, the input gradient is itself a stride-1 convolution: of the
+/// output gradient, by the kernel turned 180 degrees with its input and output channels
+/// swapped, padded by `(k - 1) * dilation - pad` on each side. Its geometry and (HWIO) kernel,
+/// or `None` when the padding exceeds the window (the scatter path handles that).
+fn transposed_convolution(g: &ConvGeometry, kernel: &[f32]) -> Result<Option<(ConvGeometry, Vec<f32>)>> {
+    let [kh, kw] = g.window.kernel;
+    let [sh_, sw_] = [(kh - 1) * g.window.dilation[0], (kw - 1) * g.window.dilation[1]];
+    let p = g.pad;
+    if g.window.stride != [1, 1] || p.top > sh_ || p.bottom > sh_ || p.left > sw_ || p.right > sw_ {
+        return Ok(None);
+    }
+    let pad = Padding2d {
+        top: sh_ - p.top,
+        bottom: sh_ - p.bottom,
+        left: sw_ - p.left,
+        right: sw_ - p.right,
+    };
+    let window = Window2d {
+        padding: Padding::Explicit(pad),
+        ..g.window
+    };
+    let t = ConvGeometry::new([g.batch, g.out_hw[0], g.out_hw[1], g.out_channels], g.in_channels, window)?;
+    if t.out_hw != g.in_hw {
+        return Ok(None);
+    }
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let mut flipped = vec![0.0; kernel.len()];
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let src = ((kh - 1 - ky) * kw + (kw - 1 - kx)) * cin * cout;
+            let dst = (ky * kw + kx) * cout * cin;
+            for i in 0..cin {
+                for o in 0..cout {
+                    flipped[dst + o * cin + i] = kernel[src + i * cout + o];
+                }
+            }
+        }
+    }
+    Ok(Some((t, flipped)))
+}
+
+/// NHWC convolution `output = input * W` with `W` from [`pack_kernel`]; `output` is
+/// write-only.
+pub fn conv2d_forward(threads: &Threads, input: &[f32], g: &ConvGeometry, kernel: &PackedB, output: &mut [f32]) -> Result<()> {
+    check(
+        "conv2d forward",
+        &[
+            ("input", g.input_len(), input.len()),
+            ("output", g.output_len(), output.len()),
+            ("packed kernel", g.patch_len() * g.out_channels, kernel.k() * kernel.n()),
+        ],
+    )?;
+    let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_channels);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        output.fill(0.0);
+        return Ok(());
+    }
+    let (out, out_len) = (SendPtr(output.as_mut_ptr()), output.len());
+    let e = GemmEpilogue::default();
+    let (panels, nt) = (kernel.panels(), threads.count());
+    if pointwise(g) {
+        let units = m.div_ceil(MR);
+        return threads.run(&|t, _| {
+            let u = share(units, t, nt);
+            let rows = u.start * MR..(u.end * MR).min(m);
+            // SAFETY: each thread writes its own rows of the output.
+            unsafe { gemm_packed_raw(input, k, 0, kernel, out.get(), out_len, n, rows, 0..panels, &e) }
+        });
+    }
+    if g.in_channels >= IMPLICIT_MIN_CHANNELS {
+        return conv2d_forward_implicit(threads, input, g, kernel, output);
+    }
+    let tile = tile_rows(k, m);
+    let tiles = m.div_ceil(tile);
+    // Too few tiles to share evenly: every thread fills every tile and multiplies its panels.
+    let by_panels = tiles < 4 * nt && panels >= nt;
+    threads.run(&|t, ws| {
+        let (my_tiles, my_panels) = if by_panels {
+            (0..tiles, share(panels, t, nt))
+        } else {
+            (share(tiles, t, nt), 0..panels)
+        };
+        if my_panels.is_empty() {
+            return Ok(());
+        }
+        for ti in my_tiles {
+            let rows = ti * tile..((ti + 1) * tile).min(m);
+            let a = grow(ws, rows.len() * k);
+            im2col_unchecked(input, g, rows.start, rows.len(), a);
+            // SAFETY: each thread writes its own tiles (or panels) of the output.
+            unsafe { gemm_packed_raw(a, k, rows.start, kernel, out.get(), out_len, n, rows, my_panels.clone(), &e)? };
+        }
+        Ok(())
+    })
+}
+
+/// [`conv2d_forward`] without im2col: each micro-tile of up to `MR` output pixels of one output
+/// row multiplies, tap by tap, the input pixels under it in place. Threads take output rows
+/// (or, with few rows, panels of output channels).
+fn conv2d_forward_implicit(threads: &Threads, input: &[f32], g: &ConvGeometry, kernel: &PackedB, output: &mut [f32]) -> Result<()> {
+    let ([oh, ow], n) = (g.out_hw, g.out_channels);
+    let (units, panels, nt) = (g.batch * oh, kernel.panels(), threads.count());
+    let by_panels = units < 4 * nt && panels >= nt;
+    let (out, out_len) = (SendPtr(output.as_mut_ptr()), output.len());
+    let e = GemmEpilogue::default();
+    let taps = g.window.kernel[0] * g.window.kernel[1];
+    threads.run(&|t, ws| {
+        let (rows, my_panels) = if by_panels {
+            (0..units, share(panels, t, nt))
+        } else {
+            (share(units, t, nt), 0..panels)
+        };
+        let gathered = grow(ws, taps * MR * g.in_channels);
+        let mut segments = Vec::with_capacity(taps);
+        for u in rows {
+            let (img, oy) = (u / oh, u % oh);
+            for cols in pieces(ow, MR) {
+                tap_segments(g, input, img, oy, &cols, gathered, &mut segments);
+                let c_off = ((img * oh + oy) * ow + cols.start) * n;
+                for p in my_panels.clone() {
+                    // SAFETY: this thread alone writes these pixels x this panel of the output.
+                    unsafe {
+                        gemm_segments(
+                            input,
+                            gathered,
+                            &segments,
+                            cols.len(),
+                            kernel,
+                            p,
+                            out.get(),
+                            out_len,
+                            c_off + p * NR,
+                            n,
+                            &e,
+                        )?
+                    };
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The input gradient `grad_in = col2im(grad_out Wᵀ)` of a convolution by the HWIO `kernel`;
+/// `grad_in` is overwritten. A stride-1 convolution's is computed as a convolution (see
+/// `transposed_convolution`), any other's as GEMMs whose rows are scattered back.
+pub fn conv2d_backward_input(threads: &Threads, grad_out: &[f32], g: &ConvGeometry, kernel: &[f32], grad_in: &mut [f32]) -> Result<()> {
+    check(
+        "conv2d backward (input)",
+        &[
+            ("output gradient", g.output_len(), grad_out.len()),
+            ("input gradient", g.input_len(), grad_in.len()),
+            ("kernel", g.kernel_len(), kernel.len()),
+        ],
+    )?;
+    if g.out_pixels() > 0 && !pointwise(g) {
+        if let Some((t, flipped)) = transposed_convolution(g, kernel)? {
+            return conv2d_forward(threads, grad_out, &t, &pack_kernel(&flipped, &t)?, grad_in);
+        }
+    }
+    let kernel_t = &pack_kernel_transposed(kernel, g)?;
+    let (k, n) = (g.patch_len(), g.out_channels);
+    if k == 0 || n == 0 || g.out_pixels() == 0 {
+        grad_in.fill(0.0);
+        return Ok(());
+    }
+    let (panels, nt) = (kernel_t.panels(), threads.count());
+    let e = GemmEpilogue::default();
+    let (dx, dx_len) = (SendPtr(grad_in.as_mut_ptr()), grad_in.len());
+    if pointwise(g) {
+        let m = g.out_pixels();
+        let units = m.div_ceil(MR);
+        return threads.run(&|t, _| {
+            let u = share(units, t, nt);
+            let rows = u.start * MR..(u.end * MR).min(m);
+            // SAFETY: each thread writes its own rows of the input gradient.
+            unsafe { gemm_packed_raw(grad_out, n, 0, kernel_t, dx.get(), dx_len, k, rows, 0..panels, &e) }
+        });
+    }
+    let per_out = g.out_hw[0] * g.out_hw[1];
+    let per_in = g.input_len() / g.batch.max(1);
+    let one = ConvGeometry { batch: 1, ..*g };
+    let tile = tile_rows(k, per_out);
+    threads.for_each(g.batch, &|img, ws| {
+        // SAFETY: images are disjoint and each is one thread's; the range is inside `grad_in`
+        // (`per_in * batch == input_len == dx_len`, checked above).
+        let dx_img = unsafe { std::slice::from_raw_parts_mut(dx.get().add(img * per_in), per_in) };
+        dx_img.fill(0.0);
+        let dy_img = &grad_out[img * per_out * n..(img + 1) * per_out * n];
+        let mut first = 0;
+        while first < per_out {
+            let rows = tile.min(per_out - first);
+            let cols = grow(ws, rows * k);
+            let (ptr, len) = (cols.as_mut_ptr(), cols.len());
+            // SAFETY: `cols` is this thread's scratch, holding `rows x k` floats.
+            unsafe { gemm_packed_raw(&dy_img[first * n..], n, 0, kernel_t, ptr, len, k, 0..rows, 0..panels, &e)? };
+            col2im_add(cols, &one, first, rows, dx_img);
+            first += rows;
+        }
+        Ok(())
+    })
+}
+
+/// The kernel gradient `grad_kernel = im2col(input)ᵀ grad_out` (HWIO like the kernel,
+/// overwritten), computed as `grad_kernelᵀ = grad_outᵀ im2col(input)`.
+///
+/// `scratch` holds `grad_outᵀ` and `grad_kernelᵀ` (grown to `N x (pixels + K)` floats and
+/// kept for the next call).
+pub fn conv2d_backward_kernel(
+    threads: &Threads,
+    input: &[f32],
+    g: &ConvGeometry,
+    grad_out: &[f32],
+    grad_kernel: &mut [f32],
+    scratch: &mut Vec<f32>,
+) -> Result<()> {
+    check(
+        "conv2d backward (kernel)",
+        &[
+            ("input", g.input_len(), input.len()),
+            ("output gradient", g.output_len(), grad_out.len()),
+            ("kernel gradient", g.kernel_len(), grad_kernel.len()),
+        ],
+    )?;
+    let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_channels);
+    if m == 0 || k == 0 || n == 0 {
+        grad_kernel.fill(0.0);
+        return Ok(());
+    }
+    // Output pixels in groups, each summed into its own partial dWᵀ (the groups depend on
+    // the shape only); a group's pixels are gathered and multiplied a block at a time, so the
+    // gathered block stays in cache.
+    let groups = (m / KERNEL_GRAD_GROUP_PIXELS)
+        .clamp(1, KERNEL_GRAD_MAX_GROUPS)
+        .min((KERNEL_GRAD_PARTIAL_BYTES / (4 * n * k)).max(1));
+    let panels = k.div_ceil(NR);
+    // Few groups: each unit also takes only some panels, so there is work for every thread.
+    let panel_units = if groups >= KERNEL_GRAD_MAX_GROUPS / 4 { 1 } else { panels };
+    let (dyt, partials) = grow(scratch, n * m + groups * n * k).split_at_mut(n * m);
+    // dYᵀ, N x M, split over the threads by channel rows.
+    let (dyt_ptr, nt) = (SendPtr(dyt.as_mut_ptr()), threads.count());
+    threads.run(&|t, _| {
+        for o in share(n, t, nt) {
+            // SAFETY: row `o` of dYᵀ is this thread's alone; `o < n` so it lies inside.
+            let row = unsafe { std::slice::from_raw_parts_mut(dyt_ptr.get().add(o * m), m) };
+            row.iter_mut().zip(grad_out.chunks_exact(n)).for_each(|(d, px)| *d = px[o]);
+        }
+        Ok(())
+    })?;
+    let dyt: &[f32] = dyt;
+    let (part_ptr, part_len) = (SendPtr(partials.as_mut_ptr()), partials.len());
+    let e = GemmEpilogue::default();
+    threads.for_each(groups * panel_units, &|u, ws| {
+        let (group, my_panels) = (u / panel_units, share(panels, u % panel_units, panel_units));
+        let pixels = share(m, group, groups);
+        let base = group * n * k;
+        let mut block = pixels.start;
+        while block < pixels.end {
+            let rows = KERNEL_GRAD_BLOCK.min(pixels.end - block);
+            for p in my_panels.clone() {
+                let (c0, cols) = (p * NR, NR.min(k - p * NR));
+                let mut panel = std::mem::take(ws);
+                // (Every element is written by the gather.)
+                panel.resize(rows * NR, 0.0);
+                gather_patch_columns(input, g, block, c0, cols, &mut panel);
+                let b = PackedB::from_panels(rows, cols, panel)?;
+                let (c, c_len) = (base + c0, part_len - base - c0);
+                // SAFETY: columns `c0..c0 + cols` of this group's partial are this unit's alone;
+                // the partial (`n x k` at `base`) lies inside `partials`.
+                let r = unsafe {
+                    if block == pixels.start {
+                        gemm_packed_raw(&dyt[block..], m, 0, &b, part_ptr.get().add(c), c_len, k, 0..n, 0..1, &e)
+                    } else {
+                        gemm_packed_raw_accumulate(&dyt[block..], m, &b, part_ptr.get().add(c), c_len, k, 0..n, 0..1)
+                    }
+                };
+                *ws = b.into_panels();
+                r?;
+            }
+            block += rows;
+        }
+        Ok(())
+    })?;
+    // dWᵀ: the partials added in group order, transposed into place.
+    let partials: &[f32] = partials;
+    let (first, rest) = partials.split_at(n * k);
+    for (r, row) in grad_kernel.chunks_exact_mut(n).enumerate() {
+        for (o, d) in row.iter_mut().enumerate() {
+            *d = first[o * k + r];
+            for part in rest.chunks_exact(n * k) {
+                *d += part[o * k + r];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes patch columns `c0..c0 + cols` of the im2col rows of output pixels `first..` into
+/// `panel` (one row of `NR` per pixel: a packed panel; columns past `cols` and padding taps
+/// zero).
+fn gather_patch_columns(input: &[f32], g: &ConvGeometry, first: usize, c0: usize, cols: usize, panel: &mut [f32]) {
+    let [ih, iw] = g.in_hw;
+    let [oh, ow] = g.out_hw;
+    let kw = g.window.kernel[1];
+    let ([sh, sw], [dh, dw]) = (g.window.stride, g.window.dilation);
+    let cin = g.in_channels;
+    // The (tap, channel range, column offset) pieces the columns cover.
+    let mut pieces = Vec::new();
+    let mut j = c0;
+    while j < c0 + cols {
+        let (tap, ch) = (j / cin, j % cin);
+        let len = (cin - ch).min(c0 + cols - j);
+        pieces.push((tap / kw, tap % kw, ch, len, j - c0));
+        j += len;
+    }
+    for (r, row) in panel.chunks_exact_mut(NR).enumerate() {
+        let p = first + r;
+        let img = p / (oh * ow);
+        let (oy, ox) = ((p / ow) % oh, p % ow);
+        row[cols..].fill(0.0);
+        for &(ky, kx, ch, len, at) in &pieces {
+            let iy = (oy * sh + ky * dh).wrapping_sub(g.pad.top);
+            let ix = (ox * sw + kx * dw).wrapping_sub(g.pad.left);
+            let dst = &mut row[at..at + len];
+            if iy < ih && ix < iw {
+                let src = ((img * ih + iy) * iw + ix) * cin + ch;
+                dst.copy_from_slice(&input[src..src + len]);
+            } else {
+                dst.fill(0.0);
+            }
+        }
+    }
+}
+
+/// Pixels per partial sum of the BatchNorm reductions (a constant, so the sums are added in
+/// the same order whatever the thread count).
+const STATS_CHUNK: usize = 1024;
+
+/// A pointer to per-chunk results that threads write disjoint elements of.
+struct Slots<T>(*mut T);
+// SAFETY: every user writes only the elements of the chunks it owns.
+unsafe impl<T> Sync for Slots<T> {}
+impl<T> Slots<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+/// Per-channel sums over the pixels of `c`-channel rows: `f(pixel row, partial sums)` adds
+/// one chunk's rows into its partial (`width` sums per channel), and the partials are added
+/// in chunk order, in f64.
+fn channel_sums(
+    threads: &Threads,
+    pixels: usize,
+    c: usize,
+    width: usize,
+    f: &(dyn Fn(std::ops::Range<usize>, &mut [f64]) + Sync),
+) -> Result<Vec<f64>> {
+    let chunks = pixels.div_ceil(STATS_CHUNK);
+    let mut partial = vec![0.0f64; chunks * c * width];
+    let slots = Slots(partial.as_mut_ptr());
+    threads.for_each(chunks, &|ch, _| {
+        // SAFETY: chunk `ch`'s `c * width` partial sums are written by this call alone.
+        let out = unsafe { std::slice::from_raw_parts_mut(slots.get().add(ch * c * width), c * width) };
+        f(ch * STATS_CHUNK..((ch + 1) * STATS_CHUNK).min(pixels), out);
+        Ok(())
+    })?;
+    let mut total = vec![0.0f64; c * width];
+    for p in partial.chunks_exact(c * width) {
+        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+    }
+    Ok(total)
+}
+
+/// Training-mode BatchNorm over the last axis of `x` (`c` channels): writes `y` and returns
+/// the batch mean and biased variance (two passes, f64 sums).
+pub fn batch_norm_forward(
+    threads: &Threads,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f32,
+    y: &mut [f32],
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let c = gamma.len();
+    if c == 0 || !x.len().is_multiple_of(c) || beta.len() != c || y.len() != x.len() {
+        return Err(Error::shape(
+            "BatchNorm",
+            format!("whole {c}-channel pixels, {c} offsets and an output of the input's size"),
+            format!("{} values, {} offsets, an output of {}", x.len(), beta.len(), y.len()),
+        ));
+    }
+    let pixels = x.len() / c;
+    let count = pixels.max(1) as f64;
+    let sums = channel_sums(threads, pixels, c, 1, &|rows, s| {
+        for px in x[rows.start * c..rows.end * c].chunks_exact(c) {
+            s.iter_mut().zip(px).for_each(|(s, &v)| *s += v as f64);
+        }
+    })?;
+    let mean: Vec<f64> = sums.iter().map(|s| s / count).collect();
+    let sq = channel_sums(threads, pixels, c, 1, &|rows, s| {
+        for px in x[rows.start * c..rows.end * c].chunks_exact(c) {
+            s.iter_mut()
+                .zip(px)
+                .zip(&mean)
+                .for_each(|((s, &v), m)| *s += (v as f64 - m).powi(2));
+        }
+    })?;
+    let variance: Vec<f64> = sq.iter().map(|s| s / count).collect();
+    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let scale: Vec<f32> = variance
+        .iter()
+        .zip(gamma)
+        .map(|(v, &g)| (g as f64 / (v + epsilon as f64).sqrt()) as f32)
+        .collect();
+    let (out, chunks) = (Slots(y.as_mut_ptr()), pixels.div_ceil(STATS_CHUNK));
+    threads.for_each(chunks, &|ch, _| {
+        let rows = ch * STATS_CHUNK..((ch + 1) * STATS_CHUNK).min(pixels);
+        // SAFETY: each chunk's pixels are written by one call; the range is inside `y`.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(rows.start * c), rows.len() * c) };
+        for (d, s) in dst.chunks_exact_mut(c).zip(x[rows.start * c..rows.end * c].chunks_exact(c)) {
+            for ch in 0..c {
+                d[ch] = (s[ch] - mean32[ch]) * scale[ch] + beta[ch];
+            }
+        }
+        Ok(())
+    })?;
+    Ok((mean32, variance.iter().map(|&v| v as f32).collect()))
+}
+
+/// Training-mode BatchNorm backward with the batch statistics of [`batch_norm_forward`]:
+/// writes `dx` and returns `(dgamma, dbeta)`, with `x_hat = (x - mean) * inv_std`,
+/// `dgamma = sum(dy * x_hat)`, `dbeta = sum(dy)` and
+/// `dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat))`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward(
+    threads: &Threads,
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    variance: &[f32],
+    epsilon: f32,
+    dx: &mut [f32],
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let c = gamma.len();
+    if c == 0 || !x.len().is_multiple_of(c) || dy.len() != x.len() || dx.len() != x.len() || mean.len() != c || variance.len() != c {
+        return Err(Error::shape(
+            "BatchNorm backward",
+            format!("whole {c}-channel pixels, gradients of the input's size and {c} statistics"),
+            format!(
+                "{} values, gradients of {} and {}, {} statistics",
+                x.len(),
+                dy.len(),
+                dx.len(),
+                mean.len()
+            ),
+        ));
+    }
+    let pixels = x.len() / c;
+    let inv: Vec<f32> = variance
+        .iter()
+        .map(|&v| (1.0 / (v as f64 + epsilon as f64).sqrt()) as f32)
+        .collect();
+    let sums = channel_sums(threads, pixels, c, 2, &|rows, s| {
+        let (s_dy, s_dyx) = s.split_at_mut(c);
+        let span = rows.start * c..rows.end * c;
+        for (px, d) in x[span.clone()].chunks_exact(c).zip(dy[span].chunks_exact(c)) {
+            for ch in 0..c {
+                let xhat = (px[ch] - mean[ch]) * inv[ch];
+                s_dy[ch] += d[ch] as f64;
+                s_dyx[ch] += (d[ch] * xhat) as f64;
+            }
+        }
+    })?;
+    let (sum_dy, sum_dyx) = sums.split_at(c);
+    let n = pixels.max(1) as f64;
+    let k: Vec<f32> = gamma.iter().zip(&inv).map(|(&g, &i)| g * i).collect();
+    let mdy: Vec<f32> = sum_dy.iter().map(|&s| (s / n) as f32).collect();
+    let mdx: Vec<f32> = sum_dyx.iter().map(|&s| (s / n) as f32).collect();
+    let (out, chunks) = (Slots(dx.as_mut_ptr()), pixels.div_ceil(STATS_CHUNK));
+    threads.for_each(chunks, &|chunk, _| {
+        let rows = chunk * STATS_CHUNK..((chunk + 1) * STATS_CHUNK).min(pixels);
+        let span = rows.start * c..rows.end * c;
+        // SAFETY: each chunk's pixels are written by one call; the range is inside `dx`.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(span.start), span.len()) };
+        for ((o, px), d) in dst
+            .chunks_exact_mut(c)
+            .zip(x[span.clone()].chunks_exact(c))
+            .zip(dy[span.clone()].chunks_exact(c))
+        {
+            for ch in 0..c {
+                let xhat = (px[ch] - mean[ch]) * inv[ch];
+                o[ch] = k[ch] * (d[ch] - mdy[ch] - xhat * mdx[ch]);
+            }
+        }
+        Ok(())
+    })?;
+    Ok((
+        sum_dyx.iter().map(|&v| v as f32).collect(),
+        sum_dy.iter().map(|&v| v as f32).collect(),
+    ))
+}
