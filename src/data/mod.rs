@@ -14,7 +14,12 @@
 //! ```
 
 pub mod digits;
+pub mod folder;
 pub mod idx;
+pub mod loader;
+
+pub use folder::{FolderOptions, ImageFolder, Preprocess, Skipped};
+pub use loader::{Augmentation, Batch, BatchSource, Loader, LoaderConfig};
 
 use ndarray::{Axis, IxDyn};
 

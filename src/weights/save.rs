@@ -78,7 +78,30 @@ pub(crate) fn f32_safetensors(tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
                 .map_err(|e| Error::config("safetensors writer", format!("{k}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::config("safetensors writer", e.to_string()))
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::config("safetensors writer", e.to_string()))?;
+    canonical_header(bytes)
+}
+
+/// The same file with its JSON header's keys in sorted order (the writer takes the metadata as
+/// a hash map, whose order varies from run to run), so equal contents give equal bytes. The
+/// tensors' offsets count from the end of the header, so they stay valid.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |why: &str| Error::config("safetensors writer", why.to_string());
+    let n = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| bad("no header"))? as usize;
+    let header = bytes.get(8..8 + n).ok_or_else(|| bad("a short header"))?;
+    // serde_json's maps are sorted by key.
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+    let mut json = serde_json::to_vec(&value).map_err(|e| bad(&e.to_string()))?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, renamed.

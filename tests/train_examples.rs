@@ -1,0 +1,128 @@
+//! The training examples end to end, as a user runs them: `train_fashion_mnist` on a slice of
+//! the real data (interrupted and resumed, it ends with the same bits as an uninterrupted run;
+//! 1 and 2 threads give the same model; a missing dataset names the package to install), and
+//! `finetune` on a generated image folder.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use convnet::data::idx::FASHION_MNIST_DIR;
+
+/// The example's binary, (re)built first: a filtered test run does not build examples, and
+/// a stale binary would test old code.
+fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let status = Command::new(env!("CARGO"))
+            // The test profile: optimised, and the dependencies `cargo test` already built.
+            .args(["build", "--profile", "test", "--example", name, "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        built.push(name.to_string());
+    }
+    p
+}
+
+fn run(name: &str, args: &[&str]) -> Output {
+    let out = Command::new(example(name)).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("convnet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+fn fashion_mnist_present() -> bool {
+    if Path::new(FASHION_MNIST_DIR).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CONVNET_REQUIRE_FASHION_MNIST").is_none(),
+        "{FASHION_MNIST_DIR} is absent (apt-get install dataset-fashion-mnist)"
+    );
+    eprintln!("skipped: {FASHION_MNIST_DIR} is absent (apt-get install dataset-fashion-mnist)");
+    false
+}
+
+#[test]
+fn fashion_mnist_resumed_ends_where_an_uninterrupted_run_ends() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let base = ["--limit", "1024", "--test-limit", "400", "--batch", "64", "--epochs", "2", "--json"];
+    let small = [&base[..], &["--depth", "8"]].concat();
+    let whole = scratch("fm-whole");
+    let whole_s = whole.to_str().unwrap();
+    let lines = json_lines(&run("train_fashion_mnist", &[&small[..], &["--out", whole_s, "--threads", "2"]].concat()));
+    assert_eq!(lines.len(), 2);
+    let acc = lines[1]["test_accuracy"].as_f64().unwrap();
+    // Two short epochs on 1,024 images: well above chance (10%), far from converged.
+    assert!(acc > 0.3, "{lines:?}");
+    assert_eq!(lines[1]["best_test_accuracy"].as_f64().unwrap(), acc.max(lines[0]["test_accuracy"].as_f64().unwrap()));
+    // Stopped after one epoch, resumed (on one thread) for the second.
+    let parts = scratch("fm-parts");
+    let parts_s = parts.to_str().unwrap();
+    run("train_fashion_mnist", &[&small[..], &["--out", parts_s, "--threads", "2", "--stop-after", "1"]].concat());
+    let last = parts.join("last");
+    let resumed = json_lines(&run(
+        "train_fashion_mnist",
+        &[&small[..], &["--out", parts_s, "--threads", "1", "--resume", last.to_str().unwrap()]].concat(),
+    ));
+    assert_eq!(resumed.len(), 1, "only the second epoch runs");
+    assert_eq!(resumed[0]["epoch"], 2);
+    assert_eq!(resumed[0]["test_accuracy"], lines[1]["test_accuracy"]);
+    for file in ["last/model.safetensors", "last/optimizer.safetensors", "best.safetensors"] {
+        let (a, b) = (std::fs::read(whole.join(file)).unwrap(), std::fs::read(parts.join(file)).unwrap());
+        assert!(a == b, "{file} differs between the uninterrupted and the resumed run");
+    }
+    // The best model loads for inference with its class names.
+    let classes = std::fs::read_to_string(whole.join("classes.txt")).unwrap();
+    assert_eq!(classes.lines().collect::<Vec<_>>(), convnet::data::idx::FASHION_MNIST_CLASSES);
+    // A checkpoint of another architecture is refused, naming the problem.
+    let other = Command::new(example("train_fashion_mnist"))
+        .args([&base[..], &["--depth", "14", "--out", parts_s, "--resume", last.to_str().unwrap()]].concat())
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("resuming from"), "{}", String::from_utf8_lossy(&other.stderr));
+    let _ = std::fs::remove_dir_all(whole);
+    let _ = std::fs::remove_dir_all(parts);
+}
+
+#[test]
+fn a_missing_dataset_names_the_package_to_install() {
+    let out = Command::new(example("train_fashion_mnist"))
+        .args(["--data", "/nonexistent/fashion", "--epochs", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("apt-get install dataset-fashion-mnist") && err.contains("/nonexistent/fashion"), "{err}");
+}
