@@ -213,9 +213,8 @@ fn run(args: Args) -> Result<(), String> {
         );
     }
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let mut ran = 0;
-    for epoch in progress.epochs_done..args.epochs {
-        if args.stop_after.is_some_and(|n| ran >= n) {
+    for (ran, epoch) in (progress.epochs_done..args.epochs).enumerate() {
+        if args.stop_after.is_some_and(|n| ran as u64 >= n) {
             break;
         }
         let start = Instant::now();
@@ -232,7 +231,9 @@ fn run(args: Args) -> Result<(), String> {
         let (mut loss_sum, mut right, mut seen) = (0.0f64, 0usize, 0usize);
         for b in Loader::epoch(Arc::clone(&train), &loader, epoch).map_err(|e| e.to_string())? {
             let b = b.map_err(|e| e.to_string())?;
-            let step = trainer.compute_gradients(&model, &b.images, &b.labels, 0.0).map_err(|e| e.to_string())?;
+            let step = trainer
+                .compute_gradients(&model, &b.images, &b.labels, 0.0)
+                .map_err(|e| e.to_string())?;
             step.apply_running_stats(&mut model).map_err(|e| e.to_string())?;
             let lr = schedule.lr(args.lr, sgd.steps());
             sgd.step(&mut model, &step.gradients, lr).map_err(|e| e.to_string())?;
@@ -287,7 +288,6 @@ fn run(args: Args) -> Result<(), String> {
                 seen as f64 / train_secs
             );
         }
-        ran += 1;
     }
     if !args.json {
         println!(

@@ -43,7 +43,11 @@ fn run(threads: &Threads, g: &ConvGeometry, x: &[f32], k: &[f32], dy: &[f32]) ->
 /// Compares every kernel with its reference (a bound of 1e-6 per product summed, values in
 /// [-1, 1)) and the thread counts with each other, bit for bit.
 fn check(g: &ConvGeometry, seed: u64) -> Result<(), TestCaseError> {
-    let (x, k, dy) = (fill(g.input_len(), seed), fill(g.kernel_len(), seed ^ 1), fill(g.output_len(), seed ^ 2));
+    let (x, k, dy) = (
+        fill(g.input_len(), seed),
+        fill(g.kernel_len(), seed ^ 1),
+        fill(g.output_len(), seed ^ 2),
+    );
     let runs: Vec<[Vec<f32>; 3]> = POOLS.iter().map(|t| run(t, g, &x, &k, &dy)).collect();
     let mut want_y = vec![0.0f64; g.output_len()];
     reference::conv2d(&to64(&x), g, &to64(&k), None, &mut want_y);

@@ -26,7 +26,15 @@ fn example(name: &str) -> PathBuf {
     if !built.iter().any(|b| b == name) {
         let status = Command::new(env!("CARGO"))
             // The test profile: optimised, and the dependencies `cargo test` already built.
-            .args(["build", "--profile", "test", "--example", name, "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")])
+            .args([
+                "build",
+                "--profile",
+                "test",
+                "--example",
+                name,
+                "--manifest-path",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ])
             .status()
             .unwrap();
         assert!(status.success());
@@ -80,20 +88,33 @@ fn fashion_mnist_resumed_ends_where_an_uninterrupted_run_ends() {
     let small = [&base[..], &["--depth", "8"]].concat();
     let whole = scratch("fm-whole");
     let whole_s = whole.to_str().unwrap();
-    let lines = json_lines(&run("train_fashion_mnist", &[&small[..], &["--out", whole_s, "--threads", "2"]].concat()));
+    let lines = json_lines(&run(
+        "train_fashion_mnist",
+        &[&small[..], &["--out", whole_s, "--threads", "2"]].concat(),
+    ));
     assert_eq!(lines.len(), 2);
     let acc = lines[1]["test_accuracy"].as_f64().unwrap();
     // Two short epochs on 1,024 images: well above chance (10%), far from converged.
     assert!(acc > 0.3, "{lines:?}");
-    assert_eq!(lines[1]["best_test_accuracy"].as_f64().unwrap(), acc.max(lines[0]["test_accuracy"].as_f64().unwrap()));
+    assert_eq!(
+        lines[1]["best_test_accuracy"].as_f64().unwrap(),
+        acc.max(lines[0]["test_accuracy"].as_f64().unwrap())
+    );
     // Stopped after one epoch, resumed (on one thread) for the second.
     let parts = scratch("fm-parts");
     let parts_s = parts.to_str().unwrap();
-    run("train_fashion_mnist", &[&small[..], &["--out", parts_s, "--threads", "2", "--stop-after", "1"]].concat());
+    run(
+        "train_fashion_mnist",
+        &[&small[..], &["--out", parts_s, "--threads", "2", "--stop-after", "1"]].concat(),
+    );
     let last = parts.join("last");
     let resumed = json_lines(&run(
         "train_fashion_mnist",
-        &[&small[..], &["--out", parts_s, "--threads", "1", "--resume", last.to_str().unwrap()]].concat(),
+        &[
+            &small[..],
+            &["--out", parts_s, "--threads", "1", "--resume", last.to_str().unwrap()],
+        ]
+        .concat(),
     ));
     assert_eq!(resumed.len(), 1, "only the second epoch runs");
     assert_eq!(resumed[0]["epoch"], 2);
@@ -111,7 +132,11 @@ fn fashion_mnist_resumed_ends_where_an_uninterrupted_run_ends() {
         .output()
         .unwrap();
     assert!(!other.status.success());
-    assert!(String::from_utf8_lossy(&other.stderr).contains("resuming from"), "{}", String::from_utf8_lossy(&other.stderr));
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("resuming from"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
     let _ = std::fs::remove_dir_all(whole);
     let _ = std::fs::remove_dir_all(parts);
 }
@@ -124,5 +149,112 @@ fn a_missing_dataset_names_the_package_to_install() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("apt-get install dataset-fashion-mnist") && err.contains("/nonexistent/fashion"), "{err}");
+    assert!(
+        err.contains("apt-get install dataset-fashion-mnist") && err.contains("/nonexistent/fashion"),
+        "{err}"
+    );
+}
+
+/// A two-class folder that differs visibly: `dots` (white squares at random places on black)
+/// and `stripes` (bands of random width, phase, direction and colours), 64x64
+/// PNG and JPEG files, plus one corrupt file and one non-image file.
+fn texture_folder(root: &Path, per_class: usize, seed: u64) {
+    let mut rng = convnet::init::Rng::new(seed);
+    for class in ["dots", "stripes"] {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let mut fg = [rng.below(256) as u8, rng.below(256) as u8, rng.below(256) as u8];
+            let mut bg = fg.map(|c| c.wrapping_add(128));
+            if class == "dots" {
+                (fg, bg) = ([255; 3], [0; 3]);
+            }
+            let mut img = image::RgbImage::from_pixel(64, 64, image::Rgb(bg));
+            if class == "dots" {
+                for _ in 0..(12 + rng.below(12)) {
+                    let (x0, y0) = (rng.below(60) as u32, rng.below(60) as u32);
+                    for (x, y) in (0..4).flat_map(|dx| (0..4).map(move |dy| (x0 + dx, y0 + dy))) {
+                        img.put_pixel(x, y, image::Rgb(fg));
+                    }
+                }
+            } else {
+                let (width, phase, vertical) = (3 + rng.below(5), rng.below(16), rng.below(2) == 1);
+                for (x, y, p) in img.enumerate_pixels_mut() {
+                    let t = (if vertical { x } else { y }) as usize + phase;
+                    if (t / width).is_multiple_of(2) {
+                        *p = image::Rgb(fg);
+                    }
+                }
+            }
+            let ext = if i % 3 == 0 { "jpg" } else { "png" };
+            img.save(dir.join(format!("{i:03}.{ext}"))).unwrap();
+        }
+    }
+    std::fs::write(root.join("dots").join("broken.jpg"), b"\xFF\xD8\xFF\xE0 not really a JPEG").unwrap();
+    std::fs::write(root.join("stripes").join("notes.txt"), "not an image").unwrap();
+}
+
+#[test]
+fn finetune_tells_stripes_from_dots_on_the_reference_backbone() {
+    let root = scratch("textures");
+    texture_folder(&root.join("train"), 40, 5);
+    let out = root.join("model");
+    let weights = common::fixture("keras_resnet50_w8/resnet50.h5");
+    let train_dir = root.join("train");
+    let args = [
+        "--weights",
+        weights.to_str().unwrap(),
+        "--data",
+        train_dir.to_str().unwrap(),
+        "--width-divisor",
+        "8",
+        "--size",
+        "64",
+        "--epochs",
+        "14",
+        "--batch",
+        "8",
+        "--lr",
+        "0.003",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    let result = run("finetune", &args);
+    let lines = json_lines(&result);
+    assert_eq!(lines.len(), 14);
+    let best = lines.iter().map(|l| l["val_accuracy"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert!(best >= 0.95, "validation accuracy {best}: {lines:?}");
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        err.contains("skipped") && err.contains("broken.jpg"),
+        "the corrupt file is reported: {err}"
+    );
+    // The saved model classifies new images with the folder's class names.
+    texture_folder(&root.join("new"), 3, 99);
+    let mut images: Vec<String> = Vec::new();
+    for class in ["dots", "stripes"] {
+        for i in 0..3 {
+            let p = root
+                .join("new")
+                .join(class)
+                .join(format!("{i:03}.{}", if i % 3 == 0 { "jpg" } else { "png" }));
+            images.push(p.to_str().unwrap().to_string());
+        }
+    }
+    let mut classify_args = vec!["--classify", out.to_str().unwrap(), "--json"];
+    classify_args.extend(images.iter().map(String::as_str));
+    let preds = json_lines(&run("finetune", &classify_args));
+    assert_eq!(preds.len(), 6);
+    let right = preds
+        .iter()
+        .filter(|p| {
+            p["image"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("/{}/", p["top"][0][0].as_str().unwrap()))
+        })
+        .count();
+    assert!(right >= 5, "{preds:?}");
+    let _ = std::fs::remove_dir_all(root);
 }

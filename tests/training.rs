@@ -170,6 +170,28 @@ fn frozen_layers_get_no_gradients_and_keep_their_statistics() {
         .iter()
         .all(|s| !s.path.to_string().starts_with("layer1/") && s.path.to_string() != "bn1"));
     assert!(step.gradients.input.iter().any(|&v| v != 0.0));
+    // Without the input's gradient, the frozen part's backward is skipped: the same parameter
+    // gradients, bit for bit, a zero input gradient.
+    let lean = compute_gradients(
+        &m,
+        &batch(1),
+        &labels()[8..16],
+        0.0,
+        &TrainingMode {
+            input_gradient: false,
+            ..mode
+        },
+    )
+    .unwrap();
+    assert_eq!(lean.gradients.params.len(), step.gradients.params.len());
+    for (k, g) in &step.gradients.params {
+        let h = &lean.gradients.params[k];
+        assert!(g.iter().zip(h.iter()).all(|(a, b)| a.to_bits() == b.to_bits()), "{k:?}");
+    }
+    assert!(lean.gradients.input.iter().all(|&v| v == 0.0));
+    assert!(
+        lean.gradients.node_times.iter().filter(|t| t.is_zero()).count() > step.gradients.node_times.iter().filter(|t| t.is_zero()).count()
+    );
 }
 
 fn expected() -> serde_json::Value {

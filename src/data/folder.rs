@@ -40,6 +40,17 @@ pub enum Preprocess {
 }
 
 impl Preprocess {
+    /// `img` as a batch of one, `(1, h, w, 3)`, preprocessed as a folder's batches are (an
+    /// image whose data is not `h x w x 3` bytes is an [`Error::Shape`]).
+    pub fn tensor(self, img: &RgbImage) -> Result<Tensor> {
+        let mut data = vec![0.0f32; img.data.len()];
+        for (o, px) in data.chunks_exact_mut(3).zip(img.data.chunks_exact(3)) {
+            self.apply(px, o);
+        }
+        Tensor::from_shape_vec(IxDyn(&[1, img.height, img.width, 3]), data)
+            .map_err(|e| Error::shape("Preprocess", format!("{}x{}x3 bytes", img.height, img.width), e.to_string()))
+    }
+
     /// The float value of channel `c` (R, G, B) of a pixel, in the network's channel order.
     fn apply(self, rgb: &[u8], out: &mut [f32]) {
         match self {
@@ -145,7 +156,10 @@ impl ImageFolder {
         let root = root.as_ref();
         let [h, w] = options.size;
         if h == 0 || w == 0 {
-            return Err(Error::config("ImageFolder", format!("images are resized to a non-empty size, not {h}x{w}")));
+            return Err(Error::config(
+                "ImageFolder",
+                format!("images are resized to a non-empty size, not {h}x{w}"),
+            ));
         }
         let class_dirs: Vec<PathBuf> = sorted_entries(root)?.into_iter().filter(|p| p.is_dir()).collect();
         if class_dirs.is_empty() {
@@ -239,7 +253,10 @@ impl ImageFolder {
     /// (at least one image of a class with two or more), chosen by `seed`.
     pub fn split(&self, fraction: f64, seed: u64) -> Result<(ImageFolder, ImageFolder)> {
         if !(0.0..1.0).contains(&fraction) {
-            return Err(Error::config("ImageFolder", format!("a held-out fraction in [0, 1), not {fraction}")));
+            return Err(Error::config(
+                "ImageFolder",
+                format!("a held-out fraction in [0, 1), not {fraction}"),
+            ));
         }
         let mut held = Vec::new();
         for class in 0..self.classes.len() {
@@ -281,9 +298,10 @@ impl BatchSource for ImageFolder {
         let mut data = vec![0.0f32; indices.len() * per];
         let mut labels = Vec::with_capacity(indices.len());
         for (dst, &i) in data.chunks_exact_mut(per).zip(indices) {
-            let img = self.images.get(i).ok_or_else(|| {
-                Error::config("ImageFolder", format!("image {i} of a folder of {} images", self.images.len()))
-            })?;
+            let img = self
+                .images
+                .get(i)
+                .ok_or_else(|| Error::config("ImageFolder", format!("image {i} of a folder of {} images", self.images.len())))?;
             for (o, px) in dst.chunks_exact_mut(3).zip(img.data.chunks_exact(3)) {
                 self.preprocess.apply(px, o);
             }
@@ -319,4 +337,72 @@ fn decode_all(files: &[(PathBuf, usize)], options: &FolderOptions) -> Result<Vec
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(Error::config("ImageFolder", "an image was not decoded"))))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("convnet-folder-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn png(path: &Path, v: u8) {
+        ::image::RgbImage::from_pixel(5, 4, ::image::Rgb([v, v / 2, 255 - v]))
+            .save(path)
+            .unwrap();
+    }
+
+    #[test]
+    fn classes_sorted_unreadable_files_skipped_and_counted_or_refused() {
+        let root = scratch("mixed");
+        for (class, v) in [("b_dogs", 10u8), ("a_cats", 200)] {
+            std::fs::create_dir_all(root.join(class)).unwrap();
+            png(&root.join(class).join("1.png"), v);
+            png(&root.join(class).join("2.PNG"), v);
+        }
+        std::fs::write(root.join("a_cats").join("bad.jpg"), b"not a jpeg").unwrap();
+        std::fs::write(root.join("a_cats").join("readme.txt"), b"ignored").unwrap();
+        let options = FolderOptions::new([3, 2], Preprocess::Unit);
+        let f = ImageFolder::open(&root, &options).unwrap();
+        assert_eq!(f.classes(), ["a_cats", "b_dogs"]);
+        assert_eq!((f.len(), f.labels()), (4, &[0, 0, 1, 1][..]));
+        assert_eq!(f.skipped().len(), 1);
+        assert!(f.skipped()[0].path.ends_with("bad.jpg"));
+        let (x, labels) = f.batch(&[2, 0]).unwrap();
+        assert_eq!((x.shape(), labels), (&[2, 3, 2, 3][..], vec![1, 0]));
+        assert!((x[[1, 0, 0, 0]] - 200.0 / 255.0).abs() < 1e-6);
+        assert!(f.batch(&[4]).is_err());
+        let strict = FolderOptions {
+            strict: true,
+            ..options.clone()
+        };
+        assert!(matches!(ImageFolder::open(&root, &strict), Err(Error::Image { .. })));
+        let (rest, held) = f.split(0.5, 1).unwrap();
+        assert_eq!((rest.len(), held.len()), (2, 2));
+        assert_eq!(held.labels(), [0, 1]);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn empty_and_missing_folders_are_typed_errors() {
+        let options = FolderOptions::new([4, 4], Preprocess::KerasCaffe);
+        assert!(matches!(
+            ImageFolder::open("/nonexistent/convnet-folder", &options),
+            Err(Error::Io { .. })
+        ));
+        let root = scratch("empty");
+        let e = ImageFolder::open(&root, &options).unwrap_err();
+        assert!(e.to_string().contains("no class folders"), "{e}");
+        std::fs::create_dir_all(root.join("cats")).unwrap();
+        let e = ImageFolder::open(&root, &options).unwrap_err();
+        assert!(e.to_string().contains("holds no .jpg"), "{e}");
+        std::fs::write(root.join("cats").join("x.png"), b"garbage").unwrap();
+        let e = ImageFolder::open(&root, &options).unwrap_err();
+        assert!(e.to_string().contains("no image") && e.to_string().contains("1 skipped"), "{e}");
+        let _ = std::fs::remove_dir_all(root);
+    }
 }

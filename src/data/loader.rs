@@ -122,7 +122,7 @@ impl Loader {
         let worker = std::thread::Builder::new()
             .name("convnet-loader".into())
             .spawn(move || {
-                let mut rng = Rng::new(seed ^ 0x5EED_A06_u64);
+                let mut rng = Rng::new(seed ^ 0x05EE_DA06_u64);
                 for indices in order {
                     let batch = data.batch(&indices).and_then(|(mut images, labels)| {
                         if let Some(a) = augmentation {

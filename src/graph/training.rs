@@ -32,14 +32,19 @@ pub struct TrainingMode {
     /// Layer paths (as displayed, `layer1/0` or `layer1.0`) whose layers, and everything under
     /// them, are frozen: no parameter gradients, BatchNorm in inference mode.
     pub frozen: Vec<String>,
+    /// Compute `dL/dx`, the input's gradient (on by default). Off, the backward skips every
+    /// node no trainable parameter lies before (a frozen backbone costs no backward) and
+    /// [`Gradients::input`] holds zeros.
+    pub input_gradient: bool,
 }
 
 impl Default for TrainingMode {
-    /// PyTorch's momentum 0.1, nothing frozen.
+    /// PyTorch's momentum 0.1, nothing frozen, the input's gradient computed.
     fn default() -> Self {
         TrainingMode {
             batch_norm_momentum: 0.1,
             frozen: Vec::new(),
+            input_gradient: true,
         }
     }
 }
@@ -293,6 +298,15 @@ impl ForwardPass<'_, '_> {
                 format!("{}", ShapeFmt(grad.shape())),
             ));
         }
+        // Values some trainable parameter lies before: the only ones whose gradient matters
+        // when the input's gradient is not wanted.
+        let mut upstream = vec![self.mode.input_gradient; self.graph.value_count()];
+        if !self.mode.input_gradient {
+            for node in self.graph.nodes() {
+                let trainable = matches!(node.op, Op::Conv2d(_) | Op::BatchNorm(_) | Op::Dense(_)) && !self.mode.is_frozen(&node.path);
+                upstream[node.output.0] = trainable || node.inputs.iter().any(|v| upstream[v.0]);
+            }
+        }
         let mut grads: Vec<Option<Tensor>> = vec![None; self.graph.value_count()];
         grads[from.0] = Some(grad.as_standard_layout().into_owned());
         let mut params = BTreeMap::new();
@@ -301,6 +315,10 @@ impl ForwardPass<'_, '_> {
         let mut node_times = vec![std::time::Duration::ZERO; self.graph.nodes().len()];
         for (i, node) in self.graph.nodes().iter().enumerate().rev() {
             let Some(dy) = grads[node.output.0].take() else { continue };
+            if !upstream[node.output.0] {
+                threads.give(dy.into_raw_vec_and_offset().0);
+                continue;
+            }
             let start = std::time::Instant::now();
             let kept = |v: super::ValueId| {
                 self.values[v.0]
