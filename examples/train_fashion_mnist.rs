@@ -130,11 +130,15 @@ fn accuracy(model: &ResNet, data: &Dataset, threads: usize) -> Result<f64, Strin
         let (x, labels) = data.batch(chunk).map_err(|e| e.to_string())?;
         let logits = compiled.run(&x).map_err(|e| e.to_string())?;
         for (row, &label) in logits.outer_iter().zip(&labels) {
-            let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
-            right += usize::from(best == Some(label));
+            right += usize::from(argmax(row) == Some(label));
         }
     }
     Ok(right as f64 / data.len().max(1) as f64)
+}
+
+/// The index of a row's largest score.
+fn argmax(row: ndarray::ArrayViewD<'_, f32>) -> Option<usize> {
+    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i)
 }
 
 fn write_progress(dir: &Path, p: &Progress) -> Result<(), String> {
@@ -240,8 +244,7 @@ fn run(args: Args) -> Result<(), String> {
             loss_sum += step.loss as f64 * b.labels.len() as f64;
             seen += b.labels.len();
             for (row, &label) in step.output.outer_iter().zip(&b.labels) {
-                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
-                right += usize::from(best == Some(label));
+                right += usize::from(argmax(row) == Some(label));
             }
             let secs = start.elapsed().as_secs_f64();
             bar.set_message(format!(

@@ -7,31 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn example() -> PathBuf {
-    // tests run from target/<profile>/deps; cargo test builds examples into target/<profile>/examples
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(format!("elephant{}", std::env::consts::EXE_SUFFIX));
-    if !p.is_file() {
-        // `cargo test` builds the examples; a filtered run (`--test elephant_example`) may not.
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--example",
-                "elephant",
-                "--manifest-path",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    assert!(p.is_file(), "{} not built", p.display());
-    p
+    common::example("elephant")
 }
 
 fn run(args: &[&str]) -> std::process::Output {

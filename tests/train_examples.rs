@@ -10,41 +10,8 @@ use std::process::{Command, Output};
 
 use convnet::data::idx::FASHION_MNIST_DIR;
 
-/// The example's binary, (re)built first: a filtered test run does not build examples, and
-/// a stale binary would test old code.
-fn example(name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == name) {
-        let status = Command::new(env!("CARGO"))
-            // The test profile: optimised, and the dependencies `cargo test` already built.
-            .args([
-                "build",
-                "--profile",
-                "test",
-                "--example",
-                name,
-                "--manifest-path",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        built.push(name.to_string());
-    }
-    p
-}
-
 fn run(name: &str, args: &[&str]) -> Output {
-    let out = Command::new(example(name)).args(args).output().unwrap();
+    let out = Command::new(common::example(name)).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{name} {args:?} failed:\n{}\n{}",
@@ -127,7 +94,7 @@ fn fashion_mnist_resumed_ends_where_an_uninterrupted_run_ends() {
     let classes = std::fs::read_to_string(whole.join("classes.txt")).unwrap();
     assert_eq!(classes.lines().collect::<Vec<_>>(), convnet::data::idx::FASHION_MNIST_CLASSES);
     // A checkpoint of another architecture is refused, naming the problem.
-    let other = Command::new(example("train_fashion_mnist"))
+    let other = Command::new(common::example("train_fashion_mnist"))
         .args([&base[..], &["--depth", "14", "--out", parts_s, "--resume", last.to_str().unwrap()]].concat())
         .output()
         .unwrap();
@@ -143,7 +110,7 @@ fn fashion_mnist_resumed_ends_where_an_uninterrupted_run_ends() {
 
 #[test]
 fn a_missing_dataset_names_the_package_to_install() {
-    let out = Command::new(example("train_fashion_mnist"))
+    let out = Command::new(common::example("train_fashion_mnist"))
         .args(["--data", "/nonexistent/fashion", "--epochs", "1"])
         .output()
         .unwrap();

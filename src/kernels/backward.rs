@@ -19,7 +19,8 @@ use super::im2col::im2col_unchecked;
 use super::pool::window_cells;
 use crate::error::{Error, Result};
 
-fn check(what: &str, pairs: &[(&str, usize, usize)]) -> Result<()> {
+/// Each `(name, expected, found)` length must match, else an [`Error::Shape`] naming it.
+pub(crate) fn check(what: &str, pairs: &[(&str, usize, usize)]) -> Result<()> {
     for &(name, want, got) in pairs {
         if want != got {
             return Err(Error::shape(what, format!("{name} of {want} elements"), format!("{got}")));

@@ -224,12 +224,34 @@ pub(crate) unsafe fn gemm_packed_raw(
     panels: Range<usize>,
     e: &GemmEpilogue<'_>,
 ) -> Result<()> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm_raw(a, lda, a_row0, b, c, c_len, ldc, rows, panels, e, false) }
+}
+
+/// The checked body of [`gemm_packed_raw`] and [`gemm_packed_raw_accumulate`].
+///
+/// # Safety
+/// As [`gemm_packed_raw`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    a: &[f32],
+    lda: usize,
+    a_row0: usize,
+    b: &PackedB,
+    c: *mut f32,
+    c_len: usize,
+    ldc: usize,
+    rows: Range<usize>,
+    panels: Range<usize>,
+    e: &GemmEpilogue<'_>,
+    accumulate: bool,
+) -> Result<()> {
     check(a, lda, a_row0, b, c_len, ldc, &rows, &panels, e)?;
     if rows.is_empty() || panels.is_empty() {
         return Ok(());
     }
     // SAFETY: the caller guarantees `c` covers `c_len` floats and the block is ours alone.
-    unsafe { gemm_unchecked(a, lda, a_row0, b, c, ldc, rows, panels, e, gemm_kernel(), false) };
+    unsafe { gemm_unchecked(a, lda, a_row0, b, c, ldc, rows, panels, e, gemm_kernel(), accumulate) };
     Ok(())
 }
 
@@ -249,14 +271,8 @@ pub(crate) unsafe fn gemm_packed_raw_accumulate(
     rows: Range<usize>,
     panels: Range<usize>,
 ) -> Result<()> {
-    let e = GemmEpilogue::default();
-    check(a, lda, 0, b, c_len, ldc, &rows, &panels, &e)?;
-    if rows.is_empty() || panels.is_empty() {
-        return Ok(());
-    }
-    // SAFETY: the caller guarantees `c` covers `c_len` floats and the block is ours alone.
-    unsafe { gemm_unchecked(a, lda, 0, b, c, ldc, rows, panels, &e, gemm_kernel(), true) };
-    Ok(())
+    // SAFETY: forwarded from this function's contract.
+    unsafe { gemm_raw(a, lda, 0, b, c, c_len, ldc, rows, panels, &GemmEpilogue::default(), true) }
 }
 
 /// [`gemm_packed`] forced onto the portable kernel (for tests and comparisons).

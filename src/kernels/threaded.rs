@@ -18,7 +18,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use super::backward::col2im_add;
+use super::backward::{check, col2im_add};
 use super::geometry::{ConvGeometry, Padding, Padding2d, Window2d};
 use super::im2col::im2col_unchecked;
 use super::implicit::{pieces, tap_segments};
@@ -84,7 +84,6 @@ impl Threads {
         };
         // Only the tail beyond the old length is written here; the rest is left as it was.
         v.resize(len, 0.0);
-        v.truncate(len);
         v
     }
 
@@ -147,15 +146,6 @@ fn pointwise(g: &ConvGeometry) -> bool {
 /// 8 `MR`, at most `m`.
 fn tile_rows(k: usize, m: usize) -> usize {
     ((TILE_BYTES / (4 * k.max(1))) / MR * MR).max(8 * MR).min(m.max(1))
-}
-
-fn check(what: &str, pairs: &[(&str, usize, usize)]) -> Result<()> {
-    for &(name, want, got) in pairs {
-        if want != got {
-            return Err(Error::shape(what, format!("{name} of {want} elements"), format!("{got}")));
-        }
-    }
-    Ok(())
 }
 
 /// `W` (HWIO, `K x N`) packed for [`conv2d_forward`].

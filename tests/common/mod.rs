@@ -78,3 +78,36 @@ pub fn randomize(model: &mut dyn convnet::layers::Layer, seed: u32) {
     }
     model.visit_params_mut(&mut LayerPath::default(), &mut Fill(seed)).unwrap();
 }
+
+/// The example's binary, (re)built first: a filtered test run does not build examples, and
+/// a stale binary would test old code.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let status = std::process::Command::new(env!("CARGO"))
+            // The test profile: optimised, and the dependencies `cargo test` already built.
+            .args([
+                "build",
+                "--profile",
+                "test",
+                "--example",
+                name,
+                "--manifest-path",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        built.push(name.to_string());
+    }
+    p
+}
