@@ -77,7 +77,12 @@ fn run(a: Args) -> convnet::Result<()> {
     let mut rng = Rng::new(1);
     let x = ArrayD::from_shape_simple_fn(IxDyn(&[batch, h, w, c]), || rng.normal() as f32);
     let labels: Vec<usize> = (0..batch).map(|_| rng.below(config.classes)).collect();
-    let trainer = Trainer::new(TrainingMode::default(), a.threads as usize)?;
+    // No gradient for the input images, as in PyTorch (a leaf tensor without requires_grad).
+    let mode = TrainingMode {
+        input_gradient: false,
+        ..TrainingMode::default()
+    };
+    let trainer = Trainer::new(mode, a.threads as usize)?;
     let mut sgd = Optimizer::new(Rule::sgd(0.9, 0.0, false));
     let mut times = Vec::new();
     // (node, op, forward ms, backward ms) summed over the timed steps.
@@ -99,6 +104,7 @@ fn run(a: Args) -> convnet::Result<()> {
             }
         }
         eprintln!("step {i}: {ms:.1} ms, loss {:.4}", step.loss);
+        trainer.recycle(step);
     }
     let mean_step = times.iter().sum::<f64>() / times.len() as f64;
     times.sort_by(f64::total_cmp);

@@ -277,6 +277,7 @@ fn train(args: &Args) -> Result<(), String> {
             }
             loss += step.loss as f64 * b.labels.len() as f64;
             seen += b.labels.len();
+            trainer.recycle(step);
         }
         let acc = accuracy(&model, &val_set, trainer.threads())?;
         let improved = acc > best;

@@ -190,7 +190,12 @@ fn run(args: Args) -> Result<(), String> {
             ));
         }
     }
-    let trainer = Trainer::new(TrainingMode::default(), args.threads as usize).map_err(|e| e.to_string())?;
+    // No gradient for the images themselves (it would only cost the stem's input gradient).
+    let mode = TrainingMode {
+        input_gradient: false,
+        ..TrainingMode::default()
+    };
+    let trainer = Trainer::new(mode, args.threads as usize).map_err(|e| e.to_string())?;
     let threads = trainer.threads();
     // A blank (black) pixel after normalisation fills what a shift uncovers.
     let blank = train.images().iter().copied().fold(f32::INFINITY, f32::min);
@@ -246,6 +251,7 @@ fn run(args: Args) -> Result<(), String> {
             for (row, &label) in step.output.outer_iter().zip(&b.labels) {
                 right += usize::from(argmax(row) == Some(label));
             }
+            trainer.recycle(step);
             let secs = start.elapsed().as_secs_f64();
             bar.set_message(format!(
                 "loss {:.4} acc {:.2}% {:.0} img/s",

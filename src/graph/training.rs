@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use ndarray::{s, ArrayD, ArrayView2, Axis, Ix2, IxDyn};
+use ndarray::{s, ArrayView2, Axis, Ix2};
 
 use super::op::{ConvOp, Op, UnaryFn};
 use super::reference::{self, check_input, per_channel, tensor};
@@ -168,7 +168,13 @@ fn forward_on<'g, 'm>(
     }
     let mut values: Vec<Option<Tensor>> = vec![None; graph.value_count()];
     let mut stats = vec![None; graph.nodes().len()];
-    values[graph.input().0] = Some(x.as_standard_layout().into_owned());
+    // The input, copied into a reused buffer (logical order, whatever `x`'s layout).
+    let mut input = pool.take(x.len());
+    match x.as_slice() {
+        Some(s) => input.copy_from_slice(s),
+        None => input.iter_mut().zip(x.iter()).for_each(|(d, &v)| *d = v),
+    }
+    values[graph.input().0] = Some(tensor(x.shape(), input)?);
     let mut times = vec![std::time::Duration::ZERO; graph.nodes().len()];
     for (i, node) in graph.nodes().iter().enumerate() {
         let start = std::time::Instant::now();
@@ -311,7 +317,8 @@ impl ForwardPass<'_, '_> {
         grads[from.0] = Some(grad.as_standard_layout().into_owned());
         let mut params = BTreeMap::new();
         let threads = self.threads.get();
-        let mut scratch = Vec::new();
+        // The kernel gradients' partial sums (kept in the threads' store between steps).
+        let mut scratch = threads.take_partials();
         let mut node_times = vec![std::time::Duration::ZERO; self.graph.nodes().len()];
         for (i, node) in self.graph.nodes().iter().enumerate().rev() {
             let Some(dy) = grads[node.output.0].take() else { continue };
@@ -328,7 +335,8 @@ impl ForwardPass<'_, '_> {
             let inputs: Vec<&Tensor> = node.inputs.iter().map(|&v| kept(v)).collect::<Result<_>>()?;
             let y = kept(node.output)?;
             let frozen = self.mode.is_frozen(&node.path);
-            let (dx, dp) = backward_op(threads, &mut scratch, node, &inputs, y, &dy, self.stats[i].as_ref(), frozen)
+            let wanted = upstream[node.inputs[0].0];
+            let (dx, dp) = backward_op(threads, &mut scratch, node, &inputs, y, &dy, self.stats[i].as_ref(), frozen, wanted)
                 .map_err(|e| e.in_layer(&node.path.to_string()))?;
             threads.give(dy.into_raw_vec_and_offset().0);
             for (v, d) in node.inputs.iter().zip(dx) {
@@ -353,9 +361,16 @@ impl ForwardPass<'_, '_> {
             }
             node_times[i] = start.elapsed();
         }
-        let input = grads[self.graph.input().0]
-            .take()
-            .unwrap_or_else(|| ArrayD::zeros(self.values[self.graph.input().0].as_ref().map_or(IxDyn(&[0]), |x| x.raw_dim())));
+        threads.give_partials(scratch);
+        let input = match grads[self.graph.input().0].take() {
+            Some(g) => g,
+            None => {
+                let shape = self.values[self.graph.input().0].as_ref().map_or(&[0][..], |x| x.shape());
+                let mut zeros = threads.take(shape.iter().product());
+                zeros.fill(0.0);
+                tensor(shape, zeros)?
+            }
+        };
         Ok(Gradients { params, input, node_times })
     }
 }
@@ -373,9 +388,11 @@ fn batch_norm_training(threads: &Threads, gamma: &[f32], beta: &[f32], epsilon: 
 fn conv_forward(threads: &Threads, c: &ConvOp<'_>, inputs: &[&Tensor]) -> Result<Tensor> {
     let x = inputs[0];
     let g = c.geometry(x.shape()[0], &x.shape()[1..])?;
-    let packed = threaded::pack_kernel(&c.kernel, &g)?;
+    let packed = threaded::pack_kernel_reused(threads, &c.kernel, &g)?;
     let mut y = threads.take(g.output_len());
-    threaded::conv2d_forward(threads, slice(x), &g, &packed, &mut y)?;
+    let result = threaded::conv2d_forward(threads, slice(x), &g, &packed, &mut y);
+    threads.give_packed(packed);
+    result?;
     let residual = if c.residual { Some(slice(inputs[1])) } else { None };
     if c.scale.is_some() || c.bias.is_some() || residual.is_some() || c.relu {
         let n = c.out_channels;
@@ -399,7 +416,8 @@ fn slice(t: &Tensor) -> &[f32] {
 }
 
 /// The backward of one node: the gradients of its inputs (in order) and of its parameters.
-/// `frozen` skips the parameter gradients (and is how a frozen BatchNorm ran: in inference mode).
+/// `frozen` skips the parameter gradients (and is how a frozen BatchNorm ran: in inference mode);
+/// `!wanted` lets a convolution skip its first input's gradient (nothing before it needs one).
 #[allow(clippy::too_many_arguments)]
 fn backward_op(
     threads: &Threads,
@@ -410,11 +428,12 @@ fn backward_op(
     dy: &Tensor,
     stats: Option<&BatchStats>,
     frozen: bool,
+    wanted: bool,
 ) -> Result<OpGrads> {
     let x = inputs[0];
     let same = |d: Tensor| (vec![Some(d)], Vec::new());
     Ok(match &node.op {
-        Op::Conv2d(c) => conv_backward(threads, scratch, c, inputs, y, dy, frozen)?,
+        Op::Conv2d(c) => conv_backward(threads, scratch, c, inputs, y, dy, frozen, wanted)?,
         Op::BatchNorm(bn) => match stats {
             Some(s) => batch_norm_backward(threads, bn.gamma.as_ref(), bn.epsilon, s, x, dy)?,
             None => {
@@ -493,7 +512,8 @@ fn backward_op(
         }
         Op::MaxPool(p) | Op::AvgPool(p) => {
             let g = p.geometry(x.shape()[0], &x.shape()[1..])?;
-            let mut dx = vec![0.0; g.input_len()];
+            let mut dx = threads.take(g.input_len());
+            dx.fill(0.0);
             match node.op {
                 Op::MaxPool(_) => backward::max_pool2d_backward(slice(x), &g, slice(dy), &mut dx)?,
                 _ => backward::avg_pool2d_backward(&g, slice(dy), &mut dx)?,
@@ -502,7 +522,8 @@ fn backward_op(
         }
         Op::GlobalAvgPool => {
             let s = x.shape();
-            let mut dx = vec![0.0; x.len()];
+            let mut dx = threads.take(x.len());
+            dx.fill(0.0);
             backward::global_avg_pool_backward([s[0], s[1], s[2], s[3]], slice(dy), &mut dx)?;
             same(tensor(s, dx)?)
         }
@@ -636,7 +657,9 @@ fn grouped_conv_backward(
 }
 
 /// Convolution backward, through its epilogue (`act(conv * scale + bias + residual)`), group by
-/// group for a grouped convolution.
+/// group for a grouped convolution. Without `want_input`, the input's gradient is not computed
+/// (`None`).
+#[allow(clippy::too_many_arguments)]
 fn conv_backward(
     threads: &Threads,
     scratch: &mut Vec<f32>,
@@ -645,6 +668,7 @@ fn conv_backward(
     y: &Tensor,
     dy: &Tensor,
     frozen: bool,
+    want_input: bool,
 ) -> Result<OpGrads> {
     let x = inputs[0];
     let masked = if c.relu { Some(relu_mask(threads, dy, y)?) } else { None };
@@ -656,16 +680,20 @@ fn conv_backward(
     let gg = c.geometry(batch, &x.shape()[1..])?;
     let (groups, cin) = (c.groups, gg.in_channels);
     let (xs, ds) = (slice(x), slice(dacc));
-    let mut dx = threads.take(x.len());
-    let mut dk = vec![0.0f32; c.kernel.len()];
+    let mut dx = if want_input { Some(threads.take(x.len())) } else { None };
+    let mut dk = threads.take(if frozen { 0 } else { c.kernel.len() });
     if groups == 1 {
         // A dense convolution: both GEMMs on the threads.
-        threaded::conv2d_backward_input(threads, ds, &gg, &c.kernel, &mut dx)?;
+        if let Some(dx) = &mut dx {
+            threaded::conv2d_backward_input(threads, ds, &gg, &c.kernel, dx)?;
+        }
         if !frozen {
             threaded::conv2d_backward_kernel(threads, xs, &gg, ds, &mut dk, scratch)?;
         }
     } else {
-        grouped_conv_backward(c, &gg, xs, ds, frozen, &mut dx, &mut dk)?;
+        dk.resize(c.kernel.len(), 0.0);
+        let dx = dx.get_or_insert_with(|| threads.take(x.len()));
+        grouped_conv_backward(c, &gg, xs, ds, frozen, dx, &mut dk)?;
     }
     let mut params = Vec::new();
     if !frozen {
@@ -676,8 +704,16 @@ fn conv_backward(
             backward::conv2d_backward_bias(slice(dz), c.out_channels, &mut db)?;
             params.push((ParamKind::Bias, tensor(&[c.out_channels], db)?));
         }
+    } else {
+        threads.give(dk);
     }
-    let mut grads = vec![Some(tensor(x.shape(), dx)?)];
+    for t in [masked, scaled].into_iter().flatten() {
+        threads.give(t.into_raw_vec_and_offset().0);
+    }
+    let mut grads = vec![match dx {
+        Some(dx) => Some(tensor(x.shape(), dx)?),
+        None => None,
+    }];
     if let Some(r) = residual_grad {
         grads.push(Some(r));
     }

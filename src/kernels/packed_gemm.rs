@@ -36,6 +36,11 @@ pub struct PackedB {
 impl PackedB {
     /// Packs a row-major `k x n` matrix with leading dimension `ldb`.
     pub fn pack(b: &[f32], k: usize, n: usize, ldb: usize) -> Result<Self> {
+        Self::pack_into(b, k, n, ldb, Vec::new())
+    }
+
+    /// [`PackedB::pack`] into `data`'s allocation (every element is written).
+    pub(crate) fn pack_into(b: &[f32], k: usize, n: usize, ldb: usize, mut data: Vec<f32>) -> Result<Self> {
         if ldb < n || (k > 0 && n > 0 && b.len() < (k - 1) * ldb + n) {
             return Err(Error::shape(
                 "PackedB",
@@ -44,7 +49,8 @@ impl PackedB {
             ));
         }
         let panels = n.div_ceil(NR);
-        let mut data = vec![0.0; panels * k * NR];
+        data.clear();
+        data.resize(panels * k * NR, 0.0);
         for p in 0..panels {
             let cols = NR.min(n - p * NR);
             for r in 0..k {
@@ -198,7 +204,7 @@ pub fn gemm_packed(
         return Ok(());
     }
     // SAFETY: `check` verified that every element written lies within `c`.
-    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, gemm_kernel(), false) };
+    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, gemm_kernel(), false, false) };
     Ok(())
 }
 
@@ -225,10 +231,10 @@ pub(crate) unsafe fn gemm_packed_raw(
     e: &GemmEpilogue<'_>,
 ) -> Result<()> {
     // SAFETY: forwarded from this function's contract.
-    unsafe { gemm_raw(a, lda, a_row0, b, c, c_len, ldc, rows, panels, e, false) }
+    unsafe { gemm_raw(a, lda, a_row0, b, c, c_len, ldc, rows, panels, e, false, false) }
 }
 
-/// The checked body of [`gemm_packed_raw`] and [`gemm_packed_raw_accumulate`].
+/// The checked body of [`gemm_packed_raw`] and [`gemm_packed_raw_col_major_a`].
 ///
 /// # Safety
 /// As [`gemm_packed_raw`].
@@ -245,34 +251,93 @@ unsafe fn gemm_raw(
     panels: Range<usize>,
     e: &GemmEpilogue<'_>,
     accumulate: bool,
+    col_major: bool,
 ) -> Result<()> {
-    check(a, lda, a_row0, b, c_len, ldc, &rows, &panels, e)?;
+    if col_major {
+        check_col_major(a, lda, a_row0, b, c_len, ldc, &rows, &panels)?;
+    } else {
+        check(a, lda, a_row0, b, c_len, ldc, &rows, &panels, e)?;
+    }
     if rows.is_empty() || panels.is_empty() {
         return Ok(());
     }
     // SAFETY: the caller guarantees `c` covers `c_len` floats and the block is ours alone.
-    unsafe { gemm_unchecked(a, lda, a_row0, b, c, ldc, rows, panels, e, gemm_kernel(), accumulate) };
+    unsafe { gemm_unchecked(a, lda, a_row0, b, c, ldc, rows, panels, e, gemm_kernel(), accumulate, col_major) };
     Ok(())
 }
 
-/// [`gemm_packed_raw`] adding to `C` instead of overwriting it: `C += A B`, then the
-/// epilogue.
+/// [`gemm_packed_raw`] (no epilogue; adding to `C` when `accumulate`) with `A` stored column
+/// by column: element `(i, p)` of `A` at `a[(i - a_row0) + p * lda]`. For a product whose left
+/// factor is a transposed matrix (`C = Xᵀ Y`, `X` row-major), read in place.
 ///
 /// # Safety
 /// As [`gemm_packed_raw`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_packed_raw_accumulate(
+pub(crate) unsafe fn gemm_packed_raw_col_major_a(
     a: &[f32],
     lda: usize,
+    a_row0: usize,
     b: &PackedB,
     c: *mut f32,
     c_len: usize,
     ldc: usize,
     rows: Range<usize>,
     panels: Range<usize>,
+    accumulate: bool,
 ) -> Result<()> {
     // SAFETY: forwarded from this function's contract.
-    unsafe { gemm_raw(a, lda, 0, b, c, c_len, ldc, rows, panels, &GemmEpilogue::default(), true) }
+    unsafe {
+        gemm_raw(
+            a,
+            lda,
+            a_row0,
+            b,
+            c,
+            c_len,
+            ldc,
+            rows,
+            panels,
+            &GemmEpilogue::default(),
+            accumulate,
+            true,
+        )
+    }
+}
+
+/// [`check`] for a column-major `A`: columns `lda` apart, each holding rows `a_row0..`.
+#[allow(clippy::too_many_arguments)]
+fn check_col_major(
+    a: &[f32],
+    lda: usize,
+    a_row0: usize,
+    b: &PackedB,
+    c_len: usize,
+    ldc: usize,
+    rows: &Range<usize>,
+    panels: &Range<usize>,
+) -> Result<()> {
+    if rows.is_empty() || panels.is_empty() || b.k == 0 {
+        return Ok(());
+    }
+    let last = rows.end - 1;
+    let ok = panels.end <= b.panels()
+        && ldc >= b.n
+        && rows.start >= a_row0
+        && lda > last - a_row0
+        && a.len() > (b.k - 1) * lda + (last - a_row0)
+        && c_len >= last * ldc + b.n;
+    if ok {
+        return Ok(());
+    }
+    Err(Error::shape(
+        "gemm_packed (column-major A)",
+        format!(
+            "A holding rows {a_row0}..={last} in {} columns, panels within {}, C holding row {last}",
+            b.k,
+            b.panels()
+        ),
+        format!("A {} (ld {lda}), C {c_len} (ld {ldc}), rows {rows:?}, panels {panels:?}", a.len()),
+    ))
 }
 
 /// [`gemm_packed`] forced onto the portable kernel (for tests and comparisons).
@@ -316,7 +381,7 @@ pub fn gemm_packed_with(
     }
     // SAFETY: `check` verified that every element written lies within `c`; the kernel's CPU
     // features were checked above.
-    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, kernel, false) };
+    unsafe { gemm_unchecked(a, lda, 0, b, c.as_mut_ptr(), ldc, rows, panels, e, kernel, false, false) };
     Ok(())
 }
 
@@ -378,6 +443,7 @@ unsafe fn gemm_unchecked(
     e: &GemmEpilogue<'_>,
     kernel: GemmKernel,
     accumulate: bool,
+    col_major: bool,
 ) {
     let k = b.k;
     // Rows in near-equal micro-tiles of at most MR (49 rows: 10, 10, 10, 10, 9 rather than
@@ -394,9 +460,15 @@ unsafe fn gemm_unchecked(
         let kc = KC.min(k - k0);
         let (first, last) = (k0 == 0 && !accumulate, k0 + kc >= k);
         let run = |i: usize, r: usize, p: usize| {
+            let at = if col_major {
+                (i - a_row0) + k0 * lda
+            } else {
+                (i - a_row0) * lda + k0
+            };
             let tile = Tile {
-                a: &a[(i - a_row0) * lda + k0..],
+                a: &a[at..],
                 lda,
+                col_major,
                 b: &b.panel(p)[k0 * NR..(k0 + kc) * NR],
                 kc,
                 c_off: i * ldc + p * NR,
@@ -436,6 +508,9 @@ unsafe fn gemm_unchecked(
 struct Tile<'a> {
     a: &'a [f32],
     lda: usize,
+    /// `A` is stored column by column: element `(r, p)` at `a[r + p * lda]` (a transposed
+    /// matrix), instead of `a[r * lda + p]`.
+    col_major: bool,
     b: &'a [f32],
     kc: usize,
     c_off: usize,
@@ -473,7 +548,11 @@ impl Tile<'_> {
         for p in 0..self.kc {
             let brow = &self.b[p * NR..(p + 1) * NR];
             for (r, row) in acc.iter_mut().enumerate().take(rows) {
-                let av = self.a[r * self.lda + p];
+                let av = if self.col_major {
+                    self.a[r + p * self.lda]
+                } else {
+                    self.a[r * self.lda + p]
+                };
                 for (x, &bv) in row.iter_mut().zip(brow) {
                     *x += av * bv;
                 }
@@ -647,6 +726,7 @@ impl SegTile<'_> {
         let tile = Tile {
             a: &[],
             lda: 0,
+            col_major: false,
             b: &[],
             kc: 0,
             c_off: self.c_off,
@@ -687,7 +767,11 @@ mod avx512 {
     }
 
     pub(super) unsafe fn tile(t: &Tile<'_>, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
-        by_rows!(t.rows, kernel, t, c, e)
+        if t.col_major {
+            by_rows!(t.rows, kernel_col_major, t, c, e)
+        } else {
+            by_rows!(t.rows, kernel, t, c, e)
+        }
     }
 
     pub(super) unsafe fn segments(t: &SegTile<'_>, c: *mut f32, e: &GemmEpilogue<'_>) {
@@ -800,6 +884,39 @@ mod avx512 {
         );
     }
 
+    /// [`kernel`] for a column-major `A` (the same products in the same order).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel_col_major<const R: usize>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>) {
+        const { assert!(R <= MR) };
+        let mut acc0 = [_mm512_setzero_ps(); R];
+        let mut acc1 = [_mm512_setzero_ps(); R];
+        let a = t.a.as_ptr();
+        let b = t.b.as_ptr();
+        for p in 0..t.kc {
+            let b0 = _mm512_loadu_ps(b.add(p * 32));
+            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            let ap = a.add(p * t.lda);
+            for r in 0..R {
+                let av = _mm512_set1_ps(*ap.add(r));
+                acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+                acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+            }
+        }
+        store(
+            &acc0,
+            &acc1,
+            &Store {
+                c: cp,
+                c_off: t.c_off,
+                ldc: t.ldc,
+                cols: t.cols,
+                col0: t.col0,
+                first: t.first,
+                e,
+            },
+        );
+    }
+
     #[target_feature(enable = "avx512f")]
     unsafe fn seg_kernel<const R: usize>(t: &SegTile<'_>, cp: *mut f32, e: &GemmEpilogue<'_>) {
         const { assert!(R <= MR) };
@@ -869,7 +986,11 @@ mod avx2 {
 
     pub(super) unsafe fn tile(t: &Tile<'_>, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
         for (r0, rows, c0) in sub_tiles(t.rows, t.cols) {
-            by_rows!(rows, kernel, t, c, e, r0, c0)
+            if t.col_major {
+                by_rows!(rows, kernel_col_major, t, c, e, r0, c0)
+            } else {
+                by_rows!(rows, kernel, t, c, e, r0, c0)
+            }
         }
     }
 
@@ -981,6 +1102,39 @@ mod avx2 {
             let b1 = _mm256_loadu_ps(b.add(p * 32 + 8));
             for r in 0..R {
                 let av = _mm256_set1_ps(*a.add(r * t.lda + p));
+                acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+            }
+        }
+        store(
+            &acc0,
+            &acc1,
+            &Store {
+                c: cp,
+                c_off: t.c_off + r0 * t.ldc + c0,
+                ldc: t.ldc,
+                cols: t.cols - c0,
+                col0: t.col0 + c0,
+                first: t.first,
+                e,
+            },
+        );
+    }
+
+    /// [`kernel`] for a column-major `A` (the same products in the same order).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn kernel_col_major<const R: usize>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>, r0: usize, c0: usize) {
+        const { assert!(R <= RB) };
+        let mut acc0 = [_mm256_setzero_ps(); R];
+        let mut acc1 = [_mm256_setzero_ps(); R];
+        let a = t.a.as_ptr().add(r0);
+        let b = t.b.as_ptr().add(c0);
+        for p in 0..t.kc {
+            let b0 = _mm256_loadu_ps(b.add(p * 32));
+            let b1 = _mm256_loadu_ps(b.add(p * 32 + 8));
+            let ap = a.add(p * t.lda);
+            for r in 0..R {
+                let av = _mm256_set1_ps(*ap.add(r));
                 acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
                 acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
             }

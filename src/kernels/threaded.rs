@@ -12,9 +12,9 @@
 //! - input gradient, `dX = col2im(dY Wᵀ)`: image by image, so the scatter of one image's patch
 //!   gradients never meets another thread's (a 1x1 stride-1 convolution is one GEMM split by
 //!   rows);
-//! - kernel gradient, `dWᵀ = dYᵀ X`: the patch columns of `X` in panels of [`NR`], each
-//!   gathered straight into the packed layout and multiplied over every output pixel of the
-//!   batch in one GEMM, so no partial sums are ever added across threads.
+//! - kernel gradient, `dW = im2col(X)ᵀ dY`: patch rows by output channels, summed over the
+//!   output pixels in groups fixed by the shape (each group's partial added in group order),
+//!   `dY` packed and `im2col(X)ᵀ` gathered a block of pixels at a time.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -22,7 +22,7 @@ use super::backward::{check, col2im_add};
 use super::geometry::{ConvGeometry, Padding, Padding2d, Window2d};
 use super::im2col::im2col_unchecked;
 use super::implicit::{pieces, tap_segments};
-use super::packed_gemm::{gemm_packed_raw, gemm_packed_raw_accumulate, gemm_segments, GemmEpilogue, PackedB, MR, NR};
+use super::packed_gemm::{gemm_packed_raw, gemm_packed_raw_col_major_a, gemm_segments, GemmEpilogue, PackedB, MR, NR};
 use crate::error::{Error, Result};
 use crate::inference::pool::{parallel, share, SendPtr, ThreadPool};
 
@@ -33,6 +33,8 @@ const KERNEL_GRAD_MAX_GROUPS: usize = 32;
 const KERNEL_GRAD_PARTIAL_BYTES: usize = 32 << 20;
 /// Output pixels gathered and multiplied at once in the kernel gradient (one `KC`).
 const KERNEL_GRAD_BLOCK: usize = super::packed_gemm::KC;
+/// Patch rows of the kernel gradient gathered at once (a multiple of `MR`).
+const KERNEL_GRAD_ROW_CHUNK: usize = 8 * MR;
 
 /// Input channels from which a convolution reads its input in place (no im2col).
 const IMPLICIT_MIN_CHANNELS: usize = 16;
@@ -44,7 +46,7 @@ const TILE_BYTES: usize = 256 << 10;
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// Buffers kept for reuse, at most this many.
-const KEPT_BUFFERS: usize = 256;
+const KEPT_BUFFERS: usize = 4096;
 
 /// Threads for the training kernels, each with scratch space it keeps between calls, and a
 /// store of buffers that training steps hand back and take again, so a steady-state step
@@ -54,6 +56,7 @@ pub struct Threads {
     pool: ThreadPool,
     scratch: Vec<Mutex<Vec<f32>>>,
     buffers: Mutex<Vec<Vec<f32>>>,
+    partials: Mutex<Vec<f32>>,
 }
 
 impl Threads {
@@ -65,6 +68,7 @@ impl Threads {
             pool,
             scratch,
             buffers: Mutex::new(Vec::new()),
+            partials: Mutex::new(Vec::new()),
         })
     }
 
@@ -85,6 +89,22 @@ impl Threads {
         // Only the tail beyond the old length is written here; the rest is left as it was.
         v.resize(len, 0.0);
         v
+    }
+
+    /// The buffer for [`conv2d_backward_kernel`]'s partial sums, as large as the last one
+    /// handed back with [`Threads::give_partials`].
+    pub(crate) fn take_partials(&self) -> Vec<f32> {
+        std::mem::take(&mut *self.partials.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Keeps the partial sums' buffer for the next step.
+    pub(crate) fn give_partials(&self, v: Vec<f32>) {
+        *self.partials.lock().unwrap_or_else(PoisonError::into_inner) = v;
+    }
+
+    /// Hands a packed matrix's storage back for reuse.
+    pub(crate) fn give_packed(&self, p: PackedB) {
+        self.give(p.into_panels());
     }
 
     /// Hands a buffer back for reuse.
@@ -154,23 +174,33 @@ pub fn pack_kernel(kernel: &[f32], g: &ConvGeometry) -> Result<PackedB> {
     PackedB::pack(kernel, g.patch_len(), g.out_channels, g.out_channels)
 }
 
-/// `Wᵀ` (`N x K`), packed.
-fn pack_kernel_transposed(kernel: &[f32], g: &ConvGeometry) -> Result<PackedB> {
+/// [`pack_kernel`] into a buffer from the threads' store (hand it back with
+/// [`Threads::give_packed`]).
+pub(crate) fn pack_kernel_reused(threads: &Threads, kernel: &[f32], g: &ConvGeometry) -> Result<PackedB> {
+    check("conv2d kernel", &[("kernel", g.kernel_len(), kernel.len())])?;
+    let buffer = threads.take(g.out_channels.div_ceil(NR) * NR * g.patch_len());
+    PackedB::pack_into(kernel, g.patch_len(), g.out_channels, g.out_channels, buffer)
+}
+
+/// `Wᵀ` (`N x K`), packed (in buffers from the threads' store).
+fn pack_kernel_transposed(threads: &Threads, kernel: &[f32], g: &ConvGeometry) -> Result<PackedB> {
     let (k, n) = (g.patch_len(), g.out_channels);
-    let mut t = vec![0.0; k * n];
+    let mut t = threads.take(k * n);
     for (r, row) in kernel.chunks_exact(n.max(1)).enumerate() {
         for (o, &v) in row.iter().enumerate() {
             t[o * k + r] = v;
         }
     }
-    PackedB::pack(&t, n, k, k)
+    let packed = PackedB::pack_into(&t, n, k, k, threads.take(k.div_ceil(NR) * NR * n));
+    threads.give(t);
+    packed
 }
 
 /// For a stride-1 convolution, the input gradient is itself a stride-1 convolution: of the
 /// output gradient, by the kernel turned 180 degrees with its input and output channels
 /// swapped, padded by `(k - 1) * dilation - pad` on each side. Its geometry and (HWIO) kernel,
 /// or `None` when the padding exceeds the window (the scatter path handles that).
-fn transposed_convolution(g: &ConvGeometry, kernel: &[f32]) -> Result<Option<(ConvGeometry, Vec<f32>)>> {
+fn transposed_convolution(threads: &Threads, g: &ConvGeometry, kernel: &[f32]) -> Result<Option<(ConvGeometry, Vec<f32>)>> {
     let [kh, kw] = g.window.kernel;
     let [sh_, sw_] = [(kh - 1) * g.window.dilation[0], (kw - 1) * g.window.dilation[1]];
     let p = g.pad;
@@ -192,7 +222,8 @@ fn transposed_convolution(g: &ConvGeometry, kernel: &[f32]) -> Result<Option<(Co
         return Ok(None);
     }
     let (cin, cout) = (g.in_channels, g.out_channels);
-    let mut flipped = vec![0.0; kernel.len()];
+    // (Every element is written below.)
+    let mut flipped = threads.take(kernel.len());
     for ky in 0..kh {
         for kx in 0..kw {
             let src = ((kh - 1 - ky) * kw + (kw - 1 - kx)) * cin * cout;
@@ -325,11 +356,22 @@ pub fn conv2d_backward_input(threads: &Threads, grad_out: &[f32], g: &ConvGeomet
         ],
     )?;
     if g.out_pixels() > 0 && !pointwise(g) {
-        if let Some((t, flipped)) = transposed_convolution(g, kernel)? {
-            return conv2d_forward(threads, grad_out, &t, &pack_kernel(&flipped, &t)?, grad_in);
+        if let Some((t, flipped)) = transposed_convolution(threads, g, kernel)? {
+            let packed = pack_kernel_reused(threads, &flipped, &t)?;
+            threads.give(flipped);
+            let result = conv2d_forward(threads, grad_out, &t, &packed, grad_in);
+            threads.give_packed(packed);
+            return result;
         }
     }
-    let kernel_t = &pack_kernel_transposed(kernel, g)?;
+    let packed_t = pack_kernel_transposed(threads, kernel, g)?;
+    let result = backward_input_gemm(threads, grad_out, g, &packed_t, grad_in);
+    threads.give_packed(packed_t);
+    result
+}
+
+/// [`conv2d_backward_input`] as `col2im(grad_out Wᵀ)`, with `kernel_t` = `Wᵀ` packed.
+fn backward_input_gemm(threads: &Threads, grad_out: &[f32], g: &ConvGeometry, kernel_t: &PackedB, grad_in: &mut [f32]) -> Result<()> {
     let (k, n) = (g.patch_len(), g.out_channels);
     if k == 0 || n == 0 || g.out_pixels() == 0 {
         grad_in.fill(0.0);
@@ -373,9 +415,14 @@ pub fn conv2d_backward_input(threads: &Threads, grad_out: &[f32], g: &ConvGeomet
 }
 
 /// The kernel gradient `grad_kernel = im2col(input)ᵀ grad_out` (HWIO like the kernel,
-/// overwritten), computed as `grad_kernelᵀ = grad_outᵀ im2col(input)`.
+/// overwritten): a GEMM whose rows are the patch entries (`K`, a multiple of the micro-tile for
+/// every 3x3 convolution of 16 or more channels), whose columns are the output channels (`N`, so
+/// a 16-channel layer fills the AVX2 kernel's 16 columns) and whose depth is the output pixels.
 ///
-/// `scratch` holds `grad_outᵀ` and `grad_kernelᵀ` (grown to `N x (pixels + K)` floats and
+/// The pixels are cut into groups fixed by the shape, each summed into its own partial
+/// gradient; a group's pixels are taken a block at a time: the block of `grad_out` packed as
+/// `B`, the block's patches gathered transposed (`im2col(input)ᵀ`, patch rows by pixels) as `A`,
+/// a chunk of patch rows at a time so it stays in cache. `scratch` holds the partials (grown and
 /// kept for the next call).
 pub fn conv2d_backward_kernel(
     threads: &Threads,
@@ -398,97 +445,97 @@ pub fn conv2d_backward_kernel(
         grad_kernel.fill(0.0);
         return Ok(());
     }
-    // Output pixels in groups, each summed into its own partial dWᵀ (the groups depend on
-    // the shape only); a group's pixels are gathered and multiplied a block at a time, so the
-    // gathered block stays in cache.
     let groups = (m / KERNEL_GRAD_GROUP_PIXELS)
         .clamp(1, KERNEL_GRAD_MAX_GROUPS)
         .min((KERNEL_GRAD_PARTIAL_BYTES / (4 * n * k)).max(1));
-    let panels = k.div_ceil(NR);
-    // Few groups: each unit also takes only some panels, so there is work for every thread.
-    let panel_units = if groups >= KERNEL_GRAD_MAX_GROUPS / 4 { 1 } else { panels };
-    let (dyt, partials) = grow(scratch, n * m + groups * n * k).split_at_mut(n * m);
-    // dYᵀ, N x M, split over the threads by channel rows.
-    let (dyt_ptr, nt) = (SendPtr(dyt.as_mut_ptr()), threads.count());
-    threads.run(&|t, _| {
-        for o in share(n, t, nt) {
-            // SAFETY: row `o` of dYᵀ is this thread's alone; `o < n` so it lies inside.
-            let row = unsafe { std::slice::from_raw_parts_mut(dyt_ptr.get().add(o * m), m) };
-            row.iter_mut().zip(grad_out.chunks_exact(n)).for_each(|(d, px)| *d = px[o]);
-        }
-        Ok(())
-    })?;
-    let dyt: &[f32] = dyt;
+    let chunks = k.div_ceil(KERNEL_GRAD_ROW_CHUNK);
+    // Few groups: each unit also takes only one chunk of patch rows, so there is work for
+    // every thread (decided by the shape, not by the thread count).
+    let chunk_units = if groups >= KERNEL_GRAD_MAX_GROUPS / 4 { 1 } else { chunks };
+    let partials = grow(scratch, groups * k * n);
     let (part_ptr, part_len) = (SendPtr(partials.as_mut_ptr()), partials.len());
-    let e = GemmEpilogue::default();
-    threads.for_each(groups * panel_units, &|u, ws| {
-        let (group, my_panels) = (u / panel_units, share(panels, u % panel_units, panel_units));
+    let panels = n.div_ceil(NR);
+    threads.for_each(groups * chunk_units, &|u, ws| {
+        let (group, my_chunks) = (u / chunk_units, share(chunks, u % chunk_units, chunk_units));
         let pixels = share(m, group, groups);
-        let base = group * n * k;
+        let base = group * k * n;
+        // `B` in this thread's scratch, `A` in a buffer from the store (both kept for reuse).
+        let mut packed = std::mem::take(ws);
+        let mut gathered = threads.take(KERNEL_GRAD_ROW_CHUNK.min(k) * KERNEL_GRAD_BLOCK);
         let mut block = pixels.start;
-        while block < pixels.end {
+        let mut result = Ok(());
+        while block < pixels.end && result.is_ok() {
             let rows = KERNEL_GRAD_BLOCK.min(pixels.end - block);
-            for p in my_panels.clone() {
-                let (c0, cols) = (p * NR, NR.min(k - p * NR));
-                let mut panel = std::mem::take(ws);
-                // (Every element is written by the gather.)
-                panel.resize(rows * NR, 0.0);
-                gather_patch_columns(input, g, block, c0, cols, &mut panel);
-                let b = PackedB::from_panels(rows, cols, panel)?;
-                let (c, c_len) = (base + c0, part_len - base - c0);
-                // SAFETY: columns `c0..c0 + cols` of this group's partial are this unit's alone;
-                // the partial (`n x k` at `base`) lies inside `partials`.
-                let r = unsafe {
-                    if block == pixels.start {
-                        gemm_packed_raw(&dyt[block..], m, 0, &b, part_ptr.get().add(c), c_len, k, 0..n, 0..1, &e)
-                    } else {
-                        gemm_packed_raw_accumulate(&dyt[block..], m, &b, part_ptr.get().add(c), c_len, k, 0..n, 0..1)
-                    }
+            packed.resize(panels * rows * NR, 0.0);
+            pack_rows(&grad_out[block * n..(block + rows) * n], rows, n, &mut packed);
+            let b = PackedB::from_panels(rows, n, packed)?;
+            for chunk in my_chunks.clone() {
+                let r0 = chunk * KERNEL_GRAD_ROW_CHUNK;
+                let r1 = (r0 + KERNEL_GRAD_ROW_CHUNK).min(k);
+                let a = &mut gathered[..(r1 - r0) * rows];
+                gather_patches(input, g, block, rows, r0..r1, a);
+                // SAFETY: rows `r0..r1` of this group's partial (`k x n` at `base`) are this
+                // unit's alone, and lie inside `partials`.
+                result = unsafe {
+                    let (c, c_len) = (part_ptr.get().add(base), part_len - base);
+                    gemm_packed_raw_col_major_a(a, r1 - r0, r0, &b, c, c_len, n, r0..r1, 0..panels, block != pixels.start)
                 };
-                *ws = b.into_panels();
-                r?;
+                if result.is_err() {
+                    break;
+                }
             }
+            packed = b.into_panels();
             block += rows;
         }
-        Ok(())
+        *ws = packed;
+        threads.give(gathered);
+        result
     })?;
-    // dWᵀ: the partials added in group order, transposed into place.
+    // The partials added in group order.
     let partials: &[f32] = partials;
-    let (first, rest) = partials.split_at(n * k);
-    for (r, row) in grad_kernel.chunks_exact_mut(n).enumerate() {
-        for (o, d) in row.iter_mut().enumerate() {
-            *d = first[o * k + r];
-            for part in rest.chunks_exact(n * k) {
-                *d += part[o * k + r];
-            }
-        }
+    let (first, rest) = partials.split_at(k * n);
+    grad_kernel.copy_from_slice(first);
+    for part in rest.chunks_exact(k * n) {
+        grad_kernel.iter_mut().zip(part).for_each(|(d, p)| *d += p);
     }
     Ok(())
 }
 
-/// Writes patch columns `c0..c0 + cols` of the im2col rows of output pixels `first..` into
-/// `panel` (one row of `NR` per pixel: a packed panel; columns past `cols` and padding taps
-/// zero).
-fn gather_patch_columns(input: &[f32], g: &ConvGeometry, first: usize, c0: usize, cols: usize, panel: &mut [f32]) {
+/// Packs the row-major `rows x n` matrix `src` into `ceil(n / NR)` panels of `rows x NR`
+/// (padding columns zero), as [`PackedB::pack`] lays them out.
+fn pack_rows(src: &[f32], rows: usize, n: usize, panels: &mut [f32]) {
+    for (p, panel) in panels.chunks_exact_mut(rows * NR).enumerate() {
+        let (c0, cols) = (p * NR, NR.min(n - p * NR));
+        for (dst, row) in panel.chunks_exact_mut(NR).zip(src.chunks_exact(n)) {
+            dst[..cols].copy_from_slice(&row[c0..c0 + cols]);
+            dst[cols..].fill(0.0);
+        }
+    }
+}
+
+/// Writes patch entries `patch` of the im2col rows of output pixels `first..first + pixels`
+/// into `a`, row-major `pixels x patch.len()` (padding taps zero): `im2col(input)ᵀ`'s rows
+/// `patch`, column-major.
+fn gather_patches(input: &[f32], g: &ConvGeometry, first: usize, pixels: usize, patch: std::ops::Range<usize>, a: &mut [f32]) {
     let [ih, iw] = g.in_hw;
     let [oh, ow] = g.out_hw;
     let kw = g.window.kernel[1];
     let ([sh, sw], [dh, dw]) = (g.window.stride, g.window.dilation);
     let cin = g.in_channels;
-    // The (tap, channel range, column offset) pieces the columns cover.
+    let width = patch.len();
+    // The (tap row, tap column, first channel, channels, first column of `a`) runs of one tap.
     let mut pieces = Vec::new();
-    let mut j = c0;
-    while j < c0 + cols {
+    let mut j = patch.start;
+    while j < patch.end {
         let (tap, ch) = (j / cin, j % cin);
-        let len = (cin - ch).min(c0 + cols - j);
-        pieces.push((tap / kw, tap % kw, ch, len, j - c0));
+        let len = (cin - ch).min(patch.end - j);
+        pieces.push((tap / kw, tap % kw, ch, len, j - patch.start));
         j += len;
     }
-    for (r, row) in panel.chunks_exact_mut(NR).enumerate() {
-        let p = first + r;
+    for (col, row) in a.chunks_exact_mut(width).take(pixels).enumerate() {
+        let p = first + col;
         let img = p / (oh * ow);
         let (oy, ox) = ((p / ow) % oh, p % ow);
-        row[cols..].fill(0.0);
         for &(ky, kx, ch, len, at) in &pieces {
             let iy = (oy * sh + ky * dh).wrapping_sub(g.pad.top);
             let ix = (ox * sw + kx * dw).wrapping_sub(g.pad.left);

@@ -107,6 +107,17 @@ impl Trainer {
         self.mode = mode;
     }
 
+    /// Hands a finished step's buffers (its gradients and output) back to the trainer, so the
+    /// next step reuses them: with it, a steady-state step allocates no new large buffer.
+    /// Call it once the optimizer has applied the step.
+    pub fn recycle(&self, step: Step) {
+        let Step { output, gradients, .. } = step;
+        let tensors = gradients.params.into_values().chain([gradients.input, output]);
+        for t in tensors {
+            self.threads.give(t.into_raw_vec_and_offset().0);
+        }
+    }
+
     /// One training step's loss and gradients, as [`compute_gradients`] computes them.
     pub fn compute_gradients(
         &self,
