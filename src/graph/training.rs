@@ -366,9 +366,7 @@ impl ForwardPass<'_, '_> {
             Some(g) => g,
             None => {
                 let shape = self.values[self.graph.input().0].as_ref().map_or(&[0][..], |x| x.shape());
-                let mut zeros = threads.take(shape.iter().product());
-                zeros.fill(0.0);
-                tensor(shape, zeros)?
+                tensor(shape, threads.take_zeroed(shape.iter().product()))?
             }
         };
         Ok(Gradients { params, input, node_times })
@@ -512,8 +510,7 @@ fn backward_op(
         }
         Op::MaxPool(p) | Op::AvgPool(p) => {
             let g = p.geometry(x.shape()[0], &x.shape()[1..])?;
-            let mut dx = threads.take(g.input_len());
-            dx.fill(0.0);
+            let mut dx = threads.take_zeroed(g.input_len());
             match node.op {
                 Op::MaxPool(_) => backward::max_pool2d_backward(slice(x), &g, slice(dy), &mut dx)?,
                 _ => backward::avg_pool2d_backward(&g, slice(dy), &mut dx)?,
@@ -522,8 +519,7 @@ fn backward_op(
         }
         Op::GlobalAvgPool => {
             let s = x.shape();
-            let mut dx = threads.take(x.len());
-            dx.fill(0.0);
+            let mut dx = threads.take_zeroed(x.len());
             backward::global_avg_pool_backward([s[0], s[1], s[2], s[3]], slice(dy), &mut dx)?;
             same(tensor(s, dx)?)
         }
@@ -681,7 +677,8 @@ fn conv_backward(
     let (groups, cin) = (c.groups, gg.in_channels);
     let (xs, ds) = (slice(x), slice(dacc));
     let mut dx = if want_input { Some(threads.take(x.len())) } else { None };
-    let mut dk = threads.take(if frozen { 0 } else { c.kernel.len() });
+    // (Frozen: no kernel gradient; the grouped path then skips it too.)
+    let mut dk = if frozen { Vec::new() } else { threads.take(c.kernel.len()) };
     if groups == 1 {
         // A dense convolution: both GEMMs on the threads.
         if let Some(dx) = &mut dx {
@@ -691,7 +688,6 @@ fn conv_backward(
             threaded::conv2d_backward_kernel(threads, xs, &gg, ds, &mut dk, scratch)?;
         }
     } else {
-        dk.resize(c.kernel.len(), 0.0);
         let dx = dx.get_or_insert_with(|| threads.take(x.len()));
         grouped_conv_backward(c, &gg, xs, ds, frozen, dx, &mut dk)?;
     }
@@ -704,8 +700,6 @@ fn conv_backward(
             backward::conv2d_backward_bias(slice(dz), c.out_channels, &mut db)?;
             params.push((ParamKind::Bias, tensor(&[c.out_channels], db)?));
         }
-    } else {
-        threads.give(dk);
     }
     for t in [masked, scaled].into_iter().flatten() {
         threads.give(t.into_raw_vec_and_offset().0);

@@ -61,19 +61,6 @@ impl PackedB {
         Ok(PackedB { k, n, data })
     }
 
-    /// A packed matrix from its panels as [`PackedB::pack`] lays them out (`ceil(n / NR)`
-    /// panels of `k x NR` floats, padding columns zero), reusing `data`'s allocation.
-    pub(crate) fn from_panels(k: usize, n: usize, data: Vec<f32>) -> Result<Self> {
-        if data.len() != n.div_ceil(NR) * k * NR {
-            return Err(Error::shape(
-                "PackedB",
-                format!("{} panels of {k} x {NR}", n.div_ceil(NR)),
-                format!("{} elements", data.len()),
-            ));
-        }
-        Ok(PackedB { k, n, data })
-    }
-
     /// The panels' storage, to reuse its allocation.
     pub(crate) fn into_panels(self) -> Vec<f32> {
         self.data
@@ -748,29 +735,29 @@ mod avx512 {
     use super::{GemmEpilogue, SegTile, Tile, MR};
 
     macro_rules! by_rows {
-        ($rows:expr, $f:ident, $($arg:expr),*) => {
+        ($rows:expr, $f:ident $(::<$col:literal>)?, $($arg:expr),*) => {
             match $rows {
-                12 => $f::<12>($($arg),*),
-                11 => $f::<11>($($arg),*),
-                10 => $f::<10>($($arg),*),
-                9 => $f::<9>($($arg),*),
-                8 => $f::<8>($($arg),*),
-                7 => $f::<7>($($arg),*),
-                6 => $f::<6>($($arg),*),
-                5 => $f::<5>($($arg),*),
-                4 => $f::<4>($($arg),*),
-                3 => $f::<3>($($arg),*),
-                2 => $f::<2>($($arg),*),
-                _ => $f::<1>($($arg),*),
+                12 => $f::<12 $(, $col)?>($($arg),*),
+                11 => $f::<11 $(, $col)?>($($arg),*),
+                10 => $f::<10 $(, $col)?>($($arg),*),
+                9 => $f::<9 $(, $col)?>($($arg),*),
+                8 => $f::<8 $(, $col)?>($($arg),*),
+                7 => $f::<7 $(, $col)?>($($arg),*),
+                6 => $f::<6 $(, $col)?>($($arg),*),
+                5 => $f::<5 $(, $col)?>($($arg),*),
+                4 => $f::<4 $(, $col)?>($($arg),*),
+                3 => $f::<3 $(, $col)?>($($arg),*),
+                2 => $f::<2 $(, $col)?>($($arg),*),
+                _ => $f::<1 $(, $col)?>($($arg),*),
             }
         };
     }
 
     pub(super) unsafe fn tile(t: &Tile<'_>, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
         if t.col_major {
-            by_rows!(t.rows, kernel_col_major, t, c, e)
+            by_rows!(t.rows, kernel::<true>, t, c, e)
         } else {
-            by_rows!(t.rows, kernel, t, c, e)
+            by_rows!(t.rows, kernel::<false>, t, c, e)
         }
     }
 
@@ -851,7 +838,9 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel<const R: usize>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>) {
+    /// One tile; `COL_MAJOR`: `A` is stored column by column (the same products in the same
+    /// order).
+    unsafe fn kernel<const R: usize, const COL_MAJOR: bool>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>) {
         const { assert!(R <= MR) };
         // Two separate accumulator arrays: with one `[[__m512; 2]; R]` LLVM split the loop in
         // two and ran at a third of the speed. The loop is written out again in `seg_kernel`:
@@ -864,40 +853,8 @@ mod avx512 {
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
             for r in 0..R {
-                let av = _mm512_set1_ps(*a.add(r * t.lda + p));
-                acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
-                acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
-            }
-        }
-        store(
-            &acc0,
-            &acc1,
-            &Store {
-                c: cp,
-                c_off: t.c_off,
-                ldc: t.ldc,
-                cols: t.cols,
-                col0: t.col0,
-                first: t.first,
-                e,
-            },
-        );
-    }
-
-    /// [`kernel`] for a column-major `A` (the same products in the same order).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn kernel_col_major<const R: usize>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>) {
-        const { assert!(R <= MR) };
-        let mut acc0 = [_mm512_setzero_ps(); R];
-        let mut acc1 = [_mm512_setzero_ps(); R];
-        let a = t.a.as_ptr();
-        let b = t.b.as_ptr();
-        for p in 0..t.kc {
-            let b0 = _mm512_loadu_ps(b.add(p * 32));
-            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
-            let ap = a.add(p * t.lda);
-            for r in 0..R {
-                let av = _mm512_set1_ps(*ap.add(r));
+                let at = if COL_MAJOR { p * t.lda + r } else { r * t.lda + p };
+                let av = _mm512_set1_ps(*a.add(at));
                 acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
                 acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
             }
@@ -967,14 +924,14 @@ mod avx2 {
     const CB: usize = 16;
 
     macro_rules! by_rows {
-        ($rows:expr, $f:ident, $($arg:expr),*) => {
+        ($rows:expr, $f:ident $(::<$col:literal>)?, $($arg:expr),*) => {
             match $rows {
-                6 => $f::<6>($($arg),*),
-                5 => $f::<5>($($arg),*),
-                4 => $f::<4>($($arg),*),
-                3 => $f::<3>($($arg),*),
-                2 => $f::<2>($($arg),*),
-                _ => $f::<1>($($arg),*),
+                6 => $f::<6 $(, $col)?>($($arg),*),
+                5 => $f::<5 $(, $col)?>($($arg),*),
+                4 => $f::<4 $(, $col)?>($($arg),*),
+                3 => $f::<3 $(, $col)?>($($arg),*),
+                2 => $f::<2 $(, $col)?>($($arg),*),
+                _ => $f::<1 $(, $col)?>($($arg),*),
             }
         };
     }
@@ -987,9 +944,9 @@ mod avx2 {
     pub(super) unsafe fn tile(t: &Tile<'_>, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
         for (r0, rows, c0) in sub_tiles(t.rows, t.cols) {
             if t.col_major {
-                by_rows!(rows, kernel_col_major, t, c, e, r0, c0)
+                by_rows!(rows, kernel::<true>, t, c, e, r0, c0)
             } else {
-                by_rows!(rows, kernel, t, c, e, r0, c0)
+                by_rows!(rows, kernel::<false>, t, c, e, r0, c0)
             }
         }
     }
@@ -1091,50 +1048,26 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel<const R: usize>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>, r0: usize, c0: usize) {
+    /// One sub-tile; `COL_MAJOR`: `A` is stored column by column (the same products in the
+    /// same order).
+    unsafe fn kernel<const R: usize, const COL_MAJOR: bool>(
+        t: &Tile<'_>,
+        cp: *mut f32,
+        e: Option<&GemmEpilogue<'_>>,
+        r0: usize,
+        c0: usize,
+    ) {
         const { assert!(R <= RB) };
         let mut acc0 = [_mm256_setzero_ps(); R];
         let mut acc1 = [_mm256_setzero_ps(); R];
-        let a = t.a.as_ptr().add(r0 * t.lda);
+        let a = t.a.as_ptr().add(if COL_MAJOR { r0 } else { r0 * t.lda });
         let b = t.b.as_ptr().add(c0);
         for p in 0..t.kc {
             let b0 = _mm256_loadu_ps(b.add(p * 32));
             let b1 = _mm256_loadu_ps(b.add(p * 32 + 8));
             for r in 0..R {
-                let av = _mm256_set1_ps(*a.add(r * t.lda + p));
-                acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
-                acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
-            }
-        }
-        store(
-            &acc0,
-            &acc1,
-            &Store {
-                c: cp,
-                c_off: t.c_off + r0 * t.ldc + c0,
-                ldc: t.ldc,
-                cols: t.cols - c0,
-                col0: t.col0 + c0,
-                first: t.first,
-                e,
-            },
-        );
-    }
-
-    /// [`kernel`] for a column-major `A` (the same products in the same order).
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel_col_major<const R: usize>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>, r0: usize, c0: usize) {
-        const { assert!(R <= RB) };
-        let mut acc0 = [_mm256_setzero_ps(); R];
-        let mut acc1 = [_mm256_setzero_ps(); R];
-        let a = t.a.as_ptr().add(r0);
-        let b = t.b.as_ptr().add(c0);
-        for p in 0..t.kc {
-            let b0 = _mm256_loadu_ps(b.add(p * 32));
-            let b1 = _mm256_loadu_ps(b.add(p * 32 + 8));
-            let ap = a.add(p * t.lda);
-            for r in 0..R {
-                let av = _mm256_set1_ps(*ap.add(r));
+                let at = if COL_MAJOR { p * t.lda + r } else { r * t.lda + p };
+                let av = _mm256_set1_ps(*a.add(at));
                 acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
                 acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
             }

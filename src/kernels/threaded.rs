@@ -102,6 +102,13 @@ impl Threads {
         *self.partials.lock().unwrap_or_else(PoisonError::into_inner) = v;
     }
 
+    /// [`Threads::take`], zero-filled.
+    pub(crate) fn take_zeroed(&self, len: usize) -> Vec<f32> {
+        let mut v = self.take(len);
+        v.fill(0.0);
+        v
+    }
+
     /// Hands a packed matrix's storage back for reuse.
     pub(crate) fn give_packed(&self, p: PackedB) {
         self.give(p.into_panels());
@@ -466,9 +473,7 @@ pub fn conv2d_backward_kernel(
         let mut result = Ok(());
         while block < pixels.end && result.is_ok() {
             let rows = KERNEL_GRAD_BLOCK.min(pixels.end - block);
-            packed.resize(panels * rows * NR, 0.0);
-            pack_rows(&grad_out[block * n..(block + rows) * n], rows, n, &mut packed);
-            let b = PackedB::from_panels(rows, n, packed)?;
+            let b = PackedB::pack_into(&grad_out[block * n..(block + rows) * n], rows, n, n, packed)?;
             for chunk in my_chunks.clone() {
                 let r0 = chunk * KERNEL_GRAD_ROW_CHUNK;
                 let r1 = (r0 + KERNEL_GRAD_ROW_CHUNK).min(k);
@@ -499,18 +504,6 @@ pub fn conv2d_backward_kernel(
         grad_kernel.iter_mut().zip(part).for_each(|(d, p)| *d += p);
     }
     Ok(())
-}
-
-/// Packs the row-major `rows x n` matrix `src` into `ceil(n / NR)` panels of `rows x NR`
-/// (padding columns zero), as [`PackedB::pack`] lays them out.
-fn pack_rows(src: &[f32], rows: usize, n: usize, panels: &mut [f32]) {
-    for (p, panel) in panels.chunks_exact_mut(rows * NR).enumerate() {
-        let (c0, cols) = (p * NR, NR.min(n - p * NR));
-        for (dst, row) in panel.chunks_exact_mut(NR).zip(src.chunks_exact(n)) {
-            dst[..cols].copy_from_slice(&row[c0..c0 + cols]);
-            dst[cols..].fill(0.0);
-        }
-    }
 }
 
 /// Writes patch entries `patch` of the im2col rows of output pixels `first..first + pixels`
