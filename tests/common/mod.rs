@@ -93,7 +93,20 @@ pub fn example(name: &str) -> PathBuf {
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|b| b == name) {
-        let status = std::process::Command::new(env!("CARGO"))
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        // Without the variables cargo sets for a test process: build scripts that watch one
+        // (ring's watches CARGO_MANIFEST_DIR) would otherwise rerun and rebuild their crates,
+        // and the next top-level `cargo test` would rebuild them back.
+        for (key, _) in std::env::vars_os() {
+            let key_text = key.to_string_lossy();
+            if ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_PRIMARY_", "CARGO_TARGET_TMPDIR", "CARGO_BIN_EXE_"]
+                .iter()
+                .any(|p| key_text.starts_with(p))
+            {
+                cargo.env_remove(&key);
+            }
+        }
+        let status = cargo
             // The test profile: optimised, and the dependencies `cargo test` already built.
             .args([
                 "build",
