@@ -96,6 +96,7 @@ proptest! {
     #[test]
     fn threaded_batch_norm_matches_a_direct_f64_loop_on_any_thread_count(
         (pixels, c) in (1usize..=3000, 1usize..=40),
+        relu in any::<bool>(),
         seed in any::<u64>(),
     ) {
         let (x, dy) = (fill(pixels * c, seed), fill(pixels * c, seed ^ 1));
@@ -105,10 +106,11 @@ proptest! {
         let mut outs = Vec::new();
         for t in POOLS.iter() {
             let mut y = vec![f32::NAN; x.len()];
-            let (mean, var) = threaded::batch_norm_forward(t, &x, &gamma, &beta, eps, &mut y).unwrap();
+            let stats = threaded::batch_norm_forward(t, &x, &gamma, &beta, eps, relu, &mut y).unwrap();
+            prop_assert_eq!(stats.relu, relu);
             let mut dx = vec![f32::NAN; x.len()];
-            let (dg, db) = threaded::batch_norm_backward(t, &x, &dy, &gamma, &mean, &var, eps, &mut dx).unwrap();
-            outs.push([y, dx, mean, var, dg, db]);
+            let (dg, db) = threaded::batch_norm_backward(t, &x, &dy, &gamma, &beta, &stats, eps, &mut dx).unwrap();
+            outs.push([y, dx, stats.mean, stats.variance, dg, db]);
         }
         for o in &outs[1..] {
             for (a, b) in o.iter().zip(&outs[0]) {
@@ -120,7 +122,11 @@ proptest! {
         let n = pixels as f64;
         for ch in 0..c {
             let xs: Vec<f64> = (0..pixels).map(|p| x[p * c + ch] as f64).collect();
-            let ds: Vec<f64> = (0..pixels).map(|p| dy[p * c + ch] as f64).collect();
+            // The gradient reaching the BatchNorm: with the fused ReLU, only where its output
+            // (the kernel's, which the direct loop's agrees with below) is positive.
+            let ds: Vec<f64> = (0..pixels)
+                .map(|p| if relu && y[p * c + ch] <= 0.0 { 0.0 } else { dy[p * c + ch] as f64 })
+                .collect();
             let m = xs.iter().sum::<f64>() / n;
             let v = xs.iter().map(|a| (a - m).powi(2)).sum::<f64>() / n;
             let inv = 1.0 / (v + eps as f64).sqrt();
@@ -131,7 +137,8 @@ proptest! {
             prop_assert!((db[ch] as f64 - sum_dy).abs() <= 1e-6 * n + 1e-5);
             prop_assert!((dg[ch] as f64 - sum_dyx).abs() <= 1e-5 * n + 1e-5);
             for p in 0..pixels {
-                let want_y = xhat[p] * gamma[ch] as f64 + beta[ch] as f64;
+                let affine = xhat[p] * gamma[ch] as f64 + beta[ch] as f64;
+                let want_y = if relu { affine.max(0.0) } else { affine };
                 let want_dx = gamma[ch] as f64 * inv * (ds[p] - sum_dy / n - xhat[p] * sum_dyx / n);
                 prop_assert!((y[p * c + ch] as f64 - want_y).abs() <= 1e-4 * (1.0 + want_y.abs()));
                 prop_assert!((dx[p * c + ch] as f64 - want_dx).abs() <= 1e-4 * (1.0 + want_dx.abs() * inv), "dx {} vs {}", dx[p * c + ch], want_dx);

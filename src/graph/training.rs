@@ -72,9 +72,9 @@ impl TrainingMode {
 /// A BatchNorm's batch statistics in a training forward pass.
 #[derive(Clone, Debug)]
 struct BatchStats {
-    mean: Vec<f32>,
-    /// Biased variance (what the batch was normalised with).
-    variance: Vec<f32>,
+    /// Mean, biased variance (what the batch was normalised with), the forward's per-channel
+    /// map, and whether the ReLU after it was fused in.
+    kernel: threaded::BatchNormStats,
     /// Values per channel.
     count: usize,
 }
@@ -125,6 +125,9 @@ pub struct ForwardPass<'g, 'm> {
     mode: TrainingMode,
     values: Vec<Option<Tensor>>,
     stats: Vec<Option<BatchStats>>,
+    /// `fused[i]`: node `i` is a BatchNorm whose ReLU (node `i + 1`, its output's one reader)
+    /// ran with it as one pass; the BatchNorm's own output was not kept.
+    fused: Vec<bool>,
     output: Tensor,
     times: Vec<std::time::Duration>,
 }
@@ -176,7 +179,12 @@ fn forward_on<'g, 'm>(
     }
     values[graph.input().0] = Some(tensor(x.shape(), input)?);
     let mut times = vec![std::time::Duration::ZERO; graph.nodes().len()];
+    let fused = fused_relus(graph, mode);
     for (i, node) in graph.nodes().iter().enumerate() {
+        if i > 0 && fused[i - 1] {
+            // This ReLU ran with the BatchNorm before it.
+            continue;
+        }
         let start = std::time::Instant::now();
         let inputs: Vec<&Tensor> = node
             .inputs
@@ -189,9 +197,14 @@ fn forward_on<'g, 'm>(
             .collect::<Result<_>>()?;
         let y = match &node.op {
             Op::BatchNorm(bn) if !mode.is_frozen(&node.path) => {
-                let (y, s) = batch_norm_training(pool, bn.gamma.as_ref(), bn.beta.as_ref(), bn.epsilon, inputs[0])
+                let (y, s) = batch_norm_training(pool, bn.gamma.as_ref(), bn.beta.as_ref(), bn.epsilon, fused[i], inputs[0])
                     .map_err(|e| e.in_layer(&node.path.to_string()))?;
                 stats[i] = Some(s);
+                if fused[i] {
+                    values[graph.nodes()[i + 1].output.0] = Some(y);
+                    times[i] = start.elapsed();
+                    continue;
+                }
                 y
             }
             Op::Conv2d(c) if c.groups == 1 => conv_forward(pool, c, &inputs).map_err(|e| e.in_layer(&node.path.to_string()))?,
@@ -232,6 +245,7 @@ fn forward_on<'g, 'm>(
         mode: mode.clone(),
         values,
         stats,
+        fused,
         output,
         times,
     })
@@ -263,11 +277,11 @@ impl ForwardPass<'_, '_> {
                 let unbias = if s.count > 1 { s.count as f64 / (s.count - 1) as f64 } else { 1.0 };
                 Some(RunningStats {
                     path: node.path.clone(),
-                    mean: bn.mean.iter().zip(&s.mean).map(|(&r, &b)| (1.0 - m) * r + m * b).collect(),
+                    mean: bn.mean.iter().zip(&s.kernel.mean).map(|(&r, &b)| (1.0 - m) * r + m * b).collect(),
                     variance: bn
                         .variance
                         .iter()
-                        .zip(&s.variance)
+                        .zip(&s.kernel.variance)
                         .map(|(&r, &b)| ((1.0 - m) as f64 * r as f64 + m as f64 * b as f64 * unbias) as f32)
                         .collect(),
                 })
@@ -280,12 +294,14 @@ impl ForwardPass<'_, '_> {
         &self.times
     }
 
-    /// A value computed by the forward pass.
+    /// A value computed by the forward pass. The output of a BatchNorm whose one reader is a
+    /// ReLU is not kept (the two run as one pass): asking for it is an error.
     pub fn value(&self, v: super::ValueId) -> Result<&Tensor> {
-        self.values
-            .get(v.0)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| Error::config("training", format!("value {} is not in this pass", v.0)))
+        self.values.get(v.0).and_then(Option::as_ref).ok_or_else(|| {
+            let fused = self.graph.nodes().iter().zip(&self.fused).any(|(n, &f)| f && n.output == v);
+            let why = if fused { ": a BatchNorm's output that its ReLU overwrote in the same pass" } else { "" };
+            Error::config("training", format!("value {} is not in this pass{why}", v.0))
+        })
     }
 
     /// Back-propagates `grad_output` (`dL/dy`, the output's shape) through every node.
@@ -326,6 +342,12 @@ impl ForwardPass<'_, '_> {
                 threads.give(dy.into_raw_vec_and_offset().0);
                 continue;
             }
+            if i > 0 && self.fused[i - 1] {
+                // A ReLU fused into the BatchNorm before it: that BatchNorm's backward masks
+                // `dy` (its output had this node as its only reader).
+                grads[node.inputs[0].0] = Some(dy);
+                continue;
+            }
             let start = std::time::Instant::now();
             let kept = |v: super::ValueId| {
                 self.values[v.0]
@@ -333,7 +355,8 @@ impl ForwardPass<'_, '_> {
                     .ok_or_else(|| Error::config("backward", format!("{}: a value of the forward pass is missing", node.name())))
             };
             let inputs: Vec<&Tensor> = node.inputs.iter().map(|&v| kept(v)).collect::<Result<_>>()?;
-            let y = kept(node.output)?;
+            // (A fused BatchNorm's own output was not kept; its backward reads only `x`.)
+            let y = kept(if self.fused[i] { self.graph.nodes()[i + 1].output } else { node.output })?;
             let frozen = self.mode.is_frozen(&node.path);
             let wanted = upstream[node.inputs[0].0];
             let (dx, dp) = backward_op(threads, &mut scratch, node, &inputs, y, &dy, self.stats[i].as_ref(), frozen, wanted)
@@ -373,12 +396,34 @@ impl ForwardPass<'_, '_> {
     }
 }
 
-/// Training-mode BatchNorm over the last axis: `(y, batch statistics)`.
-fn batch_norm_training(threads: &Threads, gamma: &[f32], beta: &[f32], epsilon: f32, x: &Tensor) -> Result<(Tensor, BatchStats)> {
+/// For each node, whether it is a training-mode BatchNorm whose output's only reader is a ReLU
+/// right after it (not the graph's output): the pair then runs as one pass forward and one
+/// backward, and the BatchNorm's output is never written.
+fn fused_relus(graph: &Graph<'_>, mode: &TrainingMode) -> Vec<bool> {
+    let mut readers = vec![0usize; graph.value_count()];
+    for node in graph.nodes() {
+        node.inputs.iter().for_each(|v| readers[v.0] += 1);
+    }
+    let nodes = graph.nodes();
+    (0..nodes.len())
+        .map(|i| {
+            let (node, next) = (&nodes[i], nodes.get(i + 1));
+            matches!(node.op, Op::BatchNorm(_))
+                && !mode.is_frozen(&node.path)
+                && node.output != graph.output()
+                && readers[node.output.0] == 1
+                && next.is_some_and(|n| matches!(n.op, Op::Unary(UnaryFn::Relu)) && n.inputs == [node.output])
+        })
+        .collect()
+}
+
+/// Training-mode BatchNorm over the last axis (with a ReLU after it when `relu`): `(y, batch
+/// statistics)`.
+fn batch_norm_training(threads: &Threads, gamma: &[f32], beta: &[f32], epsilon: f32, relu: bool, x: &Tensor) -> Result<(Tensor, BatchStats)> {
     let mut y = threads.take(x.len());
-    let (mean, variance) = threaded::batch_norm_forward(threads, slice(x), gamma, beta, epsilon, &mut y)?;
+    let kernel = threaded::batch_norm_forward(threads, slice(x), gamma, beta, epsilon, relu, &mut y)?;
     let count = x.len() / gamma.len().max(1);
-    Ok((tensor(x.shape(), y)?, BatchStats { mean, variance, count }))
+    Ok((tensor(x.shape(), y)?, BatchStats { kernel, count }))
 }
 
 /// A dense convolution's forward on the threads, then its epilogue
@@ -433,7 +478,7 @@ fn backward_op(
     Ok(match &node.op {
         Op::Conv2d(c) => conv_backward(threads, scratch, c, inputs, y, dy, frozen, wanted)?,
         Op::BatchNorm(bn) => match stats {
-            Some(s) => batch_norm_backward(threads, bn.gamma.as_ref(), bn.epsilon, s, x, dy)?,
+            Some(s) => batch_norm_backward(threads, bn.gamma.as_ref(), bn.beta.as_ref(), bn.epsilon, s, x, dy)?,
             None => {
                 // Inference mode (frozen): an affine map.
                 let (scale, _) = bn.scale_shift();
@@ -603,10 +648,10 @@ fn per_channel_masked(threads: &Threads, dy: &Tensor, y: &Tensor, relu: bool, f:
 }
 
 /// Training-mode BatchNorm backward ([`threaded::batch_norm_backward`]).
-fn batch_norm_backward(threads: &Threads, gamma: &[f32], epsilon: f32, s: &BatchStats, x: &Tensor, dy: &Tensor) -> Result<OpGrads> {
+fn batch_norm_backward(threads: &Threads, gamma: &[f32], beta: &[f32], epsilon: f32, s: &BatchStats, x: &Tensor, dy: &Tensor) -> Result<OpGrads> {
     let c = gamma.len();
     let mut dx = threads.take(x.len());
-    let (dgamma, dbeta) = threaded::batch_norm_backward(threads, slice(x), slice(dy), gamma, &s.mean, &s.variance, epsilon, &mut dx)?;
+    let (dgamma, dbeta) = threaded::batch_norm_backward(threads, slice(x), slice(dy), gamma, beta, &s.kernel, epsilon, &mut dx)?;
     let params = vec![(ParamKind::Gamma, tensor(&[c], dgamma)?), (ParamKind::Beta, tensor(&[c], dbeta)?)];
     Ok((vec![Some(tensor(x.shape(), dx)?)], params))
 }

@@ -735,34 +735,41 @@ mod avx512 {
     use super::{GemmEpilogue, SegTile, Tile, MR};
 
     macro_rules! by_rows {
-        ($rows:expr, $f:ident $(::<$col:literal>)?, $($arg:expr),*) => {
+        ($rows:expr, $f:ident $(::<$($c:literal),+>)?, $($arg:expr),*) => {
             match $rows {
-                12 => $f::<12 $(, $col)?>($($arg),*),
-                11 => $f::<11 $(, $col)?>($($arg),*),
-                10 => $f::<10 $(, $col)?>($($arg),*),
-                9 => $f::<9 $(, $col)?>($($arg),*),
-                8 => $f::<8 $(, $col)?>($($arg),*),
-                7 => $f::<7 $(, $col)?>($($arg),*),
-                6 => $f::<6 $(, $col)?>($($arg),*),
-                5 => $f::<5 $(, $col)?>($($arg),*),
-                4 => $f::<4 $(, $col)?>($($arg),*),
-                3 => $f::<3 $(, $col)?>($($arg),*),
-                2 => $f::<2 $(, $col)?>($($arg),*),
-                _ => $f::<1 $(, $col)?>($($arg),*),
+                12 => $f::<12 $($(, $c)+)?>($($arg),*),
+                11 => $f::<11 $($(, $c)+)?>($($arg),*),
+                10 => $f::<10 $($(, $c)+)?>($($arg),*),
+                9 => $f::<9 $($(, $c)+)?>($($arg),*),
+                8 => $f::<8 $($(, $c)+)?>($($arg),*),
+                7 => $f::<7 $($(, $c)+)?>($($arg),*),
+                6 => $f::<6 $($(, $c)+)?>($($arg),*),
+                5 => $f::<5 $($(, $c)+)?>($($arg),*),
+                4 => $f::<4 $($(, $c)+)?>($($arg),*),
+                3 => $f::<3 $($(, $c)+)?>($($arg),*),
+                2 => $f::<2 $($(, $c)+)?>($($arg),*),
+                _ => $f::<1 $($(, $c)+)?>($($arg),*),
             }
         };
     }
 
+    /// A tile of at most 16 columns (a 16-channel layer, or a panel's last columns) runs the
+    /// half-width kernel: one vector a row, the other half's FMAs (all on zero padding) skipped.
     pub(super) unsafe fn tile(t: &Tile<'_>, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
-        if t.col_major {
-            by_rows!(t.rows, kernel::<true>, t, c, e)
-        } else {
-            by_rows!(t.rows, kernel::<false>, t, c, e)
+        match (t.col_major, t.cols <= 16) {
+            (true, true) => by_rows!(t.rows, kernel::<true, true>, t, c, e),
+            (true, false) => by_rows!(t.rows, kernel::<true, false>, t, c, e),
+            (false, true) => by_rows!(t.rows, kernel::<false, true>, t, c, e),
+            (false, false) => by_rows!(t.rows, kernel::<false, false>, t, c, e),
         }
     }
 
     pub(super) unsafe fn segments(t: &SegTile<'_>, c: *mut f32, e: &GemmEpilogue<'_>) {
-        by_rows!(t.rows, seg_kernel, t, c, e)
+        if t.cols <= 16 {
+            by_rows!(t.rows, seg_kernel::<true>, t, c, e)
+        } else {
+            by_rows!(t.rows, seg_kernel::<false>, t, c, e)
+        }
     }
 
     /// Where a tile's outputs go and what happens to them on the way.
@@ -838,9 +845,10 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
-    /// One tile; `COL_MAJOR`: `A` is stored column by column (the same products in the same
-    /// order).
-    unsafe fn kernel<const R: usize, const COL_MAJOR: bool>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>) {
+    /// One tile; `COL_MAJOR`: `A` is stored column by column; `HALF`: only the first 16
+    /// columns (the other accumulators stay zero and are not stored). Each variant does the same
+    /// products in the same order.
+    unsafe fn kernel<const R: usize, const COL_MAJOR: bool, const HALF: bool>(t: &Tile<'_>, cp: *mut f32, e: Option<&GemmEpilogue<'_>>) {
         const { assert!(R <= MR) };
         // Two separate accumulator arrays: with one `[[__m512; 2]; R]` LLVM split the loop in
         // two and ran at a third of the speed. The loop is written out again in `seg_kernel`:
@@ -851,6 +859,13 @@ mod avx512 {
         let b = t.b.as_ptr();
         for p in 0..t.kc {
             let b0 = _mm512_loadu_ps(b.add(p * 32));
+            if HALF {
+                for r in 0..R {
+                    let at = if COL_MAJOR { p * t.lda + r } else { r * t.lda + p };
+                    acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(at)), b0, acc0[r]);
+                }
+                continue;
+            }
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
             for r in 0..R {
                 let at = if COL_MAJOR { p * t.lda + r } else { r * t.lda + p };
@@ -875,7 +890,7 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn seg_kernel<const R: usize>(t: &SegTile<'_>, cp: *mut f32, e: &GemmEpilogue<'_>) {
+    unsafe fn seg_kernel<const R: usize, const HALF: bool>(t: &SegTile<'_>, cp: *mut f32, e: &GemmEpilogue<'_>) {
         const { assert!(R <= MR) };
         let mut acc0 = [_mm512_setzero_ps(); R];
         let mut acc1 = [_mm512_setzero_ps(); R];
@@ -885,6 +900,12 @@ mod avx512 {
             let lda = s.lda;
             for p in 0..s.kc {
                 let b0 = _mm512_loadu_ps(b.add(p * 32));
+                if HALF {
+                    for r in 0..R {
+                        acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * lda + p)), b0, acc0[r]);
+                    }
+                    continue;
+                }
                 let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
                 for r in 0..R {
                     let av = _mm512_set1_ps(*a.add(r * lda + p));

@@ -583,16 +583,33 @@ fn channel_sums(
     Ok(total)
 }
 
-/// Training-mode BatchNorm over the last axis of `x` (`c` channels): writes `y` and returns
-/// the batch mean and biased variance (two passes, f64 sums).
+/// A training-mode BatchNorm's batch statistics and the per-channel map its forward applied
+/// (`y = (x - mean) * scale + beta`, then ReLU if fused).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormStats {
+    /// Batch mean per channel.
+    pub mean: Vec<f32>,
+    /// Biased batch variance per channel (what the batch was normalised with).
+    pub variance: Vec<f32>,
+    /// `gamma / sqrt(variance + epsilon)` per channel, as the forward multiplied by it.
+    pub scale: Vec<f32>,
+    /// Whether the forward applied ReLU to its output (a BatchNorm and the ReLU after it run
+    /// as one pass; the backward then masks `dy` where the output was not positive).
+    pub relu: bool,
+}
+
+/// Training-mode BatchNorm over the last axis of `x` (`c` channels), with a ReLU after it when
+/// `relu`: writes `y` and returns the batch statistics (two passes over `x`, f64 sums, then
+/// the normalising pass).
 pub fn batch_norm_forward(
     threads: &Threads,
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     epsilon: f32,
+    relu: bool,
     y: &mut [f32],
-) -> Result<(Vec<f32>, Vec<f32>)> {
+) -> Result<BatchNormStats> {
     let c = gamma.len();
     if c == 0 || !x.len().is_multiple_of(c) || beta.len() != c || y.len() != x.len() {
         return Err(Error::shape(
@@ -618,12 +635,17 @@ pub fn batch_norm_forward(
         }
     })?;
     let variance: Vec<f64> = sq.iter().map(|s| s / count).collect();
-    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let scale: Vec<f32> = variance
-        .iter()
-        .zip(gamma)
-        .map(|(v, &g)| (g as f64 / (v + epsilon as f64).sqrt()) as f32)
-        .collect();
+    let stats = BatchNormStats {
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        variance: variance.iter().map(|&v| v as f32).collect(),
+        scale: variance
+            .iter()
+            .zip(gamma)
+            .map(|(v, &g)| (g as f64 / (v + epsilon as f64).sqrt()) as f32)
+            .collect(),
+        relu,
+    };
+    let (mean32, scale) = (&stats.mean, &stats.scale);
     let (out, chunks) = (Slots(y.as_mut_ptr()), pixels.div_ceil(STATS_CHUNK));
     threads.for_each(chunks, &|ch, _| {
         let rows = ch * STATS_CHUNK..((ch + 1) * STATS_CHUNK).min(pixels);
@@ -631,43 +653,61 @@ pub fn batch_norm_forward(
         let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(rows.start * c), rows.len() * c) };
         for (d, s) in dst.chunks_exact_mut(c).zip(x[rows.start * c..rows.end * c].chunks_exact(c)) {
             for ch in 0..c {
-                d[ch] = (s[ch] - mean32[ch]) * scale[ch] + beta[ch];
+                let v = (s[ch] - mean32[ch]) * scale[ch] + beta[ch];
+                d[ch] = if relu { v.max(0.0) } else { v };
             }
         }
         Ok(())
     })?;
-    Ok((mean32, variance.iter().map(|&v| v as f32).collect()))
+    Ok(stats)
 }
 
-/// Training-mode BatchNorm backward with the batch statistics of [`batch_norm_forward`]:
-/// writes `dx` and returns `(dgamma, dbeta)`, with `x_hat = (x - mean) * inv_std`,
-/// `dgamma = sum(dy * x_hat)`, `dbeta = sum(dy)` and
-/// `dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat))`.
+/// Training-mode BatchNorm backward with the statistics of [`batch_norm_forward`] (and the
+/// same `beta`): writes `dx` and returns `(dgamma, dbeta)`. With `d = dy` (masked to where the
+/// forward's output was positive when it applied ReLU, the mask recomputed from `x` with the
+/// forward's own arithmetic), `x_hat = (x - mean) * inv_std`, `dgamma = sum(d * x_hat)`,
+/// `dbeta = sum(d)` and `dx = gamma * inv_std * (d - mean(d) - x_hat * mean(d * x_hat))`.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     threads: &Threads,
     x: &[f32],
     dy: &[f32],
     gamma: &[f32],
-    mean: &[f32],
-    variance: &[f32],
+    beta: &[f32],
+    stats: &BatchNormStats,
     epsilon: f32,
     dx: &mut [f32],
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let c = gamma.len();
-    if c == 0 || !x.len().is_multiple_of(c) || dy.len() != x.len() || dx.len() != x.len() || mean.len() != c || variance.len() != c {
+    let BatchNormStats {
+        mean,
+        variance,
+        scale,
+        relu,
+    } = stats;
+    let counts = [mean.len(), variance.len(), scale.len(), beta.len()];
+    if c == 0 || !x.len().is_multiple_of(c) || dy.len() != x.len() || dx.len() != x.len() || counts.iter().any(|&n| n != c) {
         return Err(Error::shape(
             "BatchNorm backward",
-            format!("whole {c}-channel pixels, gradients of the input's size and {c} statistics"),
+            format!("whole {c}-channel pixels, gradients of the input's size and {c} statistics and offsets"),
             format!(
-                "{} values, gradients of {} and {}, {} statistics",
+                "{} values, gradients of {} and {}, {:?} statistics and offsets",
                 x.len(),
                 dy.len(),
                 dx.len(),
-                mean.len()
+                counts
             ),
         ));
     }
+    let relu = *relu;
+    // The gradient reaching the BatchNorm's output: `dy`, where the fused ReLU let it through.
+    let masked = |px: &[f32], d: &[f32], ch: usize| {
+        if relu && (px[ch] - mean[ch]) * scale[ch] + beta[ch] <= 0.0 {
+            0.0
+        } else {
+            d[ch]
+        }
+    };
     let pixels = x.len() / c;
     let inv: Vec<f32> = variance
         .iter()
@@ -679,8 +719,9 @@ pub fn batch_norm_backward(
         for (px, d) in x[span.clone()].chunks_exact(c).zip(dy[span].chunks_exact(c)) {
             for ch in 0..c {
                 let xhat = (px[ch] - mean[ch]) * inv[ch];
-                s_dy[ch] += d[ch] as f64;
-                s_dyx[ch] += (d[ch] * xhat) as f64;
+                let d = masked(px, d, ch);
+                s_dy[ch] += d as f64;
+                s_dyx[ch] += (d * xhat) as f64;
             }
         }
     })?;
@@ -702,7 +743,7 @@ pub fn batch_norm_backward(
         {
             for ch in 0..c {
                 let xhat = (px[ch] - mean[ch]) * inv[ch];
-                o[ch] = k[ch] * (d[ch] - mdy[ch] - xhat * mdx[ch]);
+                o[ch] = k[ch] * (masked(px, d, ch) - mdy[ch] - xhat * mdx[ch]);
             }
         }
         Ok(())
