@@ -1,6 +1,7 @@
 //! Patch extraction ("im2col") for NHWC inputs.
 
 use super::geometry::ConvGeometry;
+use super::short_copy;
 use crate::error::{Error, Result};
 
 /// Writes `rows` im2col rows, starting at output pixel `first` (counted over the whole batch,
@@ -50,22 +51,22 @@ pub(crate) fn im2col_unchecked(input: &[f32], g: &ConvGeometry, first: usize, ro
             // A tap above/left of the input wraps to a huge value and fails the bound too.
             let iy = (oy * sh + ky * dh).wrapping_sub(g.pad.top);
             if iy >= ih {
-                dst_row.fill(0.0);
+                short_copy::zero(dst_row);
                 continue;
             }
             let ix0 = (ox * sw).wrapping_sub(g.pad.left);
             let line = &image[iy * iw * c..(iy + 1) * iw * c];
             if dw == 1 && ix0 < iw && ix0 + kw <= iw {
                 // The whole row of taps is inside: one contiguous copy of kw * c floats.
-                dst_row.copy_from_slice(&line[ix0 * c..(ix0 + kw) * c]);
+                short_copy::copy(dst_row, &line[ix0 * c..(ix0 + kw) * c]);
                 continue;
             }
             for (kx, dst) in dst_row.chunks_exact_mut(c).enumerate() {
                 let ix = (ox * sw + kx * dw).wrapping_sub(g.pad.left);
                 if ix < iw {
-                    dst.copy_from_slice(&line[ix * c..(ix + 1) * c]);
+                    short_copy::copy(dst, &line[ix * c..(ix + 1) * c]);
                 } else {
-                    dst.fill(0.0);
+                    short_copy::zero(dst);
                 }
             }
         }

@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use super::geometry::ConvGeometry;
+use super::short_copy;
 use super::packed_gemm::Segment;
 
 /// Sizes of the near-equal pieces `total` splits into with at most `max` per piece.
@@ -61,9 +62,9 @@ pub(crate) fn tap_segments(
                     let ix = ix0 + (rr * sw) as isize;
                     let dst = &mut gathered[used + rr * cin..used + (rr + 1) * cin];
                     if ix >= 0 && ix < iw as isize {
-                        dst.copy_from_slice(&x[(line + ix as usize) * cin..(line + ix as usize + 1) * cin]);
+                        short_copy::copy(dst, &x[(line + ix as usize) * cin..(line + ix as usize + 1) * cin]);
                     } else {
-                        dst.fill(0.0);
+                        short_copy::zero(dst);
                     }
                 }
                 segments.push(Segment {

@@ -14,6 +14,7 @@ pub(crate) mod implicit;
 pub mod packed_gemm;
 pub mod pool;
 pub mod reference;
+mod short_copy;
 pub mod threaded;
 pub mod winograd;
 

@@ -55,7 +55,7 @@ impl PackedB {
             let cols = NR.min(n - p * NR);
             for r in 0..k {
                 let src = &b[r * ldb + p * NR..r * ldb + p * NR + cols];
-                data[(p * k + r) * NR..(p * k + r) * NR + cols].copy_from_slice(src);
+                super::short_copy::copy(&mut data[(p * k + r) * NR..(p * k + r) * NR + cols], src);
             }
         }
         Ok(PackedB { k, n, data })

@@ -22,6 +22,7 @@ use super::backward::{check, col2im_add};
 use super::geometry::{ConvGeometry, Padding, Padding2d, Window2d};
 use super::im2col::im2col_unchecked;
 use super::implicit::{pieces, tap_segments};
+use super::short_copy;
 use super::packed_gemm::{gemm_packed_raw, gemm_packed_raw_col_major_a, gemm_segments, GemmEpilogue, PackedB, MR, NR};
 use crate::error::{Error, Result};
 use crate::inference::pool::{parallel, share, SendPtr, ThreadPool};
@@ -535,9 +536,103 @@ fn gather_patches(input: &[f32], g: &ConvGeometry, first: usize, pixels: usize, 
             let dst = &mut row[at..at + len];
             if iy < ih && ix < iw {
                 let src = ((img * ih + iy) * iw + ix) * cin + ch;
-                dst.copy_from_slice(&input[src..src + len]);
+                short_copy::copy(dst, &input[src..src + len]);
             } else {
-                dst.fill(0.0);
+                short_copy::zero(dst);
+            }
+        }
+    }
+}
+
+/// The BatchNorm passes over one chunk of `c`-channel pixel rows, as functions of plain
+/// slices so that the channel loops vectorise (written as closures over the callers' vectors
+/// they compiled to scalar code that reloaded every pointer per element).
+mod bn_rows {
+    /// `s[ch] += x[p, ch]` over the rows.
+    pub(super) fn sums(x: &[f32], s: &mut [f64]) {
+        for px in x.chunks_exact(s.len()) {
+            s.iter_mut().zip(px).for_each(|(s, &v)| *s += v as f64);
+        }
+    }
+
+    /// `s[ch] += (x[p, ch] - mean[ch])^2` over the rows.
+    pub(super) fn squared_deviations(x: &[f32], mean: &[f64], s: &mut [f64]) {
+        for px in x.chunks_exact(s.len()) {
+            s.iter_mut().zip(px).zip(mean).for_each(|((s, &v), m)| {
+                let d = v as f64 - m;
+                *s += d * d;
+            });
+        }
+    }
+
+    /// `y = (x - mean) * scale + beta`, then ReLU if `RELU`.
+    pub(super) fn normalise<const RELU: bool>(x: &[f32], mean: &[f32], scale: &[f32], beta: &[f32], y: &mut [f32]) {
+        let c = mean.len();
+        for (d, px) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            let params = mean.iter().zip(scale).zip(beta);
+            for ((o, &v), ((&m, &k), &b)) in d.iter_mut().zip(px).zip(params) {
+                let t = (v - m) * k + b;
+                *o = if RELU { t.max(0.0) } else { t };
+            }
+        }
+    }
+
+    /// The gradient reaching the BatchNorm's output: `g`, or 0 where the fused ReLU's output
+    /// (recomputed with the forward's arithmetic) was not positive.
+    #[inline(always)]
+    fn reaching<const RELU: bool>(g: f32, v: f32, m: f32, k: f32, b: f32) -> f32 {
+        if RELU && (v - m) * k + b <= 0.0 {
+            0.0
+        } else {
+            g
+        }
+    }
+
+    /// `s_dy[ch] += d`, `s_dyx[ch] += d * x_hat` over the rows (`d` as [`reaching`] gives it).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gradient_sums<const RELU: bool>(
+        x: &[f32],
+        dy: &[f32],
+        mean: &[f32],
+        inv: &[f32],
+        scale: &[f32],
+        beta: &[f32],
+        s_dy: &mut [f64],
+        s_dyx: &mut [f64],
+    ) {
+        let c = mean.len();
+        for (px, dpx) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
+            let params = mean.iter().zip(inv).zip(scale.iter().zip(beta));
+            let sums = s_dy.iter_mut().zip(s_dyx.iter_mut());
+            for (((&v, &g), ((&m, &i), (&k, &b))), (sd, sx)) in px.iter().zip(dpx).zip(params).zip(sums) {
+                let d = reaching::<RELU>(g, v, m, k, b);
+                *sd += d as f64;
+                *sx += (d * ((v - m) * i)) as f64;
+            }
+        }
+    }
+
+    /// The per-channel terms of the input gradient.
+    pub(super) struct GradientTerms<'a> {
+        pub(super) mean: &'a [f32],
+        pub(super) inv: &'a [f32],
+        pub(super) scale: &'a [f32],
+        pub(super) beta: &'a [f32],
+        /// `gamma * inv_std`.
+        pub(super) k: &'a [f32],
+        pub(super) mean_dy: &'a [f32],
+        pub(super) mean_dyx: &'a [f32],
+    }
+
+    /// `dx = k * (d - mean(d) - x_hat * mean(d * x_hat))` over the rows.
+    pub(super) fn input_gradient<const RELU: bool>(x: &[f32], dy: &[f32], t: &GradientTerms<'_>, dx: &mut [f32]) {
+        let c = t.mean.len();
+        for ((o, px), dpx) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+            let norm = t.mean.iter().zip(t.inv).zip(t.scale.iter().zip(t.beta));
+            let terms = t.k.iter().zip(t.mean_dy).zip(t.mean_dyx);
+            for ((((o, &v), &g), ((&m, &i), (&k, &b))), ((&kk, &md), &mx)) in o.iter_mut().zip(px).zip(dpx).zip(norm).zip(terms) {
+                let d = reaching::<RELU>(g, v, m, k, b);
+                *o = kk * (d - md - (v - m) * i * mx);
             }
         }
     }
@@ -620,19 +715,10 @@ pub fn batch_norm_forward(
     }
     let pixels = x.len() / c;
     let count = pixels.max(1) as f64;
-    let sums = channel_sums(threads, pixels, c, 1, &|rows, s| {
-        for px in x[rows.start * c..rows.end * c].chunks_exact(c) {
-            s.iter_mut().zip(px).for_each(|(s, &v)| *s += v as f64);
-        }
-    })?;
+    let sums = channel_sums(threads, pixels, c, 1, &|rows, s| bn_rows::sums(&x[rows.start * c..rows.end * c], s))?;
     let mean: Vec<f64> = sums.iter().map(|s| s / count).collect();
     let sq = channel_sums(threads, pixels, c, 1, &|rows, s| {
-        for px in x[rows.start * c..rows.end * c].chunks_exact(c) {
-            s.iter_mut()
-                .zip(px)
-                .zip(&mean)
-                .for_each(|((s, &v), m)| *s += (v as f64 - m).powi(2));
-        }
+        bn_rows::squared_deviations(&x[rows.start * c..rows.end * c], &mean, s)
     })?;
     let variance: Vec<f64> = sq.iter().map(|s| s / count).collect();
     let stats = BatchNormStats {
@@ -651,11 +737,11 @@ pub fn batch_norm_forward(
         let rows = ch * STATS_CHUNK..((ch + 1) * STATS_CHUNK).min(pixels);
         // SAFETY: each chunk's pixels are written by one call; the range is inside `y`.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(rows.start * c), rows.len() * c) };
-        for (d, s) in dst.chunks_exact_mut(c).zip(x[rows.start * c..rows.end * c].chunks_exact(c)) {
-            for ch in 0..c {
-                let v = (s[ch] - mean32[ch]) * scale[ch] + beta[ch];
-                d[ch] = if relu { v.max(0.0) } else { v };
-            }
+        let src = &x[rows.start * c..rows.end * c];
+        if relu {
+            bn_rows::normalise::<true>(src, mean32, scale, beta, dst);
+        } else {
+            bn_rows::normalise::<false>(src, mean32, scale, beta, dst);
         }
         Ok(())
     })?;
@@ -699,30 +785,20 @@ pub fn batch_norm_backward(
             ),
         ));
     }
-    let relu = *relu;
-    // The gradient reaching the BatchNorm's output: `dy`, where the fused ReLU let it through.
-    let masked = |px: &[f32], d: &[f32], ch: usize| {
-        if relu && (px[ch] - mean[ch]) * scale[ch] + beta[ch] <= 0.0 {
-            0.0
-        } else {
-            d[ch]
-        }
-    };
     let pixels = x.len() / c;
     let inv: Vec<f32> = variance
         .iter()
         .map(|&v| (1.0 / (v as f64 + epsilon as f64).sqrt()) as f32)
         .collect();
+    let relu = *relu;
     let sums = channel_sums(threads, pixels, c, 2, &|rows, s| {
         let (s_dy, s_dyx) = s.split_at_mut(c);
         let span = rows.start * c..rows.end * c;
-        for (px, d) in x[span.clone()].chunks_exact(c).zip(dy[span].chunks_exact(c)) {
-            for ch in 0..c {
-                let xhat = (px[ch] - mean[ch]) * inv[ch];
-                let d = masked(px, d, ch);
-                s_dy[ch] += d as f64;
-                s_dyx[ch] += (d * xhat) as f64;
-            }
+        let (x, dy) = (&x[span.clone()], &dy[span]);
+        if relu {
+            bn_rows::gradient_sums::<true>(x, dy, mean, &inv, scale, beta, s_dy, s_dyx);
+        } else {
+            bn_rows::gradient_sums::<false>(x, dy, mean, &inv, scale, beta, s_dy, s_dyx);
         }
     })?;
     let (sum_dy, sum_dyx) = sums.split_at(c);
@@ -736,15 +812,20 @@ pub fn batch_norm_backward(
         let span = rows.start * c..rows.end * c;
         // SAFETY: each chunk's pixels are written by one call; the range is inside `dx`.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(span.start), span.len()) };
-        for ((o, px), d) in dst
-            .chunks_exact_mut(c)
-            .zip(x[span.clone()].chunks_exact(c))
-            .zip(dy[span.clone()].chunks_exact(c))
-        {
-            for ch in 0..c {
-                let xhat = (px[ch] - mean[ch]) * inv[ch];
-                o[ch] = k[ch] * (masked(px, d, ch) - mdy[ch] - xhat * mdx[ch]);
-            }
+        let (x, dy) = (&x[span.clone()], &dy[span]);
+        let per_channel = bn_rows::GradientTerms {
+            mean,
+            inv: &inv,
+            scale,
+            beta,
+            k: &k,
+            mean_dy: &mdy,
+            mean_dyx: &mdx,
+        };
+        if relu {
+            bn_rows::input_gradient::<true>(x, dy, &per_channel, dst);
+        } else {
+            bn_rows::input_gradient::<false>(x, dy, &per_channel, dst);
         }
         Ok(())
     })?;
