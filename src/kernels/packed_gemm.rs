@@ -49,13 +49,16 @@ impl PackedB {
             ));
         }
         let panels = n.div_ceil(NR);
-        data.clear();
+        // Every element is written below (the last panel's padding columns with zeros), so
+        // the old contents are kept rather than cleared first.
         data.resize(panels * k * NR, 0.0);
         for p in 0..panels {
             let cols = NR.min(n - p * NR);
             for r in 0..k {
                 let src = &b[r * ldb + p * NR..r * ldb + p * NR + cols];
-                super::short_copy::copy(&mut data[(p * k + r) * NR..(p * k + r) * NR + cols], src);
+                let row = &mut data[(p * k + r) * NR..(p * k + r + 1) * NR];
+                super::short_copy::copy(&mut row[..cols], src);
+                super::short_copy::zero(&mut row[cols..]);
             }
         }
         Ok(PackedB { k, n, data })

@@ -73,15 +73,18 @@ impl Threads {
         })
     }
 
-    /// A buffer of `len` floats, reused if one large enough was handed back (the smallest
-    /// such), else new. Its contents are unspecified: callers overwrite every element.
+    /// A buffer of `len` floats, reused if one large enough was handed back, else new. Its
+    /// contents are unspecified: callers overwrite every element.
+    ///
+    /// Of the buffers large enough, the one needing the fewest new elements written (a buffer
+    /// handed back shorter than its capacity must be zero-extended), then the smallest.
     pub(crate) fn take(&self, len: usize) -> Vec<f32> {
         let mut kept = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
         let best = kept
             .iter()
             .enumerate()
             .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
+            .min_by_key(|(_, b)| (len.saturating_sub(b.len()), b.capacity()))
             .map(|(i, _)| i);
         let mut v = match best {
             Some(i) => kept.swap_remove(i),
@@ -517,28 +520,39 @@ fn gather_patches(input: &[f32], g: &ConvGeometry, first: usize, pixels: usize, 
     let ([sh, sw], [dh, dw]) = (g.window.stride, g.window.dilation);
     let cin = g.in_channels;
     let width = patch.len();
-    // The (tap row, tap column, first channel, channels, first column of `a`) runs of one tap.
+    // The runs of one tap: (tap row offset, tap column offset, first channel, channels,
+    // first column of `a`).
     let mut pieces = Vec::new();
     let mut j = patch.start;
     while j < patch.end {
         let (tap, ch) = (j / cin, j % cin);
         let len = (cin - ch).min(patch.end - j);
-        pieces.push((tap / kw, tap % kw, ch, len, j - patch.start));
+        pieces.push(((tap / kw) * dh, (tap % kw) * dw, ch, len, j - patch.start));
         j += len;
     }
-    for (col, row) in a.chunks_exact_mut(width).take(pixels).enumerate() {
-        let p = first + col;
-        let img = p / (oh * ow);
-        let (oy, ox) = ((p / ow) % oh, p % ow);
+    // The output pixel's (image, row, column), stepped along rather than divided out.
+    let (mut img, mut oy, mut ox) = (first / (oh * ow), (first / ow) % oh, first % ow);
+    for row in a.chunks_exact_mut(width).take(pixels) {
+        let image = &input[img * ih * iw * cin..(img + 1) * ih * iw * cin];
+        let (y0, x0) = (oy * sh, ox * sw);
         for &(ky, kx, ch, len, at) in &pieces {
-            let iy = (oy * sh + ky * dh).wrapping_sub(g.pad.top);
-            let ix = (ox * sw + kx * dw).wrapping_sub(g.pad.left);
+            let iy = (y0 + ky).wrapping_sub(g.pad.top);
+            let ix = (x0 + kx).wrapping_sub(g.pad.left);
             let dst = &mut row[at..at + len];
             if iy < ih && ix < iw {
-                let src = ((img * ih + iy) * iw + ix) * cin + ch;
-                short_copy::copy(dst, &input[src..src + len]);
+                let src = (iy * iw + ix) * cin + ch;
+                short_copy::copy(dst, &image[src..src + len]);
             } else {
                 short_copy::zero(dst);
+            }
+        }
+        ox += 1;
+        if ox == ow {
+            ox = 0;
+            oy += 1;
+            if oy == oh {
+                oy = 0;
+                img += 1;
             }
         }
     }
