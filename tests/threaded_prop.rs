@@ -1,7 +1,8 @@
 //! The training kernels on threads (`convnet::kernels::threaded`): the convolution forward, the
 //! input and kernel gradients and the BatchNorm forward and backward against their direct-loop
 //! references (f64) over random shapes (odd sizes, strides 1-3, dilation 1-2, every padding
-//! mode, batch 1-4, channels 1-40), and the same bits on 1, 2 and 3 threads. Outputs start
+//! mode, batch 1-4, channels 1-40), and the same bits on 1, 2 and 3 threads; the pooling
+//! forward and backward against the one-thread batch kernels, bit for bit. Outputs start
 //! NaN-filled, which proves every element is written.
 
 mod common;
@@ -9,7 +10,7 @@ mod common;
 use std::sync::LazyLock;
 
 use convnet::kernels::threaded::{self, Threads};
-use convnet::kernels::{reference, ConvGeometry, Padding, Padding2d, Window2d};
+use convnet::kernels::{backward, reference, ConvGeometry, Padding, Padding2d, PoolGeometry, Window2d};
 use proptest::prelude::*;
 
 use common::fill;
@@ -169,5 +170,39 @@ fn large_batches_split_the_same_way_on_any_thread_count() {
         let g = ConvGeometry::new(input, cout, window).unwrap();
         assert!(g.out_pixels() >= 2000, "{g:?}");
         check(&g, 11).unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    #[test]
+    fn threaded_pooling_is_the_batch_kernel_bit_for_bit(
+        (n, h, w, c) in (1usize..=5, 1usize..=12, 1usize..=12, 1usize..=20),
+        (kh, kw, sh, sw) in (1usize..=3, 1usize..=3, 1usize..=3, 1usize..=3),
+        pad in padding(),
+        max in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let window = Window2d { kernel: [kh, kw], stride: [sh, sw], dilation: [1, 1], padding: pad };
+        let Ok(g) = PoolGeometry::new([n, h, w, c], window) else { return Ok(()) };
+        let (x, dy) = (fill(g.input_len(), seed), fill(g.output_len(), seed ^ 1));
+        let mut want_y = vec![0.0f32; g.output_len()];
+        let mut want_dx = vec![0.0f32; g.input_len()];
+        if max {
+            convnet::kernels::max_pool2d(&x, &g, &mut want_y).unwrap();
+            backward::max_pool2d_backward(&x, &g, &dy, &mut want_dx).unwrap();
+        } else {
+            convnet::kernels::avg_pool2d(&x, &g, &mut want_y).unwrap();
+            backward::avg_pool2d_backward(&g, &dy, &mut want_dx).unwrap();
+        }
+        for t in POOLS.iter() {
+            let mut y = vec![f32::NAN; g.output_len()];
+            threaded::pool2d_forward(t, &x, &g, max, &mut y).unwrap();
+            let mut dx = vec![f32::NAN; g.input_len()];
+            threaded::pool2d_backward(t, &x, &g, max, &dy, &mut dx).unwrap();
+            prop_assert!(y.iter().zip(&want_y).all(|(a, b)| a.to_bits() == b.to_bits()), "forward on {} threads", t.count());
+            prop_assert!(dx.iter().zip(&want_dx).all(|(a, b)| a.to_bits() == b.to_bits()), "backward on {} threads", t.count());
+        }
     }
 }

@@ -208,6 +208,16 @@ fn forward_on<'g, 'm>(
                 y
             }
             Op::Conv2d(c) if c.groups == 1 => conv_forward(pool, c, &inputs).map_err(|e| e.in_layer(&node.path.to_string()))?,
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                let x = inputs[0];
+                let g = p
+                    .geometry(x.shape()[0], &x.shape()[1..])
+                    .map_err(|e| e.in_layer(&node.path.to_string()))?;
+                let mut y = pool.take(g.output_len());
+                let max = matches!(node.op, Op::MaxPool(_));
+                threaded::pool2d_forward(pool, slice(x), &g, max, &mut y).map_err(|e| e.in_layer(&node.path.to_string()))?;
+                tensor(&[g.batch, g.out_hw[0], g.out_hw[1], g.channels], y)?
+            }
             Op::Unary(f) => {
                 let (f, x) = (*f, slice(inputs[0]));
                 let mut y = pool.take(x.len());
@@ -299,7 +309,11 @@ impl ForwardPass<'_, '_> {
     pub fn value(&self, v: super::ValueId) -> Result<&Tensor> {
         self.values.get(v.0).and_then(Option::as_ref).ok_or_else(|| {
             let fused = self.graph.nodes().iter().zip(&self.fused).any(|(n, &f)| f && n.output == v);
-            let why = if fused { ": a BatchNorm's output that its ReLU overwrote in the same pass" } else { "" };
+            let why = if fused {
+                ": a BatchNorm's output that its ReLU overwrote in the same pass"
+            } else {
+                ""
+            };
             Error::config("training", format!("value {} is not in this pass{why}", v.0))
         })
     }
@@ -356,7 +370,11 @@ impl ForwardPass<'_, '_> {
             };
             let inputs: Vec<&Tensor> = node.inputs.iter().map(|&v| kept(v)).collect::<Result<_>>()?;
             // (A fused BatchNorm's own output was not kept; its backward reads only `x`.)
-            let y = kept(if self.fused[i] { self.graph.nodes()[i + 1].output } else { node.output })?;
+            let y = kept(if self.fused[i] {
+                self.graph.nodes()[i + 1].output
+            } else {
+                node.output
+            })?;
             let frozen = self.mode.is_frozen(&node.path);
             let wanted = upstream[node.inputs[0].0];
             let (dx, dp) = backward_op(threads, &mut scratch, node, &inputs, y, &dy, self.stats[i].as_ref(), frozen, wanted)
@@ -419,7 +437,14 @@ fn fused_relus(graph: &Graph<'_>, mode: &TrainingMode) -> Vec<bool> {
 
 /// Training-mode BatchNorm over the last axis (with a ReLU after it when `relu`): `(y, batch
 /// statistics)`.
-fn batch_norm_training(threads: &Threads, gamma: &[f32], beta: &[f32], epsilon: f32, relu: bool, x: &Tensor) -> Result<(Tensor, BatchStats)> {
+fn batch_norm_training(
+    threads: &Threads,
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f32,
+    relu: bool,
+    x: &Tensor,
+) -> Result<(Tensor, BatchStats)> {
     let mut y = threads.take(x.len());
     let kernel = threaded::batch_norm_forward(threads, slice(x), gamma, beta, epsilon, relu, &mut y)?;
     let count = x.len() / gamma.len().max(1);
@@ -555,11 +580,8 @@ fn backward_op(
         }
         Op::MaxPool(p) | Op::AvgPool(p) => {
             let g = p.geometry(x.shape()[0], &x.shape()[1..])?;
-            let mut dx = threads.take_zeroed(g.input_len());
-            match node.op {
-                Op::MaxPool(_) => backward::max_pool2d_backward(slice(x), &g, slice(dy), &mut dx)?,
-                _ => backward::avg_pool2d_backward(&g, slice(dy), &mut dx)?,
-            }
+            let mut dx = threads.take(g.input_len());
+            threaded::pool2d_backward(threads, slice(x), &g, matches!(node.op, Op::MaxPool(_)), slice(dy), &mut dx)?;
             same(tensor(x.shape(), dx)?)
         }
         Op::GlobalAvgPool => {
@@ -648,7 +670,15 @@ fn per_channel_masked(threads: &Threads, dy: &Tensor, y: &Tensor, relu: bool, f:
 }
 
 /// Training-mode BatchNorm backward ([`threaded::batch_norm_backward`]).
-fn batch_norm_backward(threads: &Threads, gamma: &[f32], beta: &[f32], epsilon: f32, s: &BatchStats, x: &Tensor, dy: &Tensor) -> Result<OpGrads> {
+fn batch_norm_backward(
+    threads: &Threads,
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f32,
+    s: &BatchStats,
+    x: &Tensor,
+    dy: &Tensor,
+) -> Result<OpGrads> {
     let c = gamma.len();
     let mut dx = threads.take(x.len());
     let (dgamma, dbeta) = threaded::batch_norm_backward(threads, slice(x), slice(dy), gamma, beta, &s.kernel, epsilon, &mut dx)?;

@@ -5,8 +5,8 @@
 use std::ops::Range;
 
 use super::geometry::ConvGeometry;
-use super::short_copy;
 use super::packed_gemm::Segment;
+use super::short_copy;
 
 /// Sizes of the near-equal pieces `total` splits into with at most `max` per piece.
 pub(crate) fn pieces(total: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usize>> {

@@ -863,9 +863,9 @@ mod avx512 {
         for p in 0..t.kc {
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             if HALF {
-                for r in 0..R {
+                for (r, acc) in acc0.iter_mut().enumerate() {
                     let at = if COL_MAJOR { p * t.lda + r } else { r * t.lda + p };
-                    acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(at)), b0, acc0[r]);
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(at)), b0, *acc);
                 }
                 continue;
             }
@@ -904,8 +904,8 @@ mod avx512 {
             for p in 0..s.kc {
                 let b0 = _mm512_loadu_ps(b.add(p * 32));
                 if HALF {
-                    for r in 0..R {
-                        acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * lda + p)), b0, acc0[r]);
+                    for (r, acc) in acc0.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * lda + p)), b0, *acc);
                     }
                     continue;
                 }

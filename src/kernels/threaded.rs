@@ -19,11 +19,11 @@
 use std::sync::{Mutex, PoisonError};
 
 use super::backward::{check, col2im_add};
-use super::geometry::{ConvGeometry, Padding, Padding2d, Window2d};
+use super::geometry::{ConvGeometry, Padding, Padding2d, PoolGeometry, Window2d};
 use super::im2col::im2col_unchecked;
 use super::implicit::{pieces, tap_segments};
-use super::short_copy;
 use super::packed_gemm::{gemm_packed_raw, gemm_packed_raw_col_major_a, gemm_segments, GemmEpilogue, PackedB, MR, NR};
+use super::short_copy;
 use crate::error::{Error, Result};
 use crate::inference::pool::{parallel, share, SendPtr, ThreadPool};
 
@@ -508,6 +508,57 @@ pub fn conv2d_backward_kernel(
         grad_kernel.iter_mut().zip(part).for_each(|(d, p)| *d += p);
     }
     Ok(())
+}
+
+/// Max or average pooling ([`super::max_pool2d`] / [`super::avg_pool2d`]), the images shared
+/// among the threads; `output` is overwritten.
+pub fn pool2d_forward(threads: &Threads, input: &[f32], g: &PoolGeometry, max: bool, output: &mut [f32]) -> Result<()> {
+    check(
+        "pool2d forward",
+        &[("input", g.input_len(), input.len()), ("output", g.output_len(), output.len())],
+    )?;
+    let one = PoolGeometry { batch: 1, ..*g };
+    let (per_in, per_out) = (one.input_len(), one.output_len());
+    let out = SendPtr(output.as_mut_ptr());
+    threads.for_each(g.batch, &|img, _| {
+        // SAFETY: each image's outputs are written by one call; `per_out * batch` is the
+        // output's length (checked above).
+        let y = unsafe { std::slice::from_raw_parts_mut(out.get().add(img * per_out), per_out) };
+        let x = &input[img * per_in..(img + 1) * per_in];
+        if max {
+            super::max_pool2d(x, &one, y)
+        } else {
+            super::avg_pool2d(x, &one, y)
+        }
+    })
+}
+
+/// The input gradient of [`pool2d_forward`] ([`super::backward::max_pool2d_backward`] /
+/// [`super::backward::avg_pool2d_backward`]), the images shared among the threads;
+/// `grad_in` is overwritten.
+pub fn pool2d_backward(threads: &Threads, input: &[f32], g: &PoolGeometry, max: bool, grad_out: &[f32], grad_in: &mut [f32]) -> Result<()> {
+    check(
+        "pool2d backward",
+        &[
+            ("input", g.input_len(), input.len()),
+            ("output gradient", g.output_len(), grad_out.len()),
+            ("input gradient", g.input_len(), grad_in.len()),
+        ],
+    )?;
+    let one = PoolGeometry { batch: 1, ..*g };
+    let (per_in, per_out) = (one.input_len(), one.output_len());
+    let dx = SendPtr(grad_in.as_mut_ptr());
+    threads.for_each(g.batch, &|img, _| {
+        // SAFETY: each image's input gradient is written by one call; `per_in * batch` is its
+        // length (checked above).
+        let dxi = unsafe { std::slice::from_raw_parts_mut(dx.get().add(img * per_in), per_in) };
+        let dyi = &grad_out[img * per_out..(img + 1) * per_out];
+        if max {
+            super::backward::max_pool2d_backward(&input[img * per_in..(img + 1) * per_in], &one, dyi, dxi)
+        } else {
+            super::backward::avg_pool2d_backward(&one, dyi, dxi)
+        }
+    })
 }
 
 /// Writes patch entries `patch` of the im2col rows of output pixels `first..first + pixels`

@@ -99,9 +99,16 @@ pub fn example(name: &str) -> PathBuf {
         // and the next top-level `cargo test` would rebuild them back.
         for (key, _) in std::env::vars_os() {
             let key_text = key.to_string_lossy();
-            if ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_PRIMARY_", "CARGO_TARGET_TMPDIR", "CARGO_BIN_EXE_"]
-                .iter()
-                .any(|p| key_text.starts_with(p))
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_PRIMARY_",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_BIN_EXE_",
+            ]
+            .iter()
+            .any(|p| key_text.starts_with(p))
             {
                 cargo.env_remove(&key);
             }
