@@ -76,15 +76,16 @@ impl Threads {
     /// A buffer of `len` floats, reused if one large enough was handed back, else new. Its
     /// contents are unspecified: callers overwrite every element.
     ///
-    /// Of the buffers large enough, the one needing the fewest new elements written (a buffer
-    /// handed back shorter than its capacity must be zero-extended), then the smallest.
+    /// Of the buffers large enough, the smallest (so that large buffers stay for large
+    /// requests), then the one needing the fewest new elements written (a buffer handed back
+    /// shorter than its capacity is zero-extended).
     pub(crate) fn take(&self, len: usize) -> Vec<f32> {
         let mut kept = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
         let best = kept
             .iter()
             .enumerate()
             .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| (len.saturating_sub(b.len()), b.capacity()))
+            .min_by_key(|(_, b)| (b.capacity(), len.saturating_sub(b.len())))
             .map(|(i, _)| i);
         let mut v = match best {
             Some(i) => kept.swap_remove(i),
