@@ -862,19 +862,18 @@ mod avx512 {
         let b = t.b.as_ptr();
         for p in 0..t.kc {
             let b0 = _mm512_loadu_ps(b.add(p * 32));
-            if HALF {
-                for (r, acc) in acc0.iter_mut().enumerate() {
-                    let at = if COL_MAJOR { p * t.lda + r } else { r * t.lda + p };
-                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(at)), b0, *acc);
-                }
-                continue;
-            }
-            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            let b1 = if HALF {
+                _mm512_setzero_ps()
+            } else {
+                _mm512_loadu_ps(b.add(p * 32 + 16))
+            };
             for r in 0..R {
                 let at = if COL_MAJOR { p * t.lda + r } else { r * t.lda + p };
                 let av = _mm512_set1_ps(*a.add(at));
                 acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
-                acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+                if !HALF {
+                    acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+                }
             }
         }
         store(
@@ -903,17 +902,17 @@ mod avx512 {
             let lda = s.lda;
             for p in 0..s.kc {
                 let b0 = _mm512_loadu_ps(b.add(p * 32));
-                if HALF {
-                    for (r, acc) in acc0.iter_mut().enumerate() {
-                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * lda + p)), b0, *acc);
-                    }
-                    continue;
-                }
-                let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+                let b1 = if HALF {
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_loadu_ps(b.add(p * 32 + 16))
+                };
                 for r in 0..R {
                     let av = _mm512_set1_ps(*a.add(r * lda + p));
                     acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
-                    acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+                    if !HALF {
+                        acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+                    }
                 }
             }
         }

@@ -403,13 +403,9 @@ fn backward_input_gemm(threads: &Threads, grad_out: &[f32], g: &ConvGeometry, ke
         });
     }
     let per_out = g.out_hw[0] * g.out_hw[1];
-    let per_in = g.input_len() / g.batch.max(1);
     let one = ConvGeometry { batch: 1, ..*g };
     let tile = tile_rows(k, per_out);
-    threads.for_each(g.batch, &|img, ws| {
-        // SAFETY: images are disjoint and each is one thread's; the range is inside `grad_in`
-        // (`per_in * batch == input_len == dx_len`, checked above).
-        let dx_img = unsafe { std::slice::from_raw_parts_mut(dx.get().add(img * per_in), per_in) };
+    per_image(threads, g.batch, grad_in, &|img, dx_img, ws| {
         dx_img.fill(0.0);
         let dy_img = &grad_out[img * per_out * n..(img + 1) * per_out * n];
         let mut first = 0;
@@ -511,6 +507,20 @@ pub fn conv2d_backward_kernel(
     Ok(())
 }
 
+/// What [`per_image`] runs: `f(image, its part of the output, the thread's scratch)`.
+type PerImage<'a> = dyn Fn(usize, &mut [f32], &mut Vec<f32>) -> Result<()> + Sync + 'a;
+
+/// Runs `f` for every image in `0..batch` on the threads, `out` cut into `batch` equal parts.
+fn per_image(threads: &Threads, batch: usize, out: &mut [f32], f: &PerImage<'_>) -> Result<()> {
+    let per = out.len() / batch.max(1);
+    let ptr = SendPtr(out.as_mut_ptr());
+    threads.for_each(batch, &|img, ws| {
+        // SAFETY: `img < batch`, so part `img` (`per` floats at `img * per`) lies inside `out`;
+        // the parts are disjoint and each is handed to one call.
+        f(img, unsafe { std::slice::from_raw_parts_mut(ptr.get().add(img * per), per) }, ws)
+    })
+}
+
 /// Max or average pooling ([`super::max_pool2d`] / [`super::avg_pool2d`]), the images shared
 /// among the threads; `output` is overwritten.
 pub fn pool2d_forward(threads: &Threads, input: &[f32], g: &PoolGeometry, max: bool, output: &mut [f32]) -> Result<()> {
@@ -519,12 +529,8 @@ pub fn pool2d_forward(threads: &Threads, input: &[f32], g: &PoolGeometry, max: b
         &[("input", g.input_len(), input.len()), ("output", g.output_len(), output.len())],
     )?;
     let one = PoolGeometry { batch: 1, ..*g };
-    let (per_in, per_out) = (one.input_len(), one.output_len());
-    let out = SendPtr(output.as_mut_ptr());
-    threads.for_each(g.batch, &|img, _| {
-        // SAFETY: each image's outputs are written by one call; `per_out * batch` is the
-        // output's length (checked above).
-        let y = unsafe { std::slice::from_raw_parts_mut(out.get().add(img * per_out), per_out) };
+    let per_in = one.input_len();
+    per_image(threads, g.batch, output, &|img, y, _| {
         let x = &input[img * per_in..(img + 1) * per_in];
         if max {
             super::max_pool2d(x, &one, y)
@@ -548,11 +554,7 @@ pub fn pool2d_backward(threads: &Threads, input: &[f32], g: &PoolGeometry, max: 
     )?;
     let one = PoolGeometry { batch: 1, ..*g };
     let (per_in, per_out) = (one.input_len(), one.output_len());
-    let dx = SendPtr(grad_in.as_mut_ptr());
-    threads.for_each(g.batch, &|img, _| {
-        // SAFETY: each image's input gradient is written by one call; `per_in * batch` is its
-        // length (checked above).
-        let dxi = unsafe { std::slice::from_raw_parts_mut(dx.get().add(img * per_in), per_in) };
+    per_image(threads, g.batch, grad_in, &|img, dxi, _| {
         let dyi = &grad_out[img * per_out..(img + 1) * per_out];
         if max {
             super::backward::max_pool2d_backward(&input[img * per_in..(img + 1) * per_in], &one, dyi, dxi)
