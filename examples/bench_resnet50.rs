@@ -12,7 +12,8 @@
 //! `benches/compare/export_onnx.py` from onnxruntime). The last line
 //! printed is one JSON object:
 //! `{"model": "resnet50-keras", "batch": N, "threads": T, "iters": K, "median_ms": ..., "p10_ms": ...,
-//!   "p90_ms": ..., "images_per_s": ..., "peak_rss_mib": ...}`.
+//!   "p90_ms": ..., "images_per_s": ..., "peak_rss_mib": ..., "gemm_kernel": "avx512"}`
+//! (`gemm_kernel`: the micro-kernel that ran, `CONVNET_GEMM_KERNEL` forces another one).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -207,7 +208,7 @@ fn run(a: Args) -> convnet::Result<()> {
         "p90_ms": round2(percentile(&times, 0.9)),
         "images_per_s": round2(a.batch as f64 * 1000.0 / median),
         "peak_rss_mib": (peak_rss_mib() * 10.0).round() / 10.0,
-        "gemm_kernel": format!("{:?}", convnet::kernels::packed_gemm::gemm_kernel()),
+        "gemm_kernel": if a.unfused { "matrixmultiply (layer path)" } else { convnet::kernels::packed_gemm::gemm_kernel().name() },
     });
     println!("{line}");
     Ok(())

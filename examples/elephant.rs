@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use convnet::remote::{cache_dir, KERAS_ELEPHANT_JPG, KERAS_RESNET50_WEIGHTS};
+#[cfg(feature = "download")]
+use convnet::remote::KERAS_ELEPHANT_JPG;
+use convnet::remote::{cache_dir, KERAS_RESNET50_WEIGHTS};
 
 use convnet::budget::LoadBudget;
 use convnet::imagenet::{decode_predictions, image::keras_resnet_input, Prediction};

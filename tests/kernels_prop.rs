@@ -239,7 +239,7 @@ mod packed {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
-        /// Every micro-kernel this machine has (AVX-512, AVX2 + FMA, portable) against the
+        /// Every micro-kernel this machine has (AVX-512, AVX2 + FMA, NEON, portable) against the
         /// reference GEMM, over sizes around the MR/NR/KC edges,
         /// with strided A and C, a sub-block of rows and panels, and the fused epilogue.
         #[test]
@@ -265,9 +265,14 @@ mod packed {
             let scale_v = fill(n, seed ^ 8);
             let e = GemmEpilogue { scale: scale.then_some(&scale_v[..]), bias: bias.then_some(&bias_v[..]), residual: residual.then_some(&res_v[..]), relu };
             let mut simd_outputs = Vec::new();
-            for kernel in GemmKernel::available() {
+            // The portable kernel twice: with `B` packed for it (a row-major copy it multiplies
+            // in place) and packed for the selected kernel (panels only).
+            let for_portable = PackedB::pack_for(GemmKernel::Portable, &b, k, n, n).unwrap();
+            let runs = GemmKernel::available().into_iter().map(|kernel| (kernel, &packed))
+                .chain([(GemmKernel::Portable, &for_portable)]);
+            for (kernel, packed) in runs {
                 let mut c = vec![f32::NAN; m * ldc];
-                gemm_packed_with(kernel, &a, lda, &packed, &mut c, ldc, rows.clone(), panels.clone(), &e).unwrap();
+                gemm_packed_with(kernel, &a, lda, packed, &mut c, ldc, rows.clone(), panels.clone(), &e).unwrap();
                 for i in 0..m {
                     for j in 0..ldc {
                         let got = c[i * ldc + j];
@@ -368,4 +373,31 @@ mod winograd {
         let short = conv2d_winograd(&fill(g.input_len() - 1, 2), &g, &w, &e, &mut out, 4, &mut Vec::new());
         assert!(matches!(short, Err(convnet::Error::Shape { .. })), "{short:?}");
     }
+}
+
+/// The fast executor runs the fastest kernel the CPU has (NEON on aarch64), unless
+/// `CONVNET_GEMM_KERNEL` names another one the CPU has.
+#[test]
+fn the_fastest_available_kernel_is_selected() {
+    use convnet::kernels::packed_gemm::{gemm_kernel, GemmKernel};
+    let available = GemmKernel::available();
+    let forced = std::env::var("CONVNET_GEMM_KERNEL").ok();
+    if let Some(k) = available.iter().find(|k| forced.as_deref() == Some(k.name())) {
+        assert_eq!(gemm_kernel(), *k);
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(gemm_kernel(), GemmKernel::Neon);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let want = if std::is_x86_feature_detected!("avx512f") {
+            GemmKernel::Avx512
+        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            GemmKernel::Avx2Fma
+        } else {
+            GemmKernel::Portable
+        };
+        assert_eq!(gemm_kernel(), want);
+    }
+    assert_eq!(available.last(), Some(&GemmKernel::Portable));
 }

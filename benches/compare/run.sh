@@ -3,6 +3,8 @@
 # same weights, on this machine, in one run. Prints one JSON line per measurement and a
 # markdown table. Needs: pip install numpy onnx onnxruntime h5py
 #   bash benches/compare/run.sh [ITERS] [ROUNDS]
+# KERNELS="avx512 avx2 portable" times convnet once per GEMM micro-kernel (CONVNET_GEMM_KERNEL),
+# each beside onnxruntime in the same rounds; the default is the kernel the machine selects.
 # The Rust peers run the same ONNX file, each built on first use from its own workspace (a few
 # minutes): tract (benches/compare/tract; TRACT=0 leaves it out) and, with CANDLE=1, candle's
 # ONNX evaluator (benches/compare/candle; needs protoc: apt-get install protobuf-compiler).
@@ -32,8 +34,11 @@ out="$dir/results.jsonl"
 for round in $(seq "$rounds"); do
   for cfg in "1 1" "1 2" "8 1" "8 2"; do
     set -- $cfg
-    target/release/examples/bench_resnet50 --weights "$dir/resnet50.h5" --batch "$1" --threads "$2" --iters "$iters" --warmup 3 \
-      | tail -n 1 | sed 's/^{/{"engine": "convnet", /' | tee -a "$out"
+    for kernel in ${KERNELS:-selected}; do
+      if [ "$kernel" = selected ]; then kernel=""; fi
+      CONVNET_GEMM_KERNEL="$kernel" target/release/examples/bench_resnet50 --weights "$dir/resnet50.h5" --batch "$1" --threads "$2" \
+        --iters "$iters" --warmup 3 | tail -n 1 | sed 's/^{/{"engine": "convnet", /' | tee -a "$out"
+    done
     python3 benches/compare/ort_bench.py "$dir/resnet50.onnx" --batch "$1" --threads "$2" --iters "$iters" --warmup 3 | tee -a "$out"
     for p in "${peers[@]}"; do
       "$(peer_bin "$p")" "$dir/resnet50.onnx" --batch "$1" --threads "$2" --iters "$iters" --warmup 3 | tee -a "$out"

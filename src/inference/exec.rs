@@ -82,9 +82,12 @@ impl ConvOp {
         self.geometry.window.kernel == [1, 1] && self.geometry.window.stride == [1, 1] && self.geometry.pad.is_zero()
     }
 
-    /// Reads its input in place, tap by tap (no im2col).
+    /// Reads its input in place, tap by tap (no im2col). Not on the portable kernel, which
+    /// multiplies whole blocks through `matrixmultiply` and gains nothing from micro-tiles.
     fn implicit(&self) -> bool {
-        !self.pointwise() && self.geometry.in_channels >= IMPLICIT_MIN_CHANNELS
+        !self.pointwise()
+            && self.geometry.in_channels >= IMPLICIT_MIN_CHANNELS
+            && crate::kernels::packed_gemm::gemm_kernel() != crate::kernels::packed_gemm::GemmKernel::Portable
     }
 
     fn taps(&self) -> usize {

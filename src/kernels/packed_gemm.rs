@@ -1,9 +1,10 @@
 //! A GEMM for inference, `C = epilogue(A B)`, with `B` (the weights) packed once ahead of time
 //! into 32-column panels, a micro-kernel chosen at run time ([`gemm_kernel`]: AVX-512, else
-//! AVX2 + FMA, else a portable one with the same blocking).
+//! AVX2 + FMA on x86-64, NEON on aarch64, else a portable one built on `matrixmultiply`).
 //!
-//! The two SIMD kernels fuse each multiply-add (FMA) and sum `K` in the same order, so they give
-//! the same bits; the portable kernel rounds each product separately.
+//! The three SIMD kernels fuse each multiply-add (FMA) and sum `K` in the same order, so they
+//! give the same bits; the portable kernel's bits are `matrixmultiply`'s (which fuses or not
+//! depending on the CPU).
 //!
 //! The epilogue (bias, residual add, ReLU) runs in the micro-kernel's store, while the output
 //! tile is still in registers. Every output element is computed by one micro-kernel call
@@ -25,22 +26,38 @@ pub const KC: usize = 512;
 pub(crate) const ROWS_OUTER_MAX_B_BYTES: usize = 256 << 10;
 
 /// `B` (`k x n`, row-major) packed into `ceil(n / NR)` panels of `k x NR` floats, the last one
-/// zero-padded.
+/// zero-padded. When the portable kernel is the one selected ([`gemm_kernel`]), `B` is also
+/// kept row-major as given, which that kernel multiplies in place (twice the memory, on the
+/// machines without a SIMD kernel of this crate's).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedB {
     k: usize,
     n: usize,
     data: Vec<f32>,
+    /// `B` row-major (`k x n`, leading dimension `n`), or empty.
+    plain: Vec<f32>,
 }
 
 impl PackedB {
-    /// Packs a row-major `k x n` matrix with leading dimension `ldb`.
+    /// Packs a row-major `k x n` matrix with leading dimension `ldb` for the selected kernel
+    /// ([`gemm_kernel`]).
     pub fn pack(b: &[f32], k: usize, n: usize, ldb: usize) -> Result<Self> {
         Self::pack_into(b, k, n, ldb, Vec::new())
     }
 
+    /// [`PackedB::pack`] for `kernel` (with the row-major copy the portable kernel multiplies
+    /// in place when `kernel` is [`GemmKernel::Portable`]), to time or test a kernel other than
+    /// the selected one as it runs when selected. Any kernel can multiply any `PackedB`.
+    pub fn pack_for(kernel: GemmKernel, b: &[f32], k: usize, n: usize, ldb: usize) -> Result<Self> {
+        Self::pack_with(kernel, b, k, n, ldb, Vec::new())
+    }
+
     /// [`PackedB::pack`] into `data`'s allocation (every element is written).
-    pub(crate) fn pack_into(b: &[f32], k: usize, n: usize, ldb: usize, mut data: Vec<f32>) -> Result<Self> {
+    pub(crate) fn pack_into(b: &[f32], k: usize, n: usize, ldb: usize, data: Vec<f32>) -> Result<Self> {
+        Self::pack_with(gemm_kernel(), b, k, n, ldb, data)
+    }
+
+    fn pack_with(kernel: GemmKernel, b: &[f32], k: usize, n: usize, ldb: usize, mut data: Vec<f32>) -> Result<Self> {
         if ldb < n || (k > 0 && n > 0 && b.len() < (k - 1) * ldb + n) {
             return Err(Error::shape(
                 "PackedB",
@@ -61,7 +78,14 @@ impl PackedB {
                 super::short_copy::zero(&mut row[cols..]);
             }
         }
-        Ok(PackedB { k, n, data })
+        let mut plain = Vec::new();
+        if kernel == GemmKernel::Portable {
+            plain.reserve_exact(k * n);
+            for r in 0..k {
+                plain.extend_from_slice(&b[r * ldb..r * ldb + n]);
+            }
+        }
+        Ok(PackedB { k, n, data, plain })
     }
 
     /// The panels' storage, to reuse its allocation.
@@ -106,12 +130,17 @@ pub struct GemmEpilogue<'a> {
 
 /// A GEMM micro-kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum GemmKernel {
     /// 12 x 32 tiles, two 16-lane vectors a row (x86-64 with AVX-512F).
     Avx512,
     /// 6 x 16 sub-tiles of each 12 x 32 tile, two 8-lane vectors a row (x86-64 with AVX2 and FMA).
     Avx2Fma,
-    /// Plain Rust, 12 x 32 tiles (everything else).
+    /// 6 x 16 sub-tiles of each 12 x 32 tile, four 4-lane vectors a row (aarch64, where NEON is
+    /// always present).
+    Neon,
+    /// Any CPU: each block multiplied by `matrixmultiply` (which picks its own kernel for the
+    /// CPU at run time), then the epilogue in plain Rust.
     Portable,
 }
 
@@ -124,31 +153,34 @@ impl GemmKernel {
             GemmKernel::Avx512 => std::is_x86_feature_detected!("avx512f"),
             #[cfg(target_arch = "x86_64")]
             GemmKernel::Avx2Fma => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            GemmKernel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
 
     /// Every kernel this machine can run, fastest first.
     pub fn available() -> Vec<GemmKernel> {
-        [GemmKernel::Avx512, GemmKernel::Avx2Fma, GemmKernel::Portable]
+        [GemmKernel::Avx512, GemmKernel::Avx2Fma, GemmKernel::Neon, GemmKernel::Portable]
             .into_iter()
             .filter(|k| k.is_available())
             .collect()
     }
 
-    /// The name `CONVNET_GEMM_KERNEL` takes: `avx512`, `avx2`, `portable`.
+    /// The name `CONVNET_GEMM_KERNEL` takes: `avx512`, `avx2`, `neon`, `portable`.
     pub fn name(self) -> &'static str {
         match self {
             GemmKernel::Avx512 => "avx512",
             GemmKernel::Avx2Fma => "avx2",
+            GemmKernel::Neon => "neon",
             GemmKernel::Portable => "portable",
         }
     }
 }
 
 /// The micro-kernel the fast executor runs: the fastest this machine has, or the one the
-/// environment variable `CONVNET_GEMM_KERNEL` names (`avx512`, `avx2` or `portable`) when the
+/// environment variable `CONVNET_GEMM_KERNEL` names (`avx512`, `avx2`, `neon` or `portable`) when the
 /// machine has it, so tests and benchmarks can exercise a slower path on a faster machine. An
 /// unknown or unavailable name is ignored (a kernel the CPU lacks is never run). Read once.
 pub fn gemm_kernel() -> GemmKernel {
@@ -164,14 +196,9 @@ pub fn gemm_kernel() -> GemmKernel {
     })
 }
 
-/// Whether a SIMD micro-kernel (AVX-512 or AVX2 + FMA) is used on this machine.
+/// Whether a SIMD micro-kernel of this crate's own (AVX-512, AVX2 + FMA or NEON) is used.
 pub fn simd_available() -> bool {
     gemm_kernel() != GemmKernel::Portable
-}
-
-/// Whether AVX-512F is present (the Winograd transforms' vector path).
-pub(crate) fn avx512_available() -> bool {
-    gemm_kernel() == GemmKernel::Avx512
 }
 
 /// `C[rows, cols of panels] = epilogue(A[rows, :] B[:, panels])`, row-major, for the rows in
@@ -435,6 +462,11 @@ unsafe fn gemm_unchecked(
     accumulate: bool,
     col_major: bool,
 ) {
+    if kernel == GemmKernel::Portable {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { portable_block(a, lda, a_row0, b, c, ldc, rows, panels, e, accumulate, col_major) };
+        return;
+    }
     let k = b.k;
     // Rows in near-equal micro-tiles of at most MR (49 rows: 10, 10, 10, 10, 9 rather than
     // 12, 12, 12, 12, 1), so no tile runs nearly empty.
@@ -492,6 +524,153 @@ unsafe fn gemm_unchecked(
     }
 }
 
+/// The portable kernel: `matrixmultiply` multiplies the whole block into `C` (adding to it when
+/// `accumulate`), then the epilogue runs over the block in plain Rust.
+/// Each output's sum over `K` is split by `K` alone (`matrixmultiply`'s own `K` blocking), not
+/// by the rows or panels a caller asks for, so results still do not depend on the thread count.
+/// (With the `threading` feature `matrixmultiply` may spread a large block over its own
+/// threads.)
+///
+/// # Safety
+/// As [`gemm_unchecked`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_block(
+    a: &[f32],
+    lda: usize,
+    a_row0: usize,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    rows: Range<usize>,
+    panels: Range<usize>,
+    e: &GemmEpilogue<'_>,
+    accumulate: bool,
+    col_major: bool,
+) {
+    thread_local! {
+        /// The panels' columns laid out row-major again, reused from call to call.
+        static UNPACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let (rsa, csa) = if col_major { (1, lda) } else { (lda, 1) };
+    let a0 = rows.start - a_row0;
+    let a_at = if col_major { a0 } else { a0 * lda };
+    let col0 = panels.start * NR;
+    let cols = b.n.min(panels.end * NR) - col0;
+    let c_block = c.wrapping_add(rows.start * ldc + col0);
+    if b.k == 0 {
+        if !accumulate {
+            for i in 0..rows.len() {
+                // SAFETY: the block's rows lie inside `C` (`check`).
+                unsafe { std::ptr::write_bytes(c_block.add(i * ldc), 0, cols) };
+            }
+        }
+    } else if !b.plain.is_empty() {
+        // SAFETY: as below, with `B` the row-major copy (`b.k x b.n`, leading dimension `b.n`)
+        // from column `col0`.
+        unsafe {
+            sgemm_block(
+                [rows.len(), b.k, cols],
+                (a.as_ptr().add(a_at), rsa, csa),
+                (b.plain.as_ptr().add(col0), b.n),
+                (c_block, ldc),
+                accumulate,
+            )
+        };
+    } else {
+        UNPACKED.with_borrow_mut(|unpacked| {
+            // (`B` packed while another kernel was selected.) One product over every panel of
+            // the block, so that `matrixmultiply` packs `A` once, not once per panel (which
+            // halved its speed).
+            unpacked.clear();
+            unpacked.resize(b.k * cols, 0.0);
+            for p in panels.clone() {
+                let (from, width) = (p * NR - col0, NR.min(b.n - p * NR));
+                for (r, src) in b.panel(p).chunks_exact(NR).enumerate() {
+                    unpacked[r * cols + from..r * cols + from + width].copy_from_slice(&src[..width]);
+                }
+            }
+            // SAFETY: `check` verified that `A` holds the block's rows (`b.k` deep, in the
+            // layout `rsa`/`csa` give) and `C` the block; `unpacked` is `b.k x cols`.
+            unsafe {
+                sgemm_block(
+                    [rows.len(), b.k, cols],
+                    (a.as_ptr().add(a_at), rsa, csa),
+                    (unpacked.as_ptr(), cols),
+                    (c_block, ldc),
+                    accumulate,
+                )
+            };
+        });
+    }
+    if e.scale.is_none() && e.bias.is_none() && e.residual.is_none() && !e.relu {
+        return;
+    }
+    for i in rows {
+        let at = i * ldc + col0;
+        for j in 0..cols {
+            // SAFETY: (at + j) is inside the block, which the caller guarantees `c` covers.
+            let out = unsafe { &mut *c.add(at + j) };
+            let col = col0 + j;
+            let mut v = *out;
+            if let Some(scale) = e.scale {
+                v *= scale[col];
+            }
+            if let Some(bias) = e.bias {
+                v += bias[col];
+            }
+            if let Some(res) = e.residual {
+                v += res[at + j];
+            }
+            if e.relu {
+                v = v.max(0.0);
+            }
+            *out = v;
+        }
+    }
+}
+
+/// `C (+)= A B` for `[m, k, n]` by one `matrixmultiply` call (overwriting `C` unless
+/// `accumulate`). `A` is `(pointer, row stride, column stride)`, `B` and `C` are `(pointer, row
+/// stride)` with unit column stride.
+///
+/// With the `threading` feature, `matrixmultiply` spreads a large product over threads of its
+/// own, which then nest inside the executor's: on the portable kernel with several threads,
+/// `MATMUL_NUM_THREADS=1` (or building without `threading`) is faster (ResNet50, batch 8, 2
+/// threads: 182 ms against 262 ms). Splitting the products small enough that it never does
+/// (`m k + k n < 2^15`) was measured too: it repacks `A` for every few columns, which halved the
+/// GEMM's speed.
+///
+/// # Safety
+/// The pointers are valid for the extents the strides give (`C` for writes, and for reads when
+/// `accumulate`), and no one else accesses `C` meanwhile.
+unsafe fn sgemm_block(
+    [m, k, n]: [usize; 3],
+    (a, rsa, csa): (*const f32, usize, usize),
+    (b, ldb): (*const f32, usize),
+    (c, ldc): (*mut f32, usize),
+    accumulate: bool,
+) {
+    // SAFETY: forwarded; with beta 0 `matrixmultiply` does not read `C`.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a,
+            rsa as isize,
+            csa as isize,
+            b,
+            ldb as isize,
+            1,
+            if accumulate { 1.0 } else { 0.0 },
+            c,
+            ldc as isize,
+            1,
+        )
+    };
+}
+
 /// One micro-kernel call: `rows x cols` outputs at `c[c_off..]`, `kc` deep, from `rows` rows of
 /// `A` `lda` apart. (Packing `A` into micro-panels first was measured: it did not pay on
 /// ResNet50's shapes, the broadcasts stream from L1/L2 either way.)
@@ -515,48 +694,62 @@ impl Tile<'_> {
     /// # Safety
     /// `c` covers the tile's `rows x cols` elements at `c_off` (leading dimension `ldc`).
     unsafe fn run(&self, c: *mut f32, e: Option<&GemmEpilogue<'_>>, kernel: GemmKernel) {
-        // SAFETY (both SIMD kernels): the kernel's CPU features were detected at run time
-        // (`gemm_kernel`). Every element the kernel reads or writes lies inside the slices, whose
-        // extents `check` verified; lanes past the last column are masked off (masked lanes are
-        // never accessed, and their addresses are formed with `wrapping_add`).
-        #[cfg(target_arch = "x86_64")]
+        // SAFETY (the SIMD kernels): the kernel's CPU features were detected at run time
+        // (`gemm_kernel`, `gemm_packed_with`). Every element the kernel reads or writes lies
+        // inside the slices, whose extents `check` verified; lanes past the last column are
+        // masked off or go through a buffer (masked lanes are never accessed, and their
+        // addresses are formed with `wrapping_add`).
         match kernel {
-            GemmKernel::Avx512 => return unsafe { avx512::tile(self, c, e) },
-            GemmKernel::Avx2Fma => return unsafe { avx2::tile(self, c, e) },
-            GemmKernel::Portable => {}
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Avx512 => unsafe { avx512::tile(self, c, e) },
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Avx2Fma => unsafe { avx2::tile(self, c, e) },
+            #[cfg(target_arch = "aarch64")]
+            GemmKernel::Neon => unsafe { neon::tile(self, c, e) },
+            // SAFETY: forwarded from this function's contract.
+            _ => unsafe { self.portable(c, e) },
         }
-        let _ = kernel;
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.portable(c, e) };
     }
 
+    /// A tile on the portable kernel (a kernel this build has no code for: never chosen, since
+    /// [`GemmKernel::is_available`] is false for it): [`portable_block`] on the tile alone.
+    ///
     /// # Safety
     /// As [`Tile::run`].
     unsafe fn portable(&self, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
         let mut acc = [[0.0f32; NR]; MR];
-        let rows = self.rows;
-        for p in 0..self.kc {
-            let brow = &self.b[p * NR..(p + 1) * NR];
-            for (r, row) in acc.iter_mut().enumerate().take(rows) {
-                let av = if self.col_major {
-                    self.a[r + p * self.lda]
-                } else {
-                    self.a[r * self.lda + p]
-                };
-                for (x, &bv) in row.iter_mut().zip(brow) {
-                    *x += av * bv;
-                }
-            }
+        let (rsa, csa) = if self.col_major { (1, self.lda) } else { (self.lda, 1) };
+        if self.rows > 0 && self.kc > 0 {
+            // SAFETY: `A` holds `rows <= MR` rows of `kc` (checked by the caller's `check`),
+            // the panel block `kc` rows of `NR`, and `acc` `MR x NR`.
+            unsafe {
+                matrixmultiply::sgemm(
+                    self.rows,
+                    self.kc,
+                    self.cols,
+                    1.0,
+                    self.a.as_ptr(),
+                    rsa as isize,
+                    csa as isize,
+                    self.b.as_ptr(),
+                    NR as isize,
+                    1,
+                    0.0,
+                    acc.as_mut_ptr().cast::<f32>(),
+                    NR as isize,
+                    1,
+                )
+            };
         }
         // SAFETY: forwarded.
-        unsafe { self.store_portable(&acc, c, e) };
+        unsafe { self.store_portable(&acc[..self.rows], c, e) };
     }
 
     /// Applies the epilogue to `acc` and writes the tile.
     ///
     /// # Safety
     /// As [`Tile::run`].
-    unsafe fn store_portable(&self, acc: &[[f32; NR]; MR], c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
+    unsafe fn store_portable(&self, acc: &[[f32; NR]], c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
         for (r, row) in acc.iter().enumerate().take(self.rows) {
             let at = self.c_off + r * self.ldc;
             for (j, &acc) in row.iter().enumerate().take(self.cols) {
@@ -669,20 +862,16 @@ pub(crate) unsafe fn gemm_segments(
     };
     // SAFETY (SIMD kernels): their CPU features are present; the segments were checked above to
     // lie inside their sources and `B`, and the caller guarantees the output tile.
-    #[cfg(target_arch = "x86_64")]
     match gemm_kernel() {
-        GemmKernel::Avx512 => {
-            unsafe { avx512::segments(&seg, c, e) };
-            return Ok(());
-        }
-        GemmKernel::Avx2Fma => {
-            unsafe { avx2::segments(&seg, c, e) };
-            return Ok(());
-        }
-        GemmKernel::Portable => {}
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx512 => unsafe { avx512::segments(&seg, c, e) },
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx2Fma => unsafe { avx2::segments(&seg, c, e) },
+        #[cfg(target_arch = "aarch64")]
+        GemmKernel::Neon => unsafe { neon::segments(&seg, c, e) },
+        // SAFETY: as above.
+        _ => unsafe { seg.portable(c, e) },
     }
-    // SAFETY: as above.
-    unsafe { seg.portable(c, e) };
     Ok(())
 }
 
@@ -705,13 +894,30 @@ impl SegTile<'_> {
         let mut acc = [[0.0f32; NR]; MR];
         for s in self.segs {
             let src = if s.gathered { self.gathered } else { self.input };
-            for p in 0..s.kc {
-                let brow = &self.b[(s.b_row + p) * NR..(s.b_row + p + 1) * NR];
-                for (r, row) in acc.iter_mut().enumerate().take(self.rows) {
-                    let av = src[s.a + r * s.lda + p];
-                    row.iter_mut().zip(brow).for_each(|(x, &bv)| *x += av * bv);
-                }
+            if s.kc == 0 {
+                continue;
             }
+            // SAFETY: `gemm_segments` checked that the segment's rows lie inside `src` and its
+            // `B` rows inside the panel; `acc` holds `MR >= rows` rows of `NR`. Each segment
+            // adds to `acc` (beta 1) in the segments' order.
+            unsafe {
+                matrixmultiply::sgemm(
+                    self.rows,
+                    s.kc,
+                    self.cols,
+                    1.0,
+                    src.as_ptr().add(s.a),
+                    s.lda as isize,
+                    1,
+                    self.b.as_ptr().add(s.b_row * NR),
+                    NR as isize,
+                    1,
+                    1.0,
+                    acc.as_mut_ptr().cast::<f32>(),
+                    NR as isize,
+                    1,
+                )
+            };
         }
         let tile = Tile {
             a: &[],
@@ -727,7 +933,7 @@ impl SegTile<'_> {
             col0: self.col0,
         };
         // SAFETY: forwarded.
-        unsafe { tile.store_portable(&acc, c, Some(e)) };
+        unsafe { tile.store_portable(&acc[..self.rows], c, Some(e)) };
     }
 }
 
@@ -1132,6 +1338,219 @@ mod avx2 {
         store(
             &acc0,
             &acc1,
+            &Store {
+                c: cp,
+                c_off: t.c_off + r0 * t.ldc + c0,
+                ldc: t.ldc,
+                cols: t.cols - c0,
+                col0: t.col0 + c0,
+                first: true,
+                e: Some(e),
+            },
+        );
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    //! The NEON micro-kernel (aarch64, where NEON is always present): each 12 x 32 tile as
+    //! 6 x 16 sub-tiles (24 accumulators of four lanes, four `B` vectors and the broadcast `A`
+    //! value: 29 of the 32 vector registers). Every product is a fused multiply-add (`fmla`)
+    //! summed over `K` in the same order as the AVX-512 and AVX2 kernels, and the epilogue runs
+    //! in the same order, so all three give the same bits.
+    //!
+    //! NEON has no masked loads or stores: a sub-tile narrower than 16 columns goes through a
+    //! 16-float stack buffer, so nothing past the last column is read or written. (`B` panels
+    //! are zero-padded to 32 columns, so their loads are always whole.)
+
+    use std::arch::aarch64::*;
+
+    use super::{GemmEpilogue, SegTile, Tile};
+
+    /// Rows and columns of a sub-tile.
+    const RB: usize = 6;
+    const CB: usize = 16;
+
+    macro_rules! by_rows {
+        ($rows:expr, $f:ident $(::<$col:literal>)?, $($arg:expr),*) => {
+            match $rows {
+                6 => $f::<6 $(, $col)?>($($arg),*),
+                5 => $f::<5 $(, $col)?>($($arg),*),
+                4 => $f::<4 $(, $col)?>($($arg),*),
+                3 => $f::<3 $(, $col)?>($($arg),*),
+                2 => $f::<2 $(, $col)?>($($arg),*),
+                _ => $f::<1 $(, $col)?>($($arg),*),
+            }
+        };
+    }
+
+    /// The sub-tiles of a `rows x cols` tile: `(first row, rows, first column)`.
+    fn sub_tiles(rows: usize, cols: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        (0..cols.div_ceil(CB)).flat_map(move |h| (0..rows.div_ceil(RB)).map(move |q| (q * RB, RB.min(rows - q * RB), h * CB)))
+    }
+
+    pub(super) unsafe fn tile(t: &Tile<'_>, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
+        for (r0, rows, c0) in sub_tiles(t.rows, t.cols) {
+            if t.col_major {
+                by_rows!(rows, kernel::<true>, t, c, e, r0, c0)
+            } else {
+                by_rows!(rows, kernel::<false>, t, c, e, r0, c0)
+            }
+        }
+    }
+
+    pub(super) unsafe fn segments(t: &SegTile<'_>, c: *mut f32, e: &GemmEpilogue<'_>) {
+        for (r0, rows, c0) in sub_tiles(t.rows, t.cols) {
+            by_rows!(rows, seg_kernel, t, c, e, r0, c0)
+        }
+    }
+
+    /// Where a sub-tile's outputs go and what happens to them on the way.
+    struct Store<'a, 'e> {
+        c: *mut f32,
+        c_off: usize,
+        ldc: usize,
+        cols: usize,
+        col0: usize,
+        first: bool,
+        e: Option<&'a GemmEpilogue<'e>>,
+    }
+
+    /// 16 floats at `p`, or its first `n < 16` through a buffer (the rest zero).
+    #[inline(always)]
+    unsafe fn load4(p: *const f32, n: usize) -> [float32x4_t; 4] {
+        if n >= CB {
+            [vld1q_f32(p), vld1q_f32(p.add(4)), vld1q_f32(p.add(8)), vld1q_f32(p.add(12))]
+        } else {
+            let mut buf = [0.0f32; CB];
+            std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+            let b = buf.as_ptr();
+            [vld1q_f32(b), vld1q_f32(b.add(4)), vld1q_f32(b.add(8)), vld1q_f32(b.add(12))]
+        }
+    }
+
+    /// Stores 16 floats at `p`, or only the first `n < 16` through a buffer.
+    #[inline(always)]
+    unsafe fn store4(p: *mut f32, n: usize, v: [float32x4_t; 4]) {
+        if n >= CB {
+            for (i, v) in v.into_iter().enumerate() {
+                vst1q_f32(p.add(4 * i), v);
+            }
+        } else {
+            let mut buf = [0.0f32; CB];
+            for (i, v) in v.into_iter().enumerate() {
+                vst1q_f32(buf.as_mut_ptr().add(4 * i), v);
+            }
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n);
+        }
+    }
+
+    /// Columns `col0..col0 + 16` of a per-column vector, or `default` everywhere.
+    #[inline(always)]
+    unsafe fn per_column(v: Option<&[f32]>, default: f32, n: usize, col0: usize) -> [float32x4_t; 4] {
+        match v {
+            Some(v) => load4(v.as_ptr().add(col0), n),
+            None => [vdupq_n_f32(default); 4],
+        }
+    }
+
+    /// Writes `R` rows of accumulators: adds the old `C` unless `first`, then the epilogue (in
+    /// the AVX-512 kernel's order: scale, bias, residual, ReLU).
+    #[inline(always)]
+    unsafe fn store<const R: usize>(acc: &[[float32x4_t; 4]; R], s: &Store<'_, '_>) {
+        let n = s.cols.min(CB);
+        let bias = per_column(s.e.and_then(|e| e.bias), 0.0, n, s.col0);
+        let scale = per_column(s.e.and_then(|e| e.scale), 1.0, n, s.col0);
+        let scaled = s.e.is_some_and(|e| e.scale.is_some());
+        let zero = vdupq_n_f32(0.0);
+        for (r, acc) in acc.iter().enumerate() {
+            let at = s.c_off + r * s.ldc;
+            let mut v = *acc;
+            if !s.first {
+                let old = load4(s.c.add(at), n);
+                for q in 0..4 {
+                    v[q] = vaddq_f32(v[q], old[q]);
+                }
+            }
+            if let Some(e) = s.e {
+                let res = e.residual.map(|res| load4(res.as_ptr().add(at), n));
+                for q in 0..4 {
+                    if scaled {
+                        v[q] = vmulq_f32(v[q], scale[q]);
+                    }
+                    v[q] = vaddq_f32(v[q], bias[q]);
+                    if let Some(res) = res {
+                        v[q] = vaddq_f32(v[q], res[q]);
+                    }
+                    if e.relu {
+                        v[q] = vmaxq_f32(v[q], zero);
+                    }
+                }
+            }
+            store4(s.c.add(at), n, v);
+        }
+    }
+
+    /// One sub-tile; `COL_MAJOR`: `A` is stored column by column (the same products in the
+    /// same order).
+    #[inline(never)]
+    unsafe fn kernel<const R: usize, const COL_MAJOR: bool>(
+        t: &Tile<'_>,
+        cp: *mut f32,
+        e: Option<&GemmEpilogue<'_>>,
+        r0: usize,
+        c0: usize,
+    ) {
+        const { assert!(R <= RB) };
+        let mut acc = [[vdupq_n_f32(0.0); 4]; R];
+        let a = t.a.as_ptr().add(if COL_MAJOR { r0 } else { r0 * t.lda });
+        let b = t.b.as_ptr().add(c0);
+        for p in 0..t.kc {
+            let bp = b.add(p * 32);
+            let bv = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let at = if COL_MAJOR { p * t.lda + r } else { r * t.lda + p };
+                let av = *a.add(at);
+                for q in 0..4 {
+                    acc[q] = vfmaq_n_f32(acc[q], bv[q], av);
+                }
+            }
+        }
+        store(
+            &acc,
+            &Store {
+                c: cp,
+                c_off: t.c_off + r0 * t.ldc + c0,
+                ldc: t.ldc,
+                cols: t.cols - c0,
+                col0: t.col0 + c0,
+                first: t.first,
+                e,
+            },
+        );
+    }
+
+    #[inline(never)]
+    unsafe fn seg_kernel<const R: usize>(t: &SegTile<'_>, cp: *mut f32, e: &GemmEpilogue<'_>, r0: usize, c0: usize) {
+        const { assert!(R <= RB) };
+        let mut acc = [[vdupq_n_f32(0.0); 4]; R];
+        for s in t.segs {
+            let lda = s.lda;
+            let a = if s.gathered { t.gathered.as_ptr() } else { t.input.as_ptr() }.add(s.a + r0 * lda);
+            let b = t.b.as_ptr().add(s.b_row * 32 + c0);
+            for p in 0..s.kc {
+                let bp = b.add(p * 32);
+                let bv = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = *a.add(r * lda + p);
+                    for q in 0..4 {
+                        acc[q] = vfmaq_n_f32(acc[q], bv[q], av);
+                    }
+                }
+            }
+        }
+        store(
+            &acc,
             &Store {
                 c: cp,
                 c_off: t.c_off + r0 * t.ldc + c0,

@@ -281,7 +281,8 @@ pub fn conv2d_forward(threads: &Threads, input: &[f32], g: &ConvGeometry, kernel
             unsafe { gemm_packed_raw(input, k, 0, kernel, out.get(), out_len, n, rows, 0..panels, &e) }
         });
     }
-    if g.in_channels >= IMPLICIT_MIN_CHANNELS {
+    // (Not on the portable kernel, which multiplies whole blocks through `matrixmultiply`.)
+    if g.in_channels >= IMPLICIT_MIN_CHANNELS && super::packed_gemm::gemm_kernel() != super::packed_gemm::GemmKernel::Portable {
         return conv2d_forward_implicit(threads, input, g, kernel, output);
     }
     let tile = tile_rows(k, m);

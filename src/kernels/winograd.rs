@@ -21,7 +21,9 @@
 
 use std::ops::Range;
 
-use super::packed_gemm::{gemm_packed, GemmEpilogue, PackedB, NR};
+#[cfg(target_arch = "x86_64")]
+use super::packed_gemm::GemmKernel;
+use super::packed_gemm::{gemm_kernel, gemm_packed, GemmEpilogue, PackedB, NR};
 use super::ConvGeometry;
 use crate::error::{Error, Result};
 
@@ -309,13 +311,15 @@ pub fn transform_input(x: &[f32], g: &ConvGeometry, tile: WinogradTile, tiles: R
             format!("{} and {} (tiles {tiles:?} of {})", x.len(), v.len(), tile.tile_count(g)),
         ));
     }
-    #[cfg(target_arch = "x86_64")]
-    if super::packed_gemm::avx512_available() {
-        // SAFETY: AVX-512F was detected at run time; the body is safe code.
-        unsafe { transform_input_avx512(x, g, tile, tiles, v) };
-        return Ok(());
+    match gemm_kernel() {
+        // SAFETY: the kernel's CPU features were detected at run time; the body is safe code.
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx512 => unsafe { transform_input_avx512(x, g, tile, tiles, v) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx2Fma => unsafe { transform_input_avx2(x, g, tile, tiles, v) },
+        _ => transform_input_any(x, g, tile, tiles, v),
     }
-    transform_input_any(x, g, tile, tiles, v);
     Ok(())
 }
 
@@ -325,7 +329,15 @@ unsafe fn transform_input_avx512(x: &[f32], g: &ConvGeometry, tile: WinogradTile
     transform_input_any(x, g, tile, tiles, v);
 }
 
-/// (Compiled twice: for AVX-512, which vectorizes the channel loops 16 wide, and portably.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_input_avx2(x: &[f32], g: &ConvGeometry, tile: WinogradTile, tiles: Range<usize>, v: &mut [f32]) {
+    transform_input_any(x, g, tile, tiles, v);
+}
+
+/// (Compiled once per GEMM kernel's instruction set: for AVX-512, which vectorizes the channel
+/// loops 16 wide, for AVX2, 8 wide, and for the target's baseline, which is NEON on aarch64.
+/// Rust never fuses a multiply and an add on its own, so all give the same bits.)
 #[inline(always)]
 fn transform_input_any(x: &[f32], g: &ConvGeometry, tile: WinogradTile, tiles: Range<usize>, v: &mut [f32]) {
     match tile {
@@ -468,14 +480,16 @@ pub unsafe fn transform_output(
         e,
         out,
     };
-    #[cfg(target_arch = "x86_64")]
-    if super::packed_gemm::avx512_available() {
-        // SAFETY: AVX-512F was detected at run time; the rest is forwarded.
-        unsafe { transform_output_avx512(tile, pass) };
-        return Ok(());
+    match gemm_kernel() {
+        // SAFETY: the kernel's CPU features were detected at run time; the rest is forwarded.
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx512 => unsafe { transform_output_avx512(tile, pass) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx2Fma => unsafe { transform_output_avx2(tile, pass) },
+        // SAFETY: forwarded (the extents were checked above).
+        _ => unsafe { transform_output_any(tile, pass) },
     }
-    // SAFETY: forwarded (the extents were checked above).
-    unsafe { transform_output_any(tile, pass) };
     Ok(())
 }
 
@@ -492,6 +506,13 @@ struct OutputPass<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transform_output_avx512(tile: WinogradTile, pass: OutputPass<'_>) {
+    // SAFETY: forwarded.
+    unsafe { transform_output_any(tile, pass) };
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_output_avx2(tile: WinogradTile, pass: OutputPass<'_>) {
     // SAFETY: forwarded.
     unsafe { transform_output_any(tile, pass) };
 }
