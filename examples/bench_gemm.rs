@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use convnet::kernels::fma_peak::fma_peak_gflops;
-use convnet::kernels::packed_gemm::{gemm_packed_with, GemmEpilogue, GemmKernel, PackedB};
+use convnet::kernels::packed_gemm::{blocking, gemm_packed_with, CacheSizes, GemmEpilogue, GemmKernel, PackedB};
 use convnet::kernels::sgemm_row_major;
 
 #[path = "../benches/common/resnet50_gemm_shapes.rs"]
@@ -91,7 +91,15 @@ fn main() -> ExitCode {
             let p = p.map_or("none".to_string(), |p| format!("{p:.1}"));
             let _ = writeln!(out, "- {}: {p}", k.name());
         }
-        let _ = writeln!(out);
+        let (caches, blocks) = (CacheSizes::detect(), blocking());
+        let _ = writeln!(
+            out,
+            "\nblocking from L1d {} KiB, L2 {} KiB: kc {}, B multiplied rows-outermost up to {} KiB\n",
+            caches.l1d >> 10,
+            caches.l2 >> 10,
+            blocks.kc,
+            blocks.rows_outer_max_b_bytes >> 10
+        );
         let mut header = "| layer | M | K | N | matrixmultiply |".to_string();
         let mut rule = "|---|---:|---:|---:|---:|".to_string();
         for (k, _) in &peaks {

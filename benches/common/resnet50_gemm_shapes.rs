@@ -2,6 +2,7 @@
 // channels, N = filters. Shared by `benches/gemm.rs` and `examples/bench_gemm.rs` (`#[path]`).
 
 /// A GEMM of ResNet50: where it occurs, `M`, `K`, `N`, and whether it is a 1x1 convolution.
+#[allow(dead_code)] // (not every includer reads every field)
 pub struct GemmShape {
     pub layer: &'static str,
     pub m: usize,

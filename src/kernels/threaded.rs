@@ -32,7 +32,9 @@ use crate::inference::pool::{parallel, share, SendPtr, ThreadPool};
 const KERNEL_GRAD_GROUP_PIXELS: usize = 4096;
 const KERNEL_GRAD_MAX_GROUPS: usize = 32;
 const KERNEL_GRAD_PARTIAL_BYTES: usize = 32 << 20;
-/// Output pixels gathered and multiplied at once in the kernel gradient (one `KC`).
+/// Output pixels gathered and multiplied at once in the kernel gradient (at most one `K` block;
+/// fixed, not [`blocking`](super::packed_gemm::blocking)'s, because the partial sums it groups
+/// fix the result's bits).
 const KERNEL_GRAD_BLOCK: usize = super::packed_gemm::KC;
 /// Patch rows of the kernel gradient gathered at once (a multiple of `MR`).
 const KERNEL_GRAD_ROW_CHUNK: usize = 8 * MR;
