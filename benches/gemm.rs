@@ -29,7 +29,9 @@ fn gemm(c: &mut Criterion) {
         let id = format!("{} M={m} K={k} N={n}", s.layer);
         group.throughput(Throughput::Elements(2 * (m * k * n) as u64));
         for kernel in GemmKernel::available() {
-            let Ok(packed) = PackedB::pack_for(kernel, &b, k, n, n) else { continue };
+            let Ok(packed) = PackedB::pack_for(kernel, &b, k, n, n) else {
+                continue;
+            };
             let e = GemmEpilogue::default();
             group.bench_function(BenchmarkId::new(format!("packed/{}", kernel.name()), &id), |bench| {
                 bench.iter(|| gemm_packed_with(kernel, black_box(&a), k, &packed, &mut out, n, 0..m, 0..packed.panels(), &e))

@@ -29,6 +29,37 @@ fn torchvision_presets_have_torchvision_parameter_counts() {
     assert_eq!(counts(ResNetConfig::torchvision(Depth::R50).with_width_divisor(8)).1, 631_152);
 }
 
+/// torchvision's ResNeXt and Wide ResNet builders (`torchvision.models.resnext50_32x4d()` and so
+/// on, counted with `sum(p.numel() for p in net.parameters())`; BatchNorm statistics are
+/// buffers: 68,224 floats for the 50-layer nets, 202,880 for ResNeXt-101 and 137,856 for Wide
+/// ResNet-101).
+#[test]
+fn resnext_and_wide_resnet_presets_have_torchvision_parameter_counts() {
+    let resnext = |d, g, w| counts(ResNetConfig::torchvision_resnext(d, g, w).unwrap());
+    assert_eq!(resnext(Depth::R50, 32, 4), (25_028_904 + 68_224, 25_028_904, 68_224));
+    assert_eq!(resnext(Depth::R101, 32, 8), (88_791_336 + 202_880, 88_791_336, 202_880));
+    assert_eq!(resnext(Depth::R101, 64, 4), (83_455_272 + 202_880, 83_455_272, 202_880));
+    let wide = |d| counts(ResNetConfig::torchvision_wide(d).unwrap());
+    assert_eq!(wide(Depth::R50), (68_883_240 + 68_224, 68_883_240, 68_224));
+    assert_eq!(wide(Depth::R101), (126_886_696 + 137_856, 126_886_696, 137_856));
+    assert_eq!(
+        ResNetConfig::torchvision_resnext(Depth::R50, 32, 4).unwrap().name,
+        "resnext50_32x4d"
+    );
+    assert_eq!(ResNetConfig::torchvision_wide(Depth::R101).unwrap().name, "wide_resnet101_2");
+    // Basic-block depths have no bottleneck to widen or group.
+    assert!(ResNetConfig::torchvision_resnext(Depth::R18, 32, 4).is_err());
+    assert!(ResNetConfig::torchvision_wide(Depth::R34).is_err());
+    let mut basic = ResNetConfig::torchvision(Depth::R18);
+    basic.groups = 2;
+    assert!(ResNet::new(basic).is_err());
+    // Too narrow for its groups: a typed error, not a zero-channel layer.
+    let mut narrow = ResNetConfig::torchvision_resnext(Depth::R50, 32, 4).unwrap().with_width_divisor(64);
+    narrow.base_width = 4;
+    let err = ResNet::new(narrow).unwrap_err().to_string();
+    assert!(err.contains("no channels per group"), "{err}");
+}
+
 #[test]
 fn keras_modern_resnet50_matches_keras_applications() {
     // keras.applications.ResNet50(): 25,636,712 parameters, as the classic layout.

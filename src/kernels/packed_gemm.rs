@@ -35,7 +35,10 @@ pub struct CacheSizes {
 impl CacheSizes {
     /// Assumed where the caches cannot be read: 32 KiB L1d and 512 KiB L2, smaller than on
     /// any x86-64 or aarch64 core of the last decade, so the blocks still fit.
-    pub const FALLBACK: CacheSizes = CacheSizes { l1d: 32 << 10, l2: 512 << 10 };
+    pub const FALLBACK: CacheSizes = CacheSizes {
+        l1d: 32 << 10,
+        l2: 512 << 10,
+    };
 
     /// This machine's, read from Linux's `/sys/devices/system/cpu/cpu0/cache` (the level,
     /// type and size of each cache); [`CacheSizes::FALLBACK`] for any that cannot be read.
@@ -45,7 +48,9 @@ impl CacheSizes {
         let Ok(entries) = std::fs::read_dir(dir) else { return sizes };
         for entry in entries.flatten() {
             let read = |name: &str| std::fs::read_to_string(entry.path().join(name)).map(|s| s.trim().to_string()).ok();
-            let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size")) else { continue };
+            let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size")) else {
+                continue;
+            };
             let Some(bytes) = parse_cache_size(&size) else { continue };
             match (level.as_str(), kind.as_str()) {
                 ("1", "Data") => sizes.l1d = bytes,
@@ -1664,16 +1669,37 @@ mod tests {
     #[test]
     fn blocking_follows_the_caches() {
         // Zen 4/5: 32/48 KiB L1d, 1 MiB L2; Intel server cores: 48 KiB, 2 MiB; Apple M1: 128 KiB.
-        let zen5 = Blocking::for_caches(&CacheSizes { l1d: 48 << 10, l2: 1 << 20 });
-        assert_eq!(zen5, Blocking { kc: 512, rows_outer_max_b_bytes: 256 << 10 });
-        let small = Blocking::for_caches(&CacheSizes { l1d: 32 << 10, l2: 512 << 10 });
-        assert_eq!(small, Blocking { kc: 320, rows_outer_max_b_bytes: 128 << 10 });
-        let m1 = Blocking::for_caches(&CacheSizes { l1d: 128 << 10, l2: 12 << 20 });
+        let zen5 = Blocking::for_caches(&CacheSizes {
+            l1d: 48 << 10,
+            l2: 1 << 20,
+        });
+        assert_eq!(
+            zen5,
+            Blocking {
+                kc: 512,
+                rows_outer_max_b_bytes: 256 << 10
+            }
+        );
+        let small = Blocking::for_caches(&CacheSizes {
+            l1d: 32 << 10,
+            l2: 512 << 10,
+        });
+        assert_eq!(
+            small,
+            Blocking {
+                kc: 320,
+                rows_outer_max_b_bytes: 128 << 10
+            }
+        );
+        let m1 = Blocking::for_caches(&CacheSizes {
+            l1d: 128 << 10,
+            l2: 12 << 20,
+        });
         assert_eq!(m1.kc, KC);
         let tiny = Blocking::for_caches(&CacheSizes { l1d: 1 << 10, l2: 1 << 10 });
         assert_eq!(tiny.kc, 128);
         let detected = CacheSizes::detect();
         assert!(detected.l1d >= 4 << 10 && detected.l2 >= detected.l1d, "{detected:?}");
-        assert!(blocking().kc % 32 == 0 && (128..=KC).contains(&blocking().kc));
+        assert!(blocking().kc.is_multiple_of(32) && (128..=KC).contains(&blocking().kc));
     }
 }

@@ -51,6 +51,11 @@ pub struct BlockConfig {
     pub bn_epsilon: f32,
     /// How the 3x3 convolution pads.
     pub pad_mode: PadMode,
+    /// Groups of the bottleneck's 3x3 convolution (ResNeXt's cardinality; 1 otherwise).
+    pub groups: usize,
+    /// Channels per group of the bottleneck's 3x3 at 64 planes (torchvision's
+    /// `width_per_group`: 64 for ResNet, 4 or 8 for ResNeXt, 128 for Wide ResNet-2).
+    pub base_width: usize,
 }
 
 impl BlockConfig {
@@ -64,6 +69,8 @@ impl BlockConfig {
             conv_bias: false,
             bn_epsilon: 1e-5,
             pad_mode: PadMode::Symmetric,
+            groups: 1,
+            base_width: 64,
         }
     }
 
@@ -77,7 +84,15 @@ impl BlockConfig {
             conv_bias: true,
             bn_epsilon: 1e-3,
             pad_mode: PadMode::KerasSame,
+            groups: 1,
+            base_width: 64,
         }
+    }
+
+    /// The bottleneck's inner channels: torchvision's `int(planes * base_width / 64) * groups`
+    /// (`planes` itself for a plain ResNet).
+    pub fn bottleneck_width(&self) -> usize {
+        self.planes * self.base_width / 64 * self.groups
     }
 
     /// Whether a block with `out_channels` outputs needs a projection shortcut
@@ -86,18 +101,20 @@ impl BlockConfig {
         self.stride != 1 || self.in_channels != out_channels
     }
 
-    fn conv(&self, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv2d> {
+    fn conv(&self, cin: usize, cout: usize, k: usize, stride: usize, groups: usize) -> Result<Conv2d> {
         let padding = if k == 1 { Padding::Valid } else { self.pad_mode.for_kernel(k) };
         Conv2d::new(
             Conv2dConfig::new(cin, cout, [k, k])
                 .with_strides([stride, stride])
                 .with_padding(padding)
-                .with_bias(self.conv_bias),
+                .with_bias(self.conv_bias)
+                .with_groups(groups),
         )
     }
 
-    /// Main branch from `(cin, cout, kernel, stride)` steps, then the shortcut, joined with ReLU.
-    fn assemble(&self, steps: &[(usize, usize, usize, usize)], names: &BlockNames) -> Result<Residual> {
+    /// Main branch from `(cin, cout, kernel, stride, groups)` steps, then the shortcut, joined
+    /// with ReLU.
+    fn assemble(&self, steps: &[(usize, usize, usize, usize, usize)], names: &BlockNames) -> Result<Residual> {
         if names.convs.len() != steps.len() || names.bns.len() != steps.len() || names.relus.len() + 1 != steps.len() {
             return Err(Error::config(
                 "residual block",
@@ -108,8 +125,8 @@ impl BlockConfig {
             ));
         }
         let mut main = Sequential::new();
-        for (i, &(cin, cout, k, s)) in steps.iter().enumerate() {
-            main.push(&names.convs[i], self.conv(cin, cout, k, s)?)?;
+        for (i, &(cin, cout, k, s, groups)) in steps.iter().enumerate() {
+            main.push(&names.convs[i], self.conv(cin, cout, k, s, groups)?)?;
             main.push(&names.bns[i], BatchNorm::new(cout, self.bn_epsilon)?)?;
             if let Some(relu) = names.relus.get(i) {
                 main.push(relu, Relu)?;
@@ -118,7 +135,7 @@ impl BlockConfig {
         let out = steps.last().map_or(self.in_channels, |s| s.1);
         let shortcut = if self.needs_projection(out) {
             let mut proj = Sequential::new();
-            proj.push(&names.shortcut_conv, self.conv(self.in_channels, out, 1, self.stride)?)?;
+            proj.push(&names.shortcut_conv, self.conv(self.in_channels, out, 1, self.stride, 1)?)?;
             proj.push(&names.shortcut_bn, BatchNorm::new(out, self.bn_epsilon)?)?;
             Some(match &names.shortcut_group {
                 Some(group) => Sequential::new().with(group, proj)?,
@@ -131,10 +148,19 @@ impl BlockConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.in_channels == 0 || self.planes == 0 || self.stride == 0 {
+        if self.in_channels == 0 || self.planes == 0 || self.stride == 0 || self.groups == 0 || self.base_width == 0 {
             return Err(Error::config(
                 "residual block",
-                format!("channels and stride must be at least 1, got {self:?}"),
+                format!("channels, stride, groups and base width must be at least 1, got {self:?}"),
+            ));
+        }
+        if self.bottleneck_width() == 0 {
+            return Err(Error::config(
+                "residual block",
+                format!(
+                    "{} planes at base width {} leave no channels per group (planes * base_width / 64 must be at least 1)",
+                    self.planes, self.base_width
+                ),
             ));
         }
         Ok(())
@@ -142,7 +168,9 @@ impl BlockConfig {
 }
 
 /// The ResNet50/101/152 block: 1x1 (reduce), 3x3, 1x1 (expand by [`Bottleneck::EXPANSION`]),
-/// each followed by BatchNorm, ReLU between, then `relu(main + shortcut)`.
+/// each followed by BatchNorm, ReLU between, then `relu(main + shortcut)`. The inner width is
+/// [`BlockConfig::bottleneck_width`] and the 3x3 has [`BlockConfig::groups`] groups, so the same
+/// block is ResNeXt's (groups 32, base width 4 or 8) and Wide ResNet's (base width 128).
 #[derive(Clone, Copy, Debug)]
 pub struct Bottleneck(pub BlockConfig);
 
@@ -159,7 +187,15 @@ impl Bottleneck {
             StridePlacement::FirstConv => (s, 1),
             StridePlacement::SpatialConv => (1, s),
         };
-        c.assemble(&[(c.in_channels, p, 1, s1), (p, p, 3, s2), (p, p * Self::EXPANSION, 1, 1)], names)
+        let w = c.bottleneck_width();
+        c.assemble(
+            &[
+                (c.in_channels, w, 1, s1, 1),
+                (w, w, 3, s2, c.groups),
+                (w, p * Self::EXPANSION, 1, 1, 1),
+            ],
+            names,
+        )
     }
 }
 
@@ -176,7 +212,16 @@ impl BasicBlock {
     pub fn build(&self, names: &BlockNames) -> Result<Residual> {
         let c = &self.0;
         c.validate()?;
-        c.assemble(&[(c.in_channels, c.planes, 3, c.stride), (c.planes, c.planes, 3, 1)], names)
+        if c.groups != 1 || c.base_width != 64 {
+            return Err(Error::config(
+                "BasicBlock",
+                format!(
+                    "groups and base width apply to bottlenecks only (torchvision's rule), got {} and {}",
+                    c.groups, c.base_width
+                ),
+            ));
+        }
+        c.assemble(&[(c.in_channels, c.planes, 3, c.stride, 1), (c.planes, c.planes, 3, 1, 1)], names)
     }
 }
 

@@ -105,6 +105,10 @@ pub struct ResNetConfig {
     pub softmax: bool,
     /// How layers are named (and so which weights files load by name).
     pub names: NameStyle,
+    /// Groups of each bottleneck's 3x3 convolution (ResNeXt's cardinality; 1 otherwise).
+    pub groups: usize,
+    /// torchvision's `width_per_group` (64 for ResNet; see [`BlockConfig::base_width`](super::BlockConfig::base_width)).
+    pub base_width: usize,
 }
 
 impl ResNetConfig {
@@ -131,6 +135,8 @@ impl ResNetConfig {
             classes: 1000,
             softmax: true,
             names: NameStyle::KerasClassic,
+            groups: 1,
+            base_width: 64,
         }
     }
 
@@ -163,6 +169,8 @@ impl ResNetConfig {
             stem_pool_padding: 1,
             head: Head::GlobalAvgPool,
             names: NameStyle::KerasModern,
+            groups: 1,
+            base_width: 64,
             ..Self::keras_resnet50()
         })
     }
@@ -189,7 +197,45 @@ impl ResNetConfig {
             classes: 1000,
             softmax: false,
             names: NameStyle::Torchvision,
+            groups: 1,
+            base_width: 64,
         }
+    }
+
+    /// torchvision's `resnext50_32x4d`, `resnext101_32x8d` and `resnext101_64x4d`: the
+    /// torchvision ResNet of `depth` (50 or 101) whose bottlenecks' 3x3 convolutions have
+    /// `groups` groups of `base_width` channels at 64 planes. Parameters: 25,028,904,
+    /// 88,791,336 and 83,455,272.
+    pub fn torchvision_resnext(depth: Depth, groups: usize, base_width: usize) -> Result<Self> {
+        if !matches!(depth, Depth::R50 | Depth::R101 | Depth::R152) {
+            return Err(Error::config(
+                "ResNeXt",
+                format!("needs a bottleneck depth (50, 101, 152), got {}", depth.layers()),
+            ));
+        }
+        Ok(ResNetConfig {
+            name: format!("resnext{}_{groups}x{base_width}d", depth.layers()),
+            groups,
+            base_width,
+            ..Self::torchvision(depth)
+        })
+    }
+
+    /// torchvision's `wide_resnet50_2` and `wide_resnet101_2`: the torchvision ResNet of `depth`
+    /// with bottlenecks twice as wide inside (base width 128; the outputs stay as wide).
+    /// Parameters: 68,883,240 and 126,886,696.
+    pub fn torchvision_wide(depth: Depth) -> Result<Self> {
+        if !matches!(depth, Depth::R50 | Depth::R101 | Depth::R152) {
+            return Err(Error::config(
+                "Wide ResNet",
+                format!("needs a bottleneck depth (50, 101, 152), got {}", depth.layers()),
+            ));
+        }
+        Ok(ResNetConfig {
+            name: format!("wide_resnet{}_2", depth.layers()),
+            base_width: 128,
+            ..Self::torchvision(depth)
+        })
     }
 
     /// The ResNets of He et al. (2016, section 4.2) for small images, `depth` = 6n + 2 (20,

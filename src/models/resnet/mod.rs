@@ -189,6 +189,8 @@ fn build_stages(c: &ResNetConfig, net: &mut Sequential, mut channels: usize) -> 
                 conv_bias: c.conv_bias,
                 bn_epsilon: c.bn_epsilon,
                 pad_mode: c.pad_mode,
+                groups: c.groups,
+                base_width: c.base_width,
             };
             let names = BlockNames::new(c.names, stage, index, blocks, c.block.convs())?;
             let block = c.block.build(cfg, &names)?;

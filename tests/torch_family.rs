@@ -1,0 +1,83 @@
+//! torchvision's ResNeXt and Wide ResNet at reduced width (`tests/fixtures/torch_family`, made
+//! by its `make_torch_family.py`: seeded random weights, BatchNorm statistics measured on four
+//! photographs), loaded from the state_dict files, against PyTorch's logits, through both
+//! executors. Logits are held to 3x PyTorch's own float32-vs-float64 spread (recorded beside
+//! each fixture), probabilities to 1e-5.
+
+mod common;
+
+use convnet::inference::{CompiledModel, InferenceOptions};
+use convnet::layers::Tensor;
+use convnet::models::{Depth, ResNet, ResNetConfig};
+use convnet::weights::{LoadOptions, WeightFile};
+use ndarray::{concatenate, Axis};
+
+fn batch() -> Tensor {
+    let images =
+        ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"].map(|i| common::npy(&format!("keras_resnet50_w8/input_{i}.npy")));
+    concatenate(Axis(0), &images.iter().map(|a| a.view()).collect::<Vec<_>>()).unwrap()
+}
+
+fn softmax(logits: &Tensor) -> Tensor {
+    let mut p = logits.clone();
+    for mut row in p.outer_iter_mut() {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        row.mapv_inplace(|v| (v - max).exp());
+        let sum = row.sum();
+        row.mapv_inplace(|v| v / sum);
+    }
+    p
+}
+
+fn check(name: &str, config: ResNetConfig, files: &[&str]) {
+    let expected: serde_json::Value =
+        serde_json::from_reader(std::fs::File::open(common::fixture(&format!("torch_family/{name}.json"))).unwrap()).unwrap();
+    let spread = expected["float32_float64_logit_spread"].as_f64().unwrap() as f32;
+    let tolerance = 3.0 * spread;
+    let want = common::npy(&format!("torch_family/{name}_logits.npy"));
+    let want_probs = softmax(&want);
+    let x = batch();
+    for file in files {
+        let mut model = ResNet::new(config.clone()).unwrap();
+        assert_eq!(model.param_count().trainable as u64, expected["params"].as_u64().unwrap(), "{name}");
+        let weights = WeightFile::open(common::fixture(&format!("torch_family/{file}"))).unwrap();
+        let report = weights.load_into(&mut model, &LoadOptions::strict()).unwrap();
+        assert!(report.is_complete(), "{report}");
+        let layer_by_layer = model.forward(&x).unwrap();
+        let options = InferenceOptions {
+            threads: 2,
+            ..Default::default()
+        };
+        let compiled = CompiledModel::new(&model, &[224, 224, 3], &options).unwrap().run(&x).unwrap();
+        for (path, logits) in [("layer by layer", &layer_by_layer), ("compiled", &compiled)] {
+            let err = common::max_abs_diff(logits, &want);
+            let perr = common::max_abs_diff(&softmax(logits), &want_probs);
+            println!("{file} {path}: logits {err:e} (tolerance {tolerance:e}), probabilities {perr:e}");
+            assert!(
+                err <= tolerance,
+                "{file} {path}: logits off by {err}, more than 3x PyTorch's f32/f64 spread {spread}"
+            );
+            assert!(perr <= 1e-5, "{file} {path}: probabilities off by {perr}");
+            for (row, top) in logits.outer_iter().zip(expected["top5"].as_array().unwrap()) {
+                let mut order: Vec<usize> = (0..row.len()).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                let want: Vec<usize> = top.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+                assert_eq!(&order[..5], &want[..], "{file} {path}");
+            }
+        }
+    }
+}
+
+#[test]
+fn resnext50_32x4d_matches_pytorch() {
+    // At 1/8 width with 4 groups of 32 channels per 64 planes: each group as wide as
+    // resnext50_32x4d's (see the generator).
+    let config = ResNetConfig::torchvision_resnext(Depth::R50, 4, 32).unwrap().with_width_divisor(8);
+    check("resnext50_32x4d", config, &["resnext50_32x4d.safetensors", "resnext50_32x4d.pth"]);
+}
+
+#[test]
+fn wide_resnet50_2_matches_pytorch() {
+    let config = ResNetConfig::torchvision_wide(Depth::R50).unwrap().with_width_divisor(16);
+    check("wide_resnet50_2", config, &["wide_resnet50_2.safetensors"]);
+}
