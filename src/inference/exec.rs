@@ -43,8 +43,11 @@ pub(crate) struct Ctx<'a> {
 /// A convolution with folded weights and a fused epilogue.
 pub(crate) struct ConvOp {
     pub name: String,
-    /// Geometry for one image (the batch is set at run time).
+    /// Geometry for one image (the batch is set at run time); of one group when `groups > 1`.
     pub geometry: ConvGeometry,
+    /// Channel groups (1: dense). Group `i` reads input channels `i * cin..(i + 1) * cin` and
+    /// writes output channels `i * cout..(i + 1) * cout` (`cin`, `cout`: `geometry`'s).
+    pub groups: usize,
     pub weights: ConvWeights,
     /// A folded BatchNorm's per-channel scale, applied in the GEMM's output pass.
     pub scale: Option<Vec<f32>>,
@@ -61,6 +64,8 @@ pub(crate) enum ConvWeights {
     Gemm(PackedB),
     /// A 3x3 stride-1 kernel transformed for Winograd F(2x2, 3x3).
     Winograd(WinogradWeights),
+    /// A grouped convolution's kernel, one `K x N` operand per group.
+    Grouped(Vec<PackedB>),
 }
 
 impl ConvOp {
@@ -208,6 +213,7 @@ impl Op<'_> {
             Op::Conv(c) => match &c.weights {
                 ConvWeights::Gemm(b) => b.k() * b.n(),
                 ConvWeights::Winograd(w) => w.len(),
+                ConvWeights::Grouped(bs) => bs.iter().map(|b| b.k() * b.n()).sum(),
             },
             Op::Dense { weights, .. } => weights.k() * weights.n(),
             _ => 0,
@@ -259,11 +265,11 @@ impl Op<'_> {
                 )
             }
             ConvWeights::Gemm(_) if c.implicit() => (c.taps() * MR * c.geometry.in_channels, c.taps()),
-            ConvWeights::Gemm(_) if !c.pointwise() => {
+            ConvWeights::Gemm(_) | ConvWeights::Grouped(_) if !c.pointwise() => {
                 let g = ConvGeometry { batch, ..c.geometry };
                 (c.tile_rows().min(g.out_pixels()) * g.patch_len(), 0)
             }
-            ConvWeights::Gemm(_) => (0, 0),
+            ConvWeights::Gemm(_) | ConvWeights::Grouped(_) => (0, 0),
         }
     }
 
@@ -275,6 +281,7 @@ impl Op<'_> {
                 ConvWeights::Winograd(w) => conv_winograd(c, w, ctx, bufs),
                 ConvWeights::Gemm(b) if c.implicit() => conv_implicit(c, b, ctx, bufs),
                 ConvWeights::Gemm(b) => conv(c, b, ctx, bufs),
+                ConvWeights::Grouped(bs) => conv_grouped(c, bs, ctx, bufs),
             },
             Op::Affine {
                 scale, shift, relu, x, y, ..
@@ -444,15 +451,17 @@ fn run_conv(
     };
     let xs = v(c.x).slot;
     let (x, res, w) = split(bufs, xs, c.residual.map_or(xs, |r| v(r).slot), v(c.y).slot);
+    // (All groups' channels: `g` is one group's geometry.)
+    let (input_len, output_len) = (g.input_len() * c.groups, g.output_len() * c.groups);
     let call = ConvCall {
         g,
-        x: &x[..g.input_len()],
-        out_len: w.len().min(g.output_len()),
+        x: &x[..input_len],
+        out_len: w.len().min(output_len),
         out: SendPtr(w.as_mut_ptr()),
         e: GemmEpilogue {
             scale: c.scale.as_deref(),
             bias: Some(&c.bias),
-            residual: c.residual.map(|_| &res[..g.output_len()]),
+            residual: c.residual.map(|_| &res[..output_len]),
             relu: c.relu,
         },
     };
@@ -510,6 +519,62 @@ fn conv(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> 
             let a = &mut ws.floats[..rows.len() * k];
             kernels::im2col::im2col_unchecked(call.x, &call.g, rows.start, rows.len(), a);
             gemm(call, a, rows.start, rows, panels.clone())?;
+        }
+        Ok(())
+    })
+}
+
+/// A grouped convolution as one GEMM per group over the output pixels: group `i`'s input
+/// channels read in place for a 1x1 stride-1 convolution, else gathered by im2col tiles, times
+/// its own packed kernel, written (through the fused epilogue) into its own output channels.
+fn conv_grouped(c: &ConvOp, weights: &[PackedB], ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+    let g = ConvGeometry {
+        batch: ctx.batch,
+        ..c.geometry
+    };
+    let (m, k) = (g.out_pixels(), g.patch_len());
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let (x_channels, y_channels) = (cin * c.groups, cout * c.groups);
+    let pointwise = c.pointwise();
+    let tile = if pointwise { MR } else { c.tile_rows().min(m).max(1) };
+    let units = m.div_ceil(tile);
+    run_conv(c, ctx, bufs, units, true, &|call, ws, my_units, panels| {
+        let rows_of = |u: Range<usize>| u.start * tile..(u.end * tile).min(m);
+        for (group, b) in weights.iter().enumerate() {
+            let off = group * cout;
+            let e = GemmEpilogue {
+                scale: call.e.scale.map(|s| &s[off..]),
+                bias: call.e.bias.map(|s| &s[off..]),
+                residual: call.e.residual.map(|s| &s[off..]),
+                relu: call.e.relu,
+            };
+            // SAFETY: `off` lies inside the output (`call.out_len` covers every group's
+            // channels, and the GEMM checks its writes against the length left); the calling
+            // thread alone writes these rows x panels of each group's channels.
+            let gemm = |a: &[f32], lda: usize, a_row0: usize, rows: Range<usize>| unsafe {
+                gemm_packed_raw(
+                    a,
+                    lda,
+                    a_row0,
+                    b,
+                    call.out.get().add(off),
+                    call.out_len - off,
+                    y_channels,
+                    rows,
+                    panels.clone(),
+                    &e,
+                )
+            };
+            if pointwise {
+                gemm(&call.x[group * cin..], x_channels, 0, rows_of(my_units.clone()))?;
+                continue;
+            }
+            for u in my_units.clone() {
+                let rows = rows_of(u..u + 1);
+                let a = &mut ws.floats[..rows.len() * k];
+                kernels::im2col::im2col_channels_unchecked(call.x, &call.g, x_channels, group * cin, rows.start, rows.len(), a);
+                gemm(a, k, rows.start, rows)?;
+            }
         }
         Ok(())
     })

@@ -52,7 +52,28 @@ pub(crate) fn generate<'m>(graph: &Graph<'m>, keep: &[ValueId]) -> Result<Progra
                 Op::Conv(ConvOp {
                     name,
                     geometry,
+                    groups: 1,
                     weights,
+                    scale: c.scale.as_ref().map(|s| s.to_vec()),
+                    bias: owned(&c.bias, n, 0.0),
+                    relu: c.relu,
+                    residual: c.residual.then(|| node.inputs[1].0),
+                    x,
+                    y,
+                })
+            }
+            GraphOp::Conv2d(c) if c.algorithm == ConvAlgorithm::Gemm => {
+                // Grouped: one packed operand per group, the group's columns of the kernel.
+                let geometry = c.geometry(1, &shapes[x]).map_err(|e| e.in_layer(&name))?;
+                let (n, cout) = (c.out_channels, geometry.out_channels);
+                let weights = (0..c.groups)
+                    .map(|group| PackedB::pack(&c.kernel[group * cout..], geometry.patch_len(), cout, n))
+                    .collect::<Result<Vec<_>>>()?;
+                Op::Conv(ConvOp {
+                    name,
+                    geometry,
+                    groups: c.groups,
+                    weights: ConvWeights::Grouped(weights),
                     scale: c.scale.as_ref().map(|s| s.to_vec()),
                     bias: owned(&c.bias, n, 0.0),
                     relu: c.relu,

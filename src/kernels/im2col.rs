@@ -33,12 +33,28 @@ pub fn im2col(input: &[f32], g: &ConvGeometry, first: usize, rows: usize, out: &
 
 /// [`im2col`] without the length checks; callers guarantee them.
 pub(crate) fn im2col_unchecked(input: &[f32], g: &ConvGeometry, first: usize, rows: usize, out: &mut [f32]) {
+    im2col_channels_unchecked(input, g, g.in_channels, 0, first, rows, out);
+}
+
+/// [`im2col`] of the channels `c0..c0 + g.in_channels` of an input whose pixels hold
+/// `pixel_channels` channels each (one group of a grouped convolution, `g` being one group's
+/// geometry), without the length checks: callers guarantee that `input` holds
+/// `g.input_len() / g.in_channels * pixel_channels` floats and `out` `rows * g.patch_len()`.
+pub(crate) fn im2col_channels_unchecked(
+    input: &[f32],
+    g: &ConvGeometry,
+    pixel_channels: usize,
+    c0: usize,
+    first: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
     let [ih, iw] = g.in_hw;
     let [oh, ow] = g.out_hw;
     let kw = g.window.kernel[1];
     let [sh, sw] = g.window.stride;
     let [dh, dw] = g.window.dilation;
-    let c = g.in_channels;
+    let (c, pc) = (g.in_channels, pixel_channels);
     let k = g.patch_len();
     let per_image = oh * ow;
     for (r, row) in out[..rows * k].chunks_exact_mut(k).enumerate() {
@@ -46,7 +62,7 @@ pub(crate) fn im2col_unchecked(input: &[f32], g: &ConvGeometry, first: usize, ro
         let n = p / per_image;
         let oy = (p % per_image) / ow;
         let ox = p % ow;
-        let image = &input[n * ih * iw * c..(n + 1) * ih * iw * c];
+        let image = &input[n * ih * iw * pc..(n + 1) * ih * iw * pc];
         for (ky, dst_row) in row.chunks_exact_mut(kw * c).enumerate() {
             // A tap above/left of the input wraps to a huge value and fails the bound too.
             let iy = (oy * sh + ky * dh).wrapping_sub(g.pad.top);
@@ -55,8 +71,8 @@ pub(crate) fn im2col_unchecked(input: &[f32], g: &ConvGeometry, first: usize, ro
                 continue;
             }
             let ix0 = (ox * sw).wrapping_sub(g.pad.left);
-            let line = &image[iy * iw * c..(iy + 1) * iw * c];
-            if dw == 1 && ix0 < iw && ix0 + kw <= iw {
+            let line = &image[iy * iw * pc..(iy + 1) * iw * pc];
+            if dw == 1 && pc == c && ix0 < iw && ix0 + kw <= iw {
                 // The whole row of taps is inside: one contiguous copy of kw * c floats.
                 short_copy::copy(dst_row, &line[ix0 * c..(ix0 + kw) * c]);
                 continue;
@@ -64,7 +80,7 @@ pub(crate) fn im2col_unchecked(input: &[f32], g: &ConvGeometry, first: usize, ro
             for (kx, dst) in dst_row.chunks_exact_mut(c).enumerate() {
                 let ix = (ox * sw + kx * dw).wrapping_sub(g.pad.left);
                 if ix < iw {
-                    short_copy::copy(dst, &line[ix * c..(ix + 1) * c]);
+                    short_copy::copy(dst, &line[ix * pc + c0..ix * pc + c0 + c]);
                 } else {
                     short_copy::zero(dst);
                 }
