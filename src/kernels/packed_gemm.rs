@@ -1025,11 +1025,76 @@ impl SegTile<'_> {
     }
 }
 
+/// Where a micro-kernel's outputs go and what happens to them on the way (the SIMD kernels'
+/// stores).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+struct Store<'a, 'e> {
+    c: *mut f32,
+    c_off: usize,
+    ldc: usize,
+    cols: usize,
+    col0: usize,
+    first: bool,
+    e: Option<&'a GemmEpilogue<'e>>,
+}
+
+/// Rows and columns of the sub-tiles the AVX2 and NEON kernels split each `MR x NR` tile into.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SUB_ROWS: usize = 6;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SUB_COLS: usize = 16;
+
+/// The sub-tiles of a `rows x cols` tile: `(first row, rows, first column)`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn sub_tiles(rows: usize, cols: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let (rb, cb) = (SUB_ROWS, SUB_COLS);
+    (0..cols.div_ceil(cb)).flat_map(move |h| (0..rows.div_ceil(rb)).map(move |q| (q * rb, rb.min(rows - q * rb), h * cb)))
+}
+
+/// `f::<R, ...>(args)` for a sub-tile of `rows` (1 to 6) rows: `R` a constant, so the
+/// accumulators stay in registers.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! by_sub_tile_rows {
+    ($rows:expr, $f:ident $(::<$col:literal>)?, $($arg:expr),*) => {
+        match $rows {
+            6 => $f::<6 $(, $col)?>($($arg),*),
+            5 => $f::<5 $(, $col)?>($($arg),*),
+            4 => $f::<4 $(, $col)?>($($arg),*),
+            3 => $f::<3 $(, $col)?>($($arg),*),
+            2 => $f::<2 $(, $col)?>($($arg),*),
+            _ => $f::<1 $(, $col)?>($($arg),*),
+        }
+    };
+}
+
+/// `tile` and `segments` of a kernel of 6 x 16 sub-tiles: each sub-tile runs the module's
+/// `kernel::<R, COL_MAJOR>` or `seg_kernel::<R>`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! sub_tile_entry_points {
+    () => {
+        pub(super) unsafe fn tile(t: &Tile<'_>, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
+            for (r0, rows, c0) in super::sub_tiles(t.rows, t.cols) {
+                if t.col_major {
+                    by_sub_tile_rows!(rows, kernel::<true>, t, c, e, r0, c0)
+                } else {
+                    by_sub_tile_rows!(rows, kernel::<false>, t, c, e, r0, c0)
+                }
+            }
+        }
+
+        pub(super) unsafe fn segments(t: &SegTile<'_>, c: *mut f32, e: &GemmEpilogue<'_>) {
+            for (r0, rows, c0) in super::sub_tiles(t.rows, t.cols) {
+                by_sub_tile_rows!(rows, seg_kernel, t, c, e, r0, c0)
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{GemmEpilogue, SegTile, Tile, MR};
+    use super::{GemmEpilogue, SegTile, Store, Tile, MR};
 
     macro_rules! by_rows {
         ($rows:expr, $f:ident $(::<$($c:literal),+>)?, $($arg:expr),*) => {
@@ -1067,17 +1132,6 @@ mod avx512 {
         } else {
             by_rows!(t.rows, seg_kernel::<false>, t, c, e)
         }
-    }
-
-    /// Where a tile's outputs go and what happens to them on the way.
-    struct Store<'a, 'e> {
-        c: *mut f32,
-        c_off: usize,
-        ldc: usize,
-        cols: usize,
-        col0: usize,
-        first: bool,
-        e: Option<&'a GemmEpilogue<'e>>,
     }
 
     /// Columns `col0..col0 + 32` of a per-column vector (masked), or `default` everywhere.
@@ -1234,56 +1288,9 @@ mod avx2 {
 
     use std::arch::x86_64::*;
 
-    use super::{GemmEpilogue, SegTile, Tile};
+    use super::{GemmEpilogue, SegTile, Store, Tile, SUB_ROWS as RB};
 
-    /// Rows and columns of a sub-tile.
-    const RB: usize = 6;
-    const CB: usize = 16;
-
-    macro_rules! by_rows {
-        ($rows:expr, $f:ident $(::<$col:literal>)?, $($arg:expr),*) => {
-            match $rows {
-                6 => $f::<6 $(, $col)?>($($arg),*),
-                5 => $f::<5 $(, $col)?>($($arg),*),
-                4 => $f::<4 $(, $col)?>($($arg),*),
-                3 => $f::<3 $(, $col)?>($($arg),*),
-                2 => $f::<2 $(, $col)?>($($arg),*),
-                _ => $f::<1 $(, $col)?>($($arg),*),
-            }
-        };
-    }
-
-    /// The sub-tiles of a `rows x cols` tile: `(first row, rows, first column)`.
-    fn sub_tiles(rows: usize, cols: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-        (0..cols.div_ceil(CB)).flat_map(move |h| (0..rows.div_ceil(RB)).map(move |q| (q * RB, RB.min(rows - q * RB), h * CB)))
-    }
-
-    pub(super) unsafe fn tile(t: &Tile<'_>, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
-        for (r0, rows, c0) in sub_tiles(t.rows, t.cols) {
-            if t.col_major {
-                by_rows!(rows, kernel::<true>, t, c, e, r0, c0)
-            } else {
-                by_rows!(rows, kernel::<false>, t, c, e, r0, c0)
-            }
-        }
-    }
-
-    pub(super) unsafe fn segments(t: &SegTile<'_>, c: *mut f32, e: &GemmEpilogue<'_>) {
-        for (r0, rows, c0) in sub_tiles(t.rows, t.cols) {
-            by_rows!(rows, seg_kernel, t, c, e, r0, c0)
-        }
-    }
-
-    /// Where a sub-tile's outputs go and what happens to them on the way.
-    struct Store<'a, 'e> {
-        c: *mut f32,
-        c_off: usize,
-        ldc: usize,
-        cols: usize,
-        col0: usize,
-        first: bool,
-        e: Option<&'a GemmEpilogue<'e>>,
-    }
+    sub_tile_entry_points!();
 
     /// Lanes `< n` set.
     #[inline(always)]
@@ -1453,56 +1460,11 @@ mod neon {
 
     use std::arch::aarch64::*;
 
-    use super::{GemmEpilogue, SegTile, Tile};
+    use super::{GemmEpilogue, SegTile, Store, Tile};
 
-    /// Rows and columns of a sub-tile.
-    const RB: usize = 6;
-    const CB: usize = 16;
+    use super::{SUB_COLS as CB, SUB_ROWS as RB};
 
-    macro_rules! by_rows {
-        ($rows:expr, $f:ident $(::<$col:literal>)?, $($arg:expr),*) => {
-            match $rows {
-                6 => $f::<6 $(, $col)?>($($arg),*),
-                5 => $f::<5 $(, $col)?>($($arg),*),
-                4 => $f::<4 $(, $col)?>($($arg),*),
-                3 => $f::<3 $(, $col)?>($($arg),*),
-                2 => $f::<2 $(, $col)?>($($arg),*),
-                _ => $f::<1 $(, $col)?>($($arg),*),
-            }
-        };
-    }
-
-    /// The sub-tiles of a `rows x cols` tile: `(first row, rows, first column)`.
-    fn sub_tiles(rows: usize, cols: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-        (0..cols.div_ceil(CB)).flat_map(move |h| (0..rows.div_ceil(RB)).map(move |q| (q * RB, RB.min(rows - q * RB), h * CB)))
-    }
-
-    pub(super) unsafe fn tile(t: &Tile<'_>, c: *mut f32, e: Option<&GemmEpilogue<'_>>) {
-        for (r0, rows, c0) in sub_tiles(t.rows, t.cols) {
-            if t.col_major {
-                by_rows!(rows, kernel::<true>, t, c, e, r0, c0)
-            } else {
-                by_rows!(rows, kernel::<false>, t, c, e, r0, c0)
-            }
-        }
-    }
-
-    pub(super) unsafe fn segments(t: &SegTile<'_>, c: *mut f32, e: &GemmEpilogue<'_>) {
-        for (r0, rows, c0) in sub_tiles(t.rows, t.cols) {
-            by_rows!(rows, seg_kernel, t, c, e, r0, c0)
-        }
-    }
-
-    /// Where a sub-tile's outputs go and what happens to them on the way.
-    struct Store<'a, 'e> {
-        c: *mut f32,
-        c_off: usize,
-        ldc: usize,
-        cols: usize,
-        col0: usize,
-        first: bool,
-        e: Option<&'a GemmEpilogue<'e>>,
-    }
+    sub_tile_entry_points!();
 
     /// 16 floats at `p`, or its first `n < 16` through a buffer (the rest zero).
     #[inline(always)]
