@@ -1,13 +1,15 @@
 //! Convolution kernels at ResNet50's layer shapes (the seed's Keras layout, batch 1, NHWC):
 //! the GEMM-backed driver against the direct-loop reference, and for the stride-1 3x3 layers
-//! the two Winograd algorithms.
+//! the two Winograd algorithms; and the depthwise 3x3 convolutions of MobileNetV2 (224x224,
+//! alpha 1.0): the direct NHWC loop (`kernels::depthwise`) against the grouped GEMM driver
+//! (one GEMM per channel).
 //! `cargo bench --bench conv`; throughput is reported in FLOP.
 
 use std::hint::black_box;
 
 use convnet::kernels::packed_gemm::GemmEpilogue;
 use convnet::kernels::winograd::{self, WinogradTile, WinogradWeights};
-use convnet::kernels::{conv2d, reference, ConvGeometry, Epilogue, Padding, Window2d};
+use convnet::kernels::{conv2d, conv2d_grouped, depthwise, reference, ConvGeometry, Epilogue, Padding, Window2d};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 /// (layer, input [n, h, w, c], filters, kernel, stride, padding)
@@ -69,5 +71,41 @@ fn conv(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv);
+/// MobileNetV2's depthwise 3x3 layers: (where, input [n, h, w, c], stride).
+const DEPTHWISE: &[(&str, [usize; 4], usize)] = &[
+    ("expanded_conv_depthwise", [1, 112, 112, 32], 1),
+    ("block_1_depthwise", [1, 112, 112, 96], 2),
+    ("block_2_depthwise", [1, 56, 56, 144], 1),
+    ("block_6_depthwise", [1, 28, 28, 192], 2),
+    ("block_13_depthwise", [1, 14, 14, 576], 2),
+    ("block_16_depthwise", [1, 7, 7, 960], 1),
+];
+
+fn depthwise_conv(c: &mut Criterion) {
+    let mut group = c.benchmark_group("depthwise");
+    group.sample_size(20);
+    for &(layer, input, stride) in DEPTHWISE {
+        let channels = input[3];
+        let window = Window2d { padding: Padding::Same, ..Window2d::new([3, 3], [stride, stride]) };
+        let full = ConvGeometry::new(input, channels, window).unwrap();
+        let per_group = ConvGeometry::new([input[0], input[1], input[2], 1], 1, window).unwrap();
+        let (x, w, b) = (data(full.input_len()), data(9 * channels), data(channels));
+        let mut out = vec![0.0; full.output_len()];
+        let id = format!("{layer} {input:?} stride {stride}");
+        group.throughput(Throughput::Elements(2 * (full.output_len() * 9) as u64));
+        let e = GemmEpilogue { bias: Some(&b), relu: true, ..Default::default() };
+        let rows = 0..full.batch * full.out_hw[0];
+        group.bench_function(BenchmarkId::new("depthwise (direct NHWC)", &id), |bench| {
+            bench.iter(|| depthwise::depthwise_conv2d_rows(black_box(&x), &full, &w, &e, rows.clone(), &mut out))
+        });
+        let ge = Epilogue { bias: Some(&b), residual: None, relu: true };
+        let mut ws = Vec::new();
+        group.bench_function(BenchmarkId::new("conv2d_grouped (a GEMM per channel)", &id), |bench| {
+            bench.iter(|| conv2d_grouped(black_box(&x), &per_group, channels, &w, &ge, &mut out, &mut ws))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, conv, depthwise_conv);
 criterion_main!(benches);

@@ -233,6 +233,48 @@ mod compiled_conv {
             }
         }
 
+        /// A depthwise convolution (groups = channels: the direct NHWC loop), with a BatchNorm
+        /// folded into its epilogue and a ReLU, compiled on 1-3 threads, against the
+        /// layer-by-layer forward, over kernel sizes, strides, dilations and padding modes; the
+        /// same bits on every thread count.
+        #[test]
+        fn compiled_depthwise_conv_matches_layer_by_layer(
+            (n, h, w, c) in (1usize..=2, 1usize..=12, 1usize..=12, 1usize..=40),
+            (kh, kw, s, d) in (1usize..=5, 1usize..=5, 1usize..=2, 1usize..=2),
+            pad in prop_oneof![Just(Padding::Valid), Just(Padding::Same), (0usize..3, 0usize..3, 0usize..3, 0usize..3).prop_map(|(t, b, l, r)| Padding::Explicit(Padding2d::new(t, b, l, r)))],
+            (relu, seed) in (any::<bool>(), any::<u64>()),
+        ) {
+            let window = Window2d { kernel: [kh, kw], stride: [s, s], dilation: [d, d], padding: pad };
+            if ConvGeometry::new([n, h, w, c], c, window).is_err() { return Ok(()); }
+            let cfg = Conv2dConfig::new(c, c, [kh, kw]).with_strides([s, s]).with_dilation([d, d]).with_padding(pad).with_groups(c);
+            let kernel = Array4::from_shape_vec((kh, kw, 1, c), fill(kh * kw * c, seed)).unwrap();
+            let conv = Conv2d::with_weights(cfg, kernel, Some(Array1::from(fill(c, seed ^ 1)))).unwrap();
+            let stat = |salt: u64, lo: f32| Array1::from(fill(c, seed ^ salt).iter().map(|v| lo + v.abs()).collect::<Vec<_>>());
+            let bn = BatchNorm::with_weights(1e-3, stat(2, 0.5), Array1::from(fill(c, seed ^ 3)), Array1::from(fill(c, seed ^ 4)), stat(5, 0.2)).unwrap();
+            let mut net = Sequential::new();
+            net.push("conv", conv).unwrap();
+            net.push("bn", bn).unwrap();
+            if relu {
+                net.push("relu", Relu).unwrap();
+            }
+            let x = ArrayD::from_shape_vec(IxDyn(&[n, h, w, c]), fill(n * h * w * c, seed ^ 6)).unwrap();
+            let want = net.forward(&x).unwrap();
+            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let mut first = None;
+            for threads in 1..=3 {
+                let opts = InferenceOptions { threads, fold_batch_norm: true, ..Default::default() };
+                let got = CompiledModel::new(&net, &[h, w, c], &opts).unwrap().run(&x).unwrap();
+                prop_assert_eq!(got.shape(), want.shape());
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    prop_assert!((a - b).abs() <= 1e-5 * scale, "element {i}: {a} vs {b} ({threads} threads)");
+                }
+                match &first {
+                    None => first = Some(got),
+                    Some(f) => prop_assert!(*f == got, "{threads} threads gave other bits"),
+                }
+            }
+        }
+
         /// A grouped convolution (1x1 read in place, others through each group's im2col), with
         /// a BatchNorm folded into its epilogue and a ReLU, compiled on 1-3 threads, against
         /// the layer-by-layer forward (the reference executor's direct grouped loop); the

@@ -66,6 +66,8 @@ pub(crate) enum ConvWeights {
     Winograd(WinogradWeights),
     /// A grouped convolution's kernel, one `K x N` operand per group.
     Grouped(Vec<PackedB>),
+    /// A depthwise kernel (one filter per channel), `(kh, kw, channels)`.
+    Depthwise(Vec<f32>),
 }
 
 impl ConvOp {
@@ -214,6 +216,7 @@ impl Op<'_> {
                 ConvWeights::Gemm(b) => b.k() * b.n(),
                 ConvWeights::Winograd(w) => w.len(),
                 ConvWeights::Grouped(bs) => bs.iter().map(|b| b.k() * b.n()).sum(),
+                ConvWeights::Depthwise(k) => k.len(),
             },
             Op::Dense { weights, .. } => weights.k() * weights.n(),
             _ => 0,
@@ -269,7 +272,7 @@ impl Op<'_> {
                 let g = ConvGeometry { batch, ..c.geometry };
                 (c.tile_rows().min(g.out_pixels()) * g.patch_len(), 0)
             }
-            ConvWeights::Gemm(_) | ConvWeights::Grouped(_) => (0, 0),
+            ConvWeights::Gemm(_) | ConvWeights::Grouped(_) | ConvWeights::Depthwise(_) => (0, 0),
         }
     }
 
@@ -282,6 +285,7 @@ impl Op<'_> {
                 ConvWeights::Gemm(b) if c.implicit() => conv_implicit(c, b, ctx, bufs),
                 ConvWeights::Gemm(b) => conv(c, b, ctx, bufs),
                 ConvWeights::Grouped(bs) => conv_grouped(c, bs, ctx, bufs),
+                ConvWeights::Depthwise(k) => conv_depthwise(c, k, ctx, bufs),
             },
             Op::Affine {
                 scale, shift, relu, x, y, ..
@@ -577,6 +581,35 @@ fn conv_grouped(c: &ConvOp, weights: &[PackedB], ctx: &Ctx<'_>, bufs: &mut [Vec<
             }
         }
         Ok(())
+    })
+}
+
+/// A depthwise convolution ([`kernels::depthwise`]), output rows split over the threads.
+fn conv_depthwise(c: &ConvOp, kernel: &[f32], ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+    let [oh, ow] = c.geometry.out_hw;
+    let channels = c.geometry.in_channels * c.groups;
+    run_conv(c, ctx, bufs, ctx.batch * oh, true, &|call, _, rows, _| {
+        let g = ConvGeometry {
+            in_channels: channels,
+            out_channels: channels,
+            ..call.g
+        };
+        let (start, len) = (rows.start * ow * channels, rows.len() * ow * channels);
+        if start + len > call.out_len {
+            return Err(Error::shape(
+                "depthwise convolution",
+                format!("an output of at least {} floats", start + len),
+                format!("{}", call.out_len),
+            ));
+        }
+        // SAFETY: inside the output (checked above), and the calling thread alone writes
+        // these rows.
+        let out = unsafe { std::slice::from_raw_parts_mut(call.out.get().add(start), len) };
+        let e = GemmEpilogue {
+            residual: call.e.residual.map(|r| &r[start..start + len]),
+            ..call.e
+        };
+        kernels::depthwise::depthwise_conv2d_rows(call.x, &g, kernel, &e, rows, out)
     })
 }
 

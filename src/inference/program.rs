@@ -63,17 +63,24 @@ pub(crate) fn generate<'m>(graph: &Graph<'m>, keep: &[ValueId]) -> Result<Progra
                 })
             }
             GraphOp::Conv2d(c) if c.algorithm == ConvAlgorithm::Gemm => {
-                // Grouped: one packed operand per group, the group's columns of the kernel.
                 let geometry = c.geometry(1, &shapes[x]).map_err(|e| e.in_layer(&name))?;
                 let (n, cout) = (c.out_channels, geometry.out_channels);
-                let weights = (0..c.groups)
-                    .map(|group| PackedB::pack(&c.kernel[group * cout..], geometry.patch_len(), cout, n))
-                    .collect::<Result<Vec<_>>>()?;
+                let weights = if geometry.in_channels == 1 && cout == 1 {
+                    // Depthwise: the HWIO kernel `(kh, kw, 1, channels)` is already the
+                    // direct loop's `(kh, kw, channels)`.
+                    ConvWeights::Depthwise(c.kernel.to_vec())
+                } else {
+                    // Grouped: one packed operand per group, the group's columns of the kernel.
+                    let packed = (0..c.groups)
+                        .map(|group| PackedB::pack(&c.kernel[group * cout..], geometry.patch_len(), cout, n))
+                        .collect::<Result<Vec<_>>>()?;
+                    ConvWeights::Grouped(packed)
+                };
                 Op::Conv(ConvOp {
                     name,
                     geometry,
                     groups: c.groups,
-                    weights: ConvWeights::Grouped(weights),
+                    weights,
                     scale: c.scale.as_ref().map(|s| s.to_vec()),
                     bias: owned(&c.bias, n, 0.0),
                     relu: c.relu,

@@ -7,6 +7,7 @@
 
 pub mod backward;
 pub mod conv;
+pub mod depthwise;
 pub mod fma_peak;
 pub mod gemm;
 pub mod geometry;
