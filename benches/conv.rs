@@ -86,19 +86,30 @@ fn depthwise_conv(c: &mut Criterion) {
     group.sample_size(20);
     for &(layer, input, stride) in DEPTHWISE {
         let channels = input[3];
-        let window = Window2d { padding: Padding::Same, ..Window2d::new([3, 3], [stride, stride]) };
+        let window = Window2d {
+            padding: Padding::Same,
+            ..Window2d::new([3, 3], [stride, stride])
+        };
         let full = ConvGeometry::new(input, channels, window).unwrap();
         let per_group = ConvGeometry::new([input[0], input[1], input[2], 1], 1, window).unwrap();
         let (x, w, b) = (data(full.input_len()), data(9 * channels), data(channels));
         let mut out = vec![0.0; full.output_len()];
         let id = format!("{layer} {input:?} stride {stride}");
         group.throughput(Throughput::Elements(2 * (full.output_len() * 9) as u64));
-        let e = GemmEpilogue { bias: Some(&b), relu: true, ..Default::default() };
+        let e = GemmEpilogue {
+            bias: Some(&b),
+            relu: true,
+            ..Default::default()
+        };
         let rows = 0..full.batch * full.out_hw[0];
         group.bench_function(BenchmarkId::new("depthwise (direct NHWC)", &id), |bench| {
             bench.iter(|| depthwise::depthwise_conv2d_rows(black_box(&x), &full, &w, &e, rows.clone(), &mut out))
         });
-        let ge = Epilogue { bias: Some(&b), residual: None, relu: true };
+        let ge = Epilogue {
+            bias: Some(&b),
+            residual: None,
+            relu: true,
+        };
         let mut ws = Vec::new();
         group.bench_function(BenchmarkId::new("conv2d_grouped (a GEMM per channel)", &id), |bench| {
             bench.iter(|| conv2d_grouped(black_box(&x), &per_group, channels, &w, &ge, &mut out, &mut ws))

@@ -401,3 +401,82 @@ fn the_fastest_available_kernel_is_selected() {
     }
     assert_eq!(available.last(), Some(&GemmKernel::Portable));
 }
+
+mod depthwise {
+    use super::{fill, padding_strategy};
+    use convnet::kernels::depthwise::depthwise_conv2d_rows;
+    use convnet::kernels::packed_gemm::GemmEpilogue;
+    use convnet::kernels::{reference, ConvGeometry, Window2d};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// The direct depthwise loop on any range of output rows, with the whole epilogue,
+        /// against the reference's grouped loop (groups = channels) in f64.
+        #[test]
+        fn depthwise_matches_reference(
+            (n, h, w, c) in (1usize..=3, 1usize..=12, 1usize..=12, 1usize..=40),
+            (kh, kw, s, d) in (1usize..=5, 1usize..=5, 1usize..=3, 1usize..=2),
+            padding in padding_strategy(),
+            (r0, r1) in (0usize..40, 0usize..40),
+            (scale, bias, residual, relu) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+            seed in any::<u64>(),
+        ) {
+            let window = Window2d { padding, dilation: [d, d], ..Window2d::new([kh, kw], [s, s]) };
+            let Ok(g) = ConvGeometry::new([n, h, w, c], c, window) else { return Ok(()) };
+            let one = ConvGeometry { in_channels: 1, out_channels: 1, ..g };
+            let all_rows = n * g.out_hw[0];
+            let rows = r0.min(all_rows)..r1.clamp(r0.min(all_rows), all_rows);
+            let row_len = g.out_hw[1] * c;
+            let (x, k) = (fill(g.input_len(), seed), fill(kh * kw * c, seed ^ 1));
+            let (scale_v, bias_v, res_v) = (fill(c, seed ^ 2), fill(c, seed ^ 3), fill(rows.len() * row_len, seed ^ 4));
+            let e = GemmEpilogue {
+                scale: scale.then_some(&scale_v[..]),
+                bias: bias.then_some(&bias_v[..]),
+                residual: residual.then_some(&res_v[..]),
+                relu,
+            };
+            let mut got = vec![f32::NAN; rows.len() * row_len];
+            depthwise_conv2d_rows(&x, &g, &k, &e, rows.clone(), &mut got).unwrap();
+            let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+            let mut want = vec![0.0f64; g.output_len()];
+            reference::conv2d_grouped(&wide(&x), &one, c, &wide(&k), None, &mut want);
+            for (i, &a) in got.iter().enumerate() {
+                let ch = i % c;
+                let mut b = want[rows.start * row_len + i];
+                if scale { b *= scale_v[ch] as f64; }
+                if bias { b += bias_v[ch] as f64; }
+                if residual { b += res_v[i] as f64; }
+                if relu { b = b.max(0.0); }
+                prop_assert!((a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()), "element {i}: {a} vs {b} for {g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_errors() {
+        let g = ConvGeometry::new([1, 5, 5, 4], 4, Window2d::new([3, 3], [1, 1])).unwrap();
+        let e = GemmEpilogue::default();
+        let mut out = vec![0.0; g.output_len()];
+        let x = fill(g.input_len(), 1);
+        assert!(depthwise_conv2d_rows(&x, &g, &fill(9 * 4, 2), &e, 0..3, &mut out).is_ok());
+        assert!(
+            depthwise_conv2d_rows(&x, &g, &fill(8, 2), &e, 0..3, &mut out).is_err(),
+            "short kernel"
+        );
+        assert!(
+            depthwise_conv2d_rows(&x, &g, &fill(36, 2), &e, 0..4, &mut out).is_err(),
+            "rows past the output"
+        );
+        assert!(
+            depthwise_conv2d_rows(&x[1..], &g, &fill(36, 2), &e, 0..3, &mut out).is_err(),
+            "short input"
+        );
+        let dense = ConvGeometry::new([1, 5, 5, 4], 8, Window2d::new([3, 3], [1, 1])).unwrap();
+        assert!(
+            depthwise_conv2d_rows(&x, &dense, &fill(36, 2), &e, 0..3, &mut out).is_err(),
+            "not depthwise"
+        );
+    }
+}
