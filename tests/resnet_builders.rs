@@ -120,3 +120,18 @@ fn torchvision_paths_are_state_dict_paths() {
     let seed = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(8)).unwrap();
     assert!(seed.output_shape(&[1, 160, 160, 3]).is_err());
 }
+
+/// torchvision's `mobilenet_v2(width_mult=w)`: parameters and BatchNorm buffers as
+/// `sum(p.numel() for p in net.parameters())` counts them.
+#[test]
+fn mobilenet_v2_presets_have_torchvision_parameter_counts() {
+    use convnet::models::{MobileNetV2, MobileNetV2Config};
+    for (width, params, buffers) in [(1.0, 3_504_872, 34_112), (0.5, 1_968_680, 18_544), (0.35, 1_677_128, 14_080)] {
+        let c = MobileNetV2::new(MobileNetV2Config::torchvision().with_width_mult(width))
+            .unwrap()
+            .param_count();
+        assert_eq!((c.trainable, c.non_trainable), (params, buffers), "width {width}");
+    }
+    assert!(MobileNetV2::new(MobileNetV2Config::torchvision().with_width_mult(0.0)).is_err());
+    assert!(MobileNetV2::new(MobileNetV2Config::torchvision().with_classes(0)).is_err());
+}

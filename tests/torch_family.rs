@@ -1,4 +1,4 @@
-//! torchvision's ResNeXt and Wide ResNet at reduced width (`tests/fixtures/torch_family`, made
+//! torchvision's ResNeXt, Wide ResNet and MobileNetV2 at reduced width (`tests/fixtures/torch_family`, made
 //! by its `make_torch_family.py`: seeded random weights, BatchNorm statistics measured on four
 //! photographs), loaded from the state_dict files, against PyTorch's logits, through both
 //! executors. Logits are held to 3x PyTorch's own float32-vs-float64 spread (recorded beside
@@ -7,8 +7,8 @@
 mod common;
 
 use convnet::inference::{CompiledModel, InferenceOptions};
-use convnet::layers::Tensor;
-use convnet::models::{Depth, ResNet, ResNetConfig};
+use convnet::layers::{Layer, Tensor};
+use convnet::models::{Depth, MobileNetV2, MobileNetV2Config, ResNet, ResNetConfig};
 use convnet::weights::{LoadOptions, WeightFile};
 use ndarray::{concatenate, Axis};
 
@@ -29,7 +29,7 @@ fn softmax(logits: &Tensor) -> Tensor {
     p
 }
 
-fn check(name: &str, config: ResNetConfig, files: &[&str]) {
+fn check(name: &str, build: impl Fn() -> Box<dyn Layer>, files: &[&str]) {
     let expected: serde_json::Value =
         serde_json::from_reader(std::fs::File::open(common::fixture(&format!("torch_family/{name}.json"))).unwrap()).unwrap();
     let spread = expected["float32_float64_logit_spread"].as_f64().unwrap() as f32;
@@ -38,17 +38,20 @@ fn check(name: &str, config: ResNetConfig, files: &[&str]) {
     let want_probs = softmax(&want);
     let x = batch();
     for file in files {
-        let mut model = ResNet::new(config.clone()).unwrap();
+        let mut model = build();
         assert_eq!(model.param_count().trainable as u64, expected["params"].as_u64().unwrap(), "{name}");
         let weights = WeightFile::open(common::fixture(&format!("torch_family/{file}"))).unwrap();
-        let report = weights.load_into(&mut model, &LoadOptions::strict()).unwrap();
+        let report = weights.load_into(model.as_mut(), &LoadOptions::strict()).unwrap();
         assert!(report.is_complete(), "{report}");
         let layer_by_layer = model.forward(&x).unwrap();
         let options = InferenceOptions {
             threads: 2,
             ..Default::default()
         };
-        let compiled = CompiledModel::new(&model, &[224, 224, 3], &options).unwrap().run(&x).unwrap();
+        let compiled = CompiledModel::new(model.as_ref(), &[224, 224, 3], &options)
+            .unwrap()
+            .run(&x)
+            .unwrap();
         for (path, logits) in [("layer by layer", &layer_by_layer), ("compiled", &compiled)] {
             let err = common::max_abs_diff(logits, &want);
             let perr = common::max_abs_diff(&softmax(logits), &want_probs);
@@ -73,11 +76,21 @@ fn resnext50_32x4d_matches_pytorch() {
     // At 1/8 width with 4 groups of 32 channels per 64 planes: each group as wide as
     // resnext50_32x4d's (see the generator).
     let config = ResNetConfig::torchvision_resnext(Depth::R50, 4, 32).unwrap().with_width_divisor(8);
-    check("resnext50_32x4d", config, &["resnext50_32x4d.safetensors", "resnext50_32x4d.pth"]);
+    let build = || Box::new(ResNet::new(config.clone()).unwrap()) as Box<dyn Layer>;
+    check("resnext50_32x4d", build, &["resnext50_32x4d.safetensors", "resnext50_32x4d.pth"]);
 }
 
 #[test]
 fn wide_resnet50_2_matches_pytorch() {
     let config = ResNetConfig::torchvision_wide(Depth::R50).unwrap().with_width_divisor(16);
-    check("wide_resnet50_2", config, &["wide_resnet50_2.safetensors"]);
+    let build = || Box::new(ResNet::new(config.clone()).unwrap()) as Box<dyn Layer>;
+    check("wide_resnet50_2", build, &["wide_resnet50_2.safetensors"]);
+}
+
+/// Depthwise convolutions (the compiled executor's direct loop), ReLU6, inverted residuals.
+#[test]
+fn mobilenet_v2_matches_pytorch() {
+    let config = MobileNetV2Config::torchvision().with_width_mult(0.35).with_classes(100);
+    let build = || Box::new(MobileNetV2::new(config.clone()).unwrap()) as Box<dyn Layer>;
+    check("mobilenet_v2_035", build, &["mobilenet_v2_035.safetensors"]);
 }
