@@ -1,5 +1,7 @@
 //! The presets build the networks their references describe: parameter counts, output shapes.
 
+mod common;
+
 use convnet::layers::Layer;
 use convnet::models::{Depth, ResNet, ResNetConfig};
 
@@ -134,4 +136,30 @@ fn mobilenet_v2_presets_have_torchvision_parameter_counts() {
     }
     assert!(MobileNetV2::new(MobileNetV2Config::torchvision().with_width_mult(0.0)).is_err());
     assert!(MobileNetV2::new(MobileNetV2Config::torchvision().with_classes(0)).is_err());
+}
+
+/// SE-ResNet50 (a custom configuration): torchvision's ResNet50 plus 2,530,992 parameters of
+/// squeeze-and-excitation (per block `2 C^2 / 16 + C / 16 + C`), 28,088,024 in all, as timm's
+/// `seresnet50`; the compiled executor gives the layer-by-layer numbers.
+#[test]
+fn se_resnet50_has_the_squeeze_and_excitation_parameters_and_runs_compiled() {
+    assert_eq!(counts(ResNetConfig::torchvision_se(Depth::R50)).1, 28_088_024);
+    let mut model = ResNet::new(ResNetConfig::torchvision_se(Depth::R50).with_width_divisor(16).with_classes(10)).unwrap();
+    common::randomize(&mut model, 3);
+    let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 64, 64, 3]), common::fill(2 * 64 * 64 * 3, 9)).unwrap();
+    let want = model.forward(&x).unwrap();
+    let options = convnet::inference::InferenceOptions {
+        threads: 2,
+        ..Default::default()
+    };
+    let got = convnet::inference::CompiledModel::new(&model, &[64, 64, 3], &options)
+        .unwrap()
+        .run(&x)
+        .unwrap();
+    let rel = common::max_rel_diff(&got, &want);
+    assert!(rel <= 1e-4, "relative error {rel}");
+    let mut too_narrow = ResNetConfig::torchvision_se(Depth::R50).with_width_divisor(64);
+    too_narrow.se_reduction = Some(64);
+    let err = ResNet::new(too_narrow).unwrap_err().to_string();
+    assert!(err.contains("squeeze"), "{err}");
 }

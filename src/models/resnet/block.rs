@@ -4,7 +4,7 @@
 use super::names::BlockNames;
 use crate::error::{Error, Result};
 use crate::kernels::{Padding, Padding2d};
-use crate::layers::{Activation, BatchNorm, Conv2d, Conv2dConfig, Relu, Residual, Sequential};
+use crate::layers::{Activation, BatchNorm, ChannelGate, Conv2d, Conv2dConfig, Dense, GlobalAvgPool, Relu, Residual, Sequential};
 
 /// Which convolution of a downsampling block carries the stride.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -56,6 +56,11 @@ pub struct BlockConfig {
     /// Channels per group of the bottleneck's 3x3 at 64 planes (torchvision's
     /// `width_per_group`: 64 for ResNet, 4 or 8 for ResNeXt, 128 for Wide ResNet-2).
     pub base_width: usize,
+    /// A squeeze-and-excitation module at the end of the main branch, before the addition,
+    /// with this reduction ratio (Hu et al., 2018: 16): global average pooling, a dense layer
+    /// to `channels / ratio` with ReLU, a dense layer back with sigmoid, and the channels
+    /// scaled by the result. Named `se` (`se.fc1`, `se.fc2`) in the block.
+    pub se_reduction: Option<usize>,
 }
 
 impl BlockConfig {
@@ -71,6 +76,7 @@ impl BlockConfig {
             pad_mode: PadMode::Symmetric,
             groups: 1,
             base_width: 64,
+            se_reduction: None,
         }
     }
 
@@ -86,6 +92,7 @@ impl BlockConfig {
             pad_mode: PadMode::KerasSame,
             groups: 1,
             base_width: 64,
+            se_reduction: None,
         }
     }
 
@@ -133,6 +140,20 @@ impl BlockConfig {
             }
         }
         let out = steps.last().map_or(self.in_channels, |s| s.1);
+        if let Some(ratio) = self.se_reduction {
+            let squeezed = out.checked_div(ratio).unwrap_or(0);
+            if squeezed == 0 {
+                return Err(Error::config(
+                    "residual block",
+                    format!("a squeeze-and-excitation ratio of {ratio} leaves none of the block's {out} channels in the squeeze"),
+                ));
+            }
+            let mut gate = Sequential::new();
+            gate.push("pool", GlobalAvgPool)?
+                .push("fc1", Dense::new(out, squeezed, Some(Activation::Relu))?)?
+                .push("fc2", Dense::new(squeezed, out, Some(Activation::Sigmoid))?)?;
+            main.push("se", ChannelGate::new(gate))?;
+        }
         let shortcut = if self.needs_projection(out) {
             let mut proj = Sequential::new();
             proj.push(&names.shortcut_conv, self.conv(self.in_channels, out, 1, self.stride, 1)?)?;

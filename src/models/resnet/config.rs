@@ -109,6 +109,9 @@ pub struct ResNetConfig {
     pub groups: usize,
     /// torchvision's `width_per_group` (64 for ResNet; see [`BlockConfig::base_width`](super::BlockConfig::base_width)).
     pub base_width: usize,
+    /// Squeeze-and-excitation in every block, with this reduction ratio (see
+    /// [`BlockConfig::se_reduction`](super::BlockConfig::se_reduction)); `None` for none.
+    pub se_reduction: Option<usize>,
 }
 
 impl ResNetConfig {
@@ -137,6 +140,7 @@ impl ResNetConfig {
             names: NameStyle::KerasClassic,
             groups: 1,
             base_width: 64,
+            se_reduction: None,
         }
     }
 
@@ -171,6 +175,7 @@ impl ResNetConfig {
             names: NameStyle::KerasModern,
             groups: 1,
             base_width: 64,
+            se_reduction: None,
             ..Self::keras_resnet50()
         })
     }
@@ -199,6 +204,7 @@ impl ResNetConfig {
             names: NameStyle::Torchvision,
             groups: 1,
             base_width: 64,
+            se_reduction: None,
         }
     }
 
@@ -236,6 +242,19 @@ impl ResNetConfig {
             base_width: 128,
             ..Self::torchvision(depth)
         })
+    }
+
+    /// A custom configuration: SE-ResNet (Hu et al., 2018), the torchvision ResNet of `depth`
+    /// with a squeeze-and-excitation module of reduction ratio 16 in every block (after the
+    /// last BatchNorm of the main branch, before the addition; dense layers with biases).
+    /// SE-ResNet50 has 28,088,024 parameters (timm's `seresnet50` has as many, its squeeze
+    /// and excitation as 1x1 convolutions).
+    pub fn torchvision_se(depth: Depth) -> Self {
+        ResNetConfig {
+            name: format!("se_resnet{}", depth.layers()),
+            se_reduction: Some(16),
+            ..Self::torchvision(depth)
+        }
     }
 
     /// The ResNets of He et al. (2016, section 4.2) for small images, `depth` = 6n + 2 (20,

@@ -191,6 +191,7 @@ fn build_stages(c: &ResNetConfig, net: &mut Sequential, mut channels: usize) -> 
                 pad_mode: c.pad_mode,
                 groups: c.groups,
                 base_width: c.base_width,
+                se_reduction: c.se_reduction,
             };
             let names = BlockNames::new(c.names, stage, index, blocks, c.block.convs())?;
             let block = c.block.build(cfg, &names)?;
