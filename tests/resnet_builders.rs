@@ -163,3 +163,46 @@ fn se_resnet50_has_the_squeeze_and_excitation_parameters_and_runs_compiled() {
     let err = ResNet::new(too_narrow).unwrap_err().to_string();
     assert!(err.contains("squeeze"), "{err}");
 }
+
+/// Keras' `ResNet50V2`, `ResNet101V2` and `ResNet152V2` (keras.applications; the counts
+/// `model.count_params()` gives): trainable and BatchNorm statistics together.
+#[test]
+fn keras_resnet_v2_presets_have_keras_parameter_counts() {
+    use convnet::models::ResNetV2;
+    for (depth, total) in [(Depth::R50, 25_613_800), (Depth::R101, 44_675_560), (Depth::R152, 60_380_648)] {
+        let model = ResNetV2::keras(depth).unwrap();
+        assert_eq!(model.param_count().total(), total, "ResNet{}V2", depth.layers());
+    }
+    assert!(ResNetV2::keras(Depth::R18).is_err());
+    // Keras' names, so `save_weights` files load by name.
+    let model = ResNetV2::keras(Depth::R50).unwrap();
+    let mut names = Vec::new();
+    model.visit_params(&mut Default::default(), &mut |p, _, _| names.push(p.to_string()));
+    for want in [
+        "conv1_conv",
+        "conv2_block1_preact_bn",
+        "conv2_block1_0_conv",
+        "conv2_block3_2_conv",
+        "post_bn",
+        "predictions",
+    ] {
+        assert!(names.iter().any(|n| n.ends_with(want)), "no {want} in {:?}", &names[..8]);
+    }
+    // Each stage's last block halves the size (64 -> 16 after the stem, then 8, 4, 2).
+    let mut small = ResNetV2::new(Depth::R50, [64, 64, 3], 10).unwrap();
+    let rows = small.network().summary(&[1, 64, 64, 3]).unwrap().to_string();
+    assert!(rows.contains("conv2_block3_2_conv") && rows.contains("(None, 8, 8, 64)"), "{rows}");
+    common::randomize(&mut small, 5);
+    let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 64, 64, 3]), common::fill(2 * 64 * 64 * 3, 4)).unwrap();
+    let want = small.forward(&x).unwrap();
+    let options = convnet::inference::InferenceOptions {
+        threads: 2,
+        ..Default::default()
+    };
+    let got = convnet::inference::CompiledModel::new(&small, &[64, 64, 3], &options)
+        .unwrap()
+        .run(&x)
+        .unwrap();
+    let rel = common::max_rel_diff(&got, &want);
+    assert!(rel <= 1e-4, "relative error {rel}");
+}
