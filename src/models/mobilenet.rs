@@ -15,15 +15,9 @@
 //! # Ok::<(), convnet::Error>(())
 //! ```
 
-use ndarray::ArrayViewD;
-
 use crate::error::{Error, Result};
-use crate::graph::{Lowering, ValueId};
 use crate::kernels::{Padding, Padding2d};
-use crate::layers::{
-    Activation, ActivationLayer, BatchNorm, Conv2d, Conv2dConfig, Dense, GlobalAvgPool, Layer, LayerPath, ParamCount, ParamKind,
-    ParamVisitor, Residual, Sequential, SummaryRow,
-};
+use crate::layers::{Activation, ActivationLayer, BatchNorm, Conv2d, Conv2dConfig, Dense, GlobalAvgPool, Layer, Residual, Sequential};
 
 /// torchvision's `inverted_residual_setting`: expansion `t`, output channels `c` (before the
 /// width multiplier), repeats `n`, first stride `s`.
@@ -198,35 +192,7 @@ impl MobileNetV2 {
     }
 }
 
-impl Layer for MobileNetV2 {
-    fn type_name(&self) -> &'static str {
-        "MobileNetV2"
-    }
-
-    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
-        self.net.lower(b, x)
-    }
-
-    fn input_shape(&self) -> Option<Vec<usize>> {
-        Some(self.config.input_shape.to_vec())
-    }
-
-    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
-        self.net.visit_params(path, f)
-    }
-
-    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
-        self.net.visit_params_mut(path, visitor)
-    }
-
-    fn summarize(&self, path: &mut LayerPath, input: &[usize], rows: &mut Vec<SummaryRow>) -> Result<Vec<usize>> {
-        self.net.summarize(path, input, rows)
-    }
-
-    fn param_count(&self) -> ParamCount {
-        self.net.param_count()
-    }
-}
+layer_over_network!(MobileNetV2, "MobileNetV2", |m| m.config.input_shape);
 
 #[cfg(test)]
 mod tests {

@@ -14,15 +14,12 @@
 //! # Ok::<(), convnet::Error>(())
 //! ```
 
-use ndarray::ArrayViewD;
-
 use super::resnet::Depth;
 use crate::error::{Error, Result};
-use crate::graph::{Lowering, ValueId};
 use crate::kernels::{Padding, Padding2d};
 use crate::layers::{
-    Activation, BatchNorm, Conv2d, Conv2dConfig, Dense, GlobalAvgPool, Layer, LayerPath, MaxPool2d, ParamCount, ParamKind, ParamVisitor,
-    Pool2dConfig, Relu, Residual, Sequential, SummaryRow, ZeroPadding2d,
+    Activation, BatchNorm, Conv2d, Conv2dConfig, Dense, GlobalAvgPool, Layer, MaxPool2d, Pool2dConfig, Relu, Residual, Sequential,
+    ZeroPadding2d,
 };
 
 /// Keras' BatchNorm epsilon in its ResNet V2 applications.
@@ -134,32 +131,4 @@ impl ResNetV2 {
     }
 }
 
-impl Layer for ResNetV2 {
-    fn type_name(&self) -> &'static str {
-        "ResNetV2"
-    }
-
-    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
-        self.net.lower(b, x)
-    }
-
-    fn input_shape(&self) -> Option<Vec<usize>> {
-        Some(self.input_shape.to_vec())
-    }
-
-    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
-        self.net.visit_params(path, f)
-    }
-
-    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
-        self.net.visit_params_mut(path, visitor)
-    }
-
-    fn summarize(&self, path: &mut LayerPath, input: &[usize], rows: &mut Vec<SummaryRow>) -> Result<Vec<usize>> {
-        self.net.summarize(path, input, rows)
-    }
-
-    fn param_count(&self) -> ParamCount {
-        self.net.param_count()
-    }
-}
+layer_over_network!(ResNetV2, "ResNetV2", |m| m.input_shape);

@@ -17,14 +17,11 @@ pub use block::{BasicBlock, BlockConfig, BlockKind, Bottleneck, PadMode, StrideP
 pub use config::{Depth, Head, ResNetConfig, Stem};
 pub use names::{keras_block_letter, BlockNames, NameStyle};
 
-use ndarray::ArrayViewD;
-
 use crate::error::Result;
-use crate::graph::{Lowering, ValueId};
 use crate::kernels::{Padding, Padding2d};
 use crate::layers::{
-    Activation, AvgPool2d, BatchNorm, Conv2d, Conv2dConfig, Dense, Flatten, GlobalAvgPool, Layer, LayerPath, MaxPool2d, ParamCount,
-    ParamKind, ParamVisitor, Pool2dConfig, Relu, Sequential, Summary, SummaryRow, Tensor, ZeroPadding2d,
+    Activation, AvgPool2d, BatchNorm, Conv2d, Conv2dConfig, Dense, Flatten, GlobalAvgPool, Layer, MaxPool2d, ParamCount, Pool2dConfig,
+    Relu, Sequential, Summary, Tensor, ZeroPadding2d,
 };
 
 /// A residual network: the [`ResNetConfig`] it was built from and the layers.
@@ -96,35 +93,7 @@ impl ResNet {
     }
 }
 
-impl Layer for ResNet {
-    fn type_name(&self) -> &'static str {
-        "ResNet"
-    }
-
-    fn lower<'m>(&'m self, b: &mut Lowering<'m>, x: ValueId) -> Result<ValueId> {
-        self.net.lower(b, x)
-    }
-
-    fn input_shape(&self) -> Option<Vec<usize>> {
-        Some(self.config.input_shape.to_vec())
-    }
-
-    fn visit_params(&self, path: &mut LayerPath, f: &mut dyn FnMut(&LayerPath, ParamKind, ArrayViewD<'_, f32>)) {
-        self.net.visit_params(path, f)
-    }
-
-    fn visit_params_mut(&mut self, path: &mut LayerPath, visitor: &mut dyn ParamVisitor) -> Result<()> {
-        self.net.visit_params_mut(path, visitor)
-    }
-
-    fn summarize(&self, path: &mut LayerPath, input: &[usize], rows: &mut Vec<SummaryRow>) -> Result<Vec<usize>> {
-        self.net.summarize(path, input, rows)
-    }
-
-    fn param_count(&self) -> ParamCount {
-        self.net.param_count()
-    }
-}
+layer_over_network!(ResNet, "ResNet", |m| m.config.input_shape);
 
 /// conv 7x7/2, BN, ReLU, max pool 3x3/2 (or conv 3x3/1, BN, ReLU); returns the channels out.
 fn build_stem(c: &ResNetConfig, net: &mut Sequential) -> Result<usize> {
