@@ -196,6 +196,41 @@ mod compiled_conv {
 
     use super::common::fill;
 
+    /// `conv`, a BatchNorm of seeded statistics and (with `relu`) a ReLU, compiled with the
+    /// BatchNorm folded on 1-3 threads, against the layer-by-layer forward on `x`; the compiled
+    /// result the same bits on every thread count.
+    fn compiled_conv_bn_matches_layers(conv: Conv2d, channels: usize, relu: bool, x: &ArrayD<f32>, seed: u64) -> Result<(), TestCaseError> {
+        let stat = |salt: u64, lo: f32| Array1::from(fill(channels, seed ^ salt).iter().map(|v| lo + v.abs()).collect::<Vec<_>>());
+        let (beta, mean) = (Array1::from(fill(channels, seed ^ 3)), Array1::from(fill(channels, seed ^ 4)));
+        let bn = BatchNorm::with_weights(1e-3, stat(2, 0.5), beta, mean, stat(5, 0.2)).unwrap();
+        let mut net = Sequential::new();
+        net.push("conv", conv).unwrap();
+        net.push("bn", bn).unwrap();
+        if relu {
+            net.push("relu", Relu).unwrap();
+        }
+        let want = net.forward(x).unwrap();
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let mut first = None;
+        for threads in 1..=3 {
+            let opts = InferenceOptions {
+                threads,
+                fold_batch_norm: true,
+                ..Default::default()
+            };
+            let got = CompiledModel::new(&net, &x.shape()[1..], &opts).unwrap().run(x).unwrap();
+            prop_assert_eq!(got.shape(), want.shape());
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                prop_assert!((a - b).abs() <= 1e-5 * scale, "element {i}: {a} vs {b} ({threads} threads)");
+            }
+            match &first {
+                None => first = Some(got),
+                Some(f) => prop_assert!(*f == got, "{threads} threads gave other bits"),
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
@@ -249,30 +284,8 @@ mod compiled_conv {
             let cfg = Conv2dConfig::new(c, c, [kh, kw]).with_strides([s, s]).with_dilation([d, d]).with_padding(pad).with_groups(c);
             let kernel = Array4::from_shape_vec((kh, kw, 1, c), fill(kh * kw * c, seed)).unwrap();
             let conv = Conv2d::with_weights(cfg, kernel, Some(Array1::from(fill(c, seed ^ 1)))).unwrap();
-            let stat = |salt: u64, lo: f32| Array1::from(fill(c, seed ^ salt).iter().map(|v| lo + v.abs()).collect::<Vec<_>>());
-            let bn = BatchNorm::with_weights(1e-3, stat(2, 0.5), Array1::from(fill(c, seed ^ 3)), Array1::from(fill(c, seed ^ 4)), stat(5, 0.2)).unwrap();
-            let mut net = Sequential::new();
-            net.push("conv", conv).unwrap();
-            net.push("bn", bn).unwrap();
-            if relu {
-                net.push("relu", Relu).unwrap();
-            }
             let x = ArrayD::from_shape_vec(IxDyn(&[n, h, w, c]), fill(n * h * w * c, seed ^ 6)).unwrap();
-            let want = net.forward(&x).unwrap();
-            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            let mut first = None;
-            for threads in 1..=3 {
-                let opts = InferenceOptions { threads, fold_batch_norm: true, ..Default::default() };
-                let got = CompiledModel::new(&net, &[h, w, c], &opts).unwrap().run(&x).unwrap();
-                prop_assert_eq!(got.shape(), want.shape());
-                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    prop_assert!((a - b).abs() <= 1e-5 * scale, "element {i}: {a} vs {b} ({threads} threads)");
-                }
-                match &first {
-                    None => first = Some(got),
-                    Some(f) => prop_assert!(*f == got, "{threads} threads gave other bits"),
-                }
-            }
+            compiled_conv_bn_matches_layers(conv, c, relu, &x, seed)?;
         }
 
         /// A grouped convolution (1x1 read in place, others through each group's im2col), with
@@ -290,30 +303,8 @@ mod compiled_conv {
             let cfg = Conv2dConfig::new(cin_all, cout_all, [k, k]).with_strides([s, s]).with_padding(padding).with_groups(groups);
             let kernel = Array4::from_shape_vec((k, k, cin, cout_all), fill(k * k * cin * cout_all, seed)).unwrap();
             let conv = Conv2d::with_weights(cfg, kernel, Some(Array1::from(fill(cout_all, seed ^ 1)))).unwrap();
-            let stat = |salt: u64, lo: f32| Array1::from(fill(cout_all, seed ^ salt).iter().map(|v| lo + v.abs()).collect::<Vec<_>>());
-            let bn = BatchNorm::with_weights(1e-3, stat(2, 0.5), Array1::from(fill(cout_all, seed ^ 3)), Array1::from(fill(cout_all, seed ^ 4)), stat(5, 0.2)).unwrap();
-            let mut net = Sequential::new();
-            net.push("conv", conv).unwrap();
-            net.push("bn", bn).unwrap();
-            if relu {
-                net.push("relu", Relu).unwrap();
-            }
             let x = ArrayD::from_shape_vec(IxDyn(&[n, h, w, cin_all]), fill(n * h * w * cin_all, seed ^ 6)).unwrap();
-            let want = net.forward(&x).unwrap();
-            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            let mut first = None;
-            for threads in 1..=3 {
-                let opts = InferenceOptions { threads, fold_batch_norm: true, ..Default::default() };
-                let got = CompiledModel::new(&net, &[h, w, cin_all], &opts).unwrap().run(&x).unwrap();
-                prop_assert_eq!(got.shape(), want.shape());
-                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    prop_assert!((a - b).abs() <= 1e-5 * scale, "element {i}: {a} vs {b} ({threads} threads)");
-                }
-                match &first {
-                    None => first = Some(got),
-                    Some(f) => prop_assert!(*f == got, "{threads} threads gave other bits"),
-                }
-            }
+            compiled_conv_bn_matches_layers(conv, cout_all, relu, &x, seed)?;
         }
     }
 }

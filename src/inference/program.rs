@@ -42,39 +42,22 @@ pub(crate) fn generate<'m>(graph: &Graph<'m>, keep: &[ValueId]) -> Result<Progra
             y,
         };
         ops.push(match &node.op {
-            GraphOp::Conv2d(c) if c.groups == 1 => {
-                let geometry = c.geometry(1, &shapes[x]).map_err(|e| e.in_layer(&name))?;
-                let n = c.out_channels;
-                let weights = match c.algorithm {
-                    ConvAlgorithm::Winograd(tile) => ConvWeights::Winograd(WinogradWeights::new(&c.kernel, c.in_channels, n, tile)?),
-                    ConvAlgorithm::Gemm => ConvWeights::Gemm(PackedB::pack(&c.kernel, geometry.patch_len(), n, n)?),
-                };
-                Op::Conv(ConvOp {
-                    name,
-                    geometry,
-                    groups: 1,
-                    weights,
-                    scale: c.scale.as_ref().map(|s| s.to_vec()),
-                    bias: owned(&c.bias, n, 0.0),
-                    relu: c.relu,
-                    residual: c.residual.then(|| node.inputs[1].0),
-                    x,
-                    y,
-                })
-            }
-            GraphOp::Conv2d(c) if c.algorithm == ConvAlgorithm::Gemm => {
+            // (A grouped convolution is never marked for Winograd.)
+            GraphOp::Conv2d(c) if c.groups == 1 || c.algorithm == ConvAlgorithm::Gemm => {
                 let geometry = c.geometry(1, &shapes[x]).map_err(|e| e.in_layer(&name))?;
                 let (n, cout) = (c.out_channels, geometry.out_channels);
-                let weights = if geometry.in_channels == 1 && cout == 1 {
-                    // Depthwise: the HWIO kernel `(kh, kw, 1, channels)` is already the
-                    // direct loop's `(kh, kw, channels)`.
-                    ConvWeights::Depthwise(c.kernel.to_vec())
-                } else {
+                let weights = match c.algorithm {
+                    ConvAlgorithm::Winograd(tile) => ConvWeights::Winograd(WinogradWeights::new(&c.kernel, c.in_channels, n, tile)?),
+                    _ if c.groups == 1 => ConvWeights::Gemm(PackedB::pack(&c.kernel, geometry.patch_len(), n, n)?),
+                    // Depthwise: the HWIO kernel `(kh, kw, 1, channels)` is already the direct
+                    // loop's `(kh, kw, channels)`.
+                    _ if geometry.in_channels == 1 && cout == 1 => ConvWeights::Depthwise(c.kernel.to_vec()),
                     // Grouped: one packed operand per group, the group's columns of the kernel.
-                    let packed = (0..c.groups)
-                        .map(|group| PackedB::pack(&c.kernel[group * cout..], geometry.patch_len(), cout, n))
-                        .collect::<Result<Vec<_>>>()?;
-                    ConvWeights::Grouped(packed)
+                    _ => ConvWeights::Grouped(
+                        (0..c.groups)
+                            .map(|group| PackedB::pack(&c.kernel[group * cout..], geometry.patch_len(), cout, n))
+                            .collect::<Result<Vec<_>>>()?,
+                    ),
                 };
                 Op::Conv(ConvOp {
                     name,
