@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use convnet::kernels::packed_gemm::GemmEpilogue;
 use convnet::kernels::winograd::{self, WinogradTile, WinogradWeights};
-use convnet::kernels::{conv2d, conv2d_grouped, depthwise, reference, ConvGeometry, Epilogue, Padding, Window2d};
+use convnet::kernels::{conv2d, conv2d_grouped, depthwise, reference, ConvGeometry, Epilogue, Padding, Rectifier, Window2d};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 /// (layer, input [n, h, w, c], filters, kernel, stride, padding)
@@ -98,7 +98,7 @@ fn depthwise_conv(c: &mut Criterion) {
         group.throughput(Throughput::Elements(2 * (full.output_len() * 9) as u64));
         let e = GemmEpilogue {
             bias: Some(&b),
-            relu: true,
+            rectifier: Rectifier::Relu,
             ..Default::default()
         };
         let rows = 0..full.batch * full.out_hw[0];
@@ -108,7 +108,7 @@ fn depthwise_conv(c: &mut Criterion) {
         let ge = Epilogue {
             bias: Some(&b),
             residual: None,
-            relu: true,
+            rectifier: Rectifier::Relu,
         };
         let mut ws = Vec::new();
         group.bench_function(BenchmarkId::new("conv2d_grouped (a GEMM per channel)", &id), |bench| {

@@ -3,7 +3,7 @@
 //! non-square kernels, strides 1-3, dilation 1-2, every padding mode, batch 1-3, channels
 //! 1-70). Outputs start NaN-filled, which proves the kernels write every element they own.
 
-use convnet::kernels::{self, reference, ConvGeometry, ConvStrategy, Epilogue, Padding, Padding2d, PoolGeometry, Window2d};
+use convnet::kernels::{self, reference, ConvGeometry, ConvStrategy, Epilogue, Padding, Padding2d, PoolGeometry, Rectifier, Window2d};
 use proptest::prelude::*;
 
 mod common;
@@ -16,6 +16,20 @@ fn padding_strategy() -> impl Strategy<Value = Padding> {
         Just(Padding::Same),
         (0usize..4, 0usize..4, 0usize..4, 0usize..4).prop_map(|(t, b, l, r)| Padding::Explicit(Padding2d::new(t, b, l, r))),
     ]
+}
+
+/// The three epilogue rectifiers.
+fn rectifier_strategy() -> impl Strategy<Value = Rectifier> {
+    prop_oneof![Just(Rectifier::Identity), Just(Rectifier::Relu), Just(Rectifier::Relu6)]
+}
+
+/// The rectifiers' definitions, written out (not through `Rectifier::apply`).
+fn rectify(r: Rectifier, v: f64) -> f64 {
+    match r {
+        Rectifier::Identity => v,
+        Rectifier::Relu => v.max(0.0),
+        Rectifier::Relu6 => v.clamp(0.0, 6.0),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -97,7 +111,7 @@ fn check_conv(c: &ConvCase, epilogue_on: bool) -> Result<(), TestCaseError> {
         Epilogue {
             bias: Some(&bias),
             residual: Some(&residual),
-            relu: true,
+            rectifier: Rectifier::Relu,
         }
     } else {
         Epilogue::default()
@@ -231,7 +245,7 @@ fn strategy_selection() {
 }
 
 mod packed {
-    use super::fill;
+    use super::{fill, rectifier_strategy, rectify};
     use convnet::kernels::packed_gemm::{gemm_packed_with, GemmEpilogue, GemmKernel, PackedB, NR};
     use convnet::kernels::reference;
     use proptest::prelude::*;
@@ -247,7 +261,7 @@ mod packed {
             (m, k, n) in (1usize..40, 1usize..600, 1usize..100),
             (extra_lda, extra_ldc) in (0usize..5, 0usize..5),
             (r0, r1, p0, p1) in (0usize..40, 0usize..40, 0usize..4, 0usize..4),
-            (scale, bias, residual, relu) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+            (scale, bias, residual, rectifier) in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
             seed in any::<u64>(),
         ) {
             let (lda, ldc) = (k + extra_lda, n + extra_ldc);
@@ -263,7 +277,7 @@ mod packed {
             let mut want = vec![0.0; m * n];
             reference::gemm(m, k, n, &dense, &b, &mut want);
             let scale_v = fill(n, seed ^ 8);
-            let e = GemmEpilogue { scale: scale.then_some(&scale_v[..]), bias: bias.then_some(&bias_v[..]), residual: residual.then_some(&res_v[..]), relu };
+            let e = GemmEpilogue { scale: scale.then_some(&scale_v[..]), bias: bias.then_some(&bias_v[..]), residual: residual.then_some(&res_v[..]), rectifier };
             let mut simd_outputs = Vec::new();
             // The portable kernel twice: with `B` packed for it (a row-major copy it multiplies
             // in place) and packed for the selected kernel (panels only).
@@ -285,7 +299,7 @@ mod packed {
                         if scale { w *= scale_v[j]; }
                         if bias { w += bias_v[j]; }
                         if residual { w += res_v[i * ldc + j]; }
-                        if relu { w = w.max(0.0); }
+                        let w = rectify(rectifier, w as f64) as f32;
                         prop_assert!((got - w).abs() <= 1e-4 * (1.0 + (k as f32).sqrt()), "{kernel:?} ({i}, {j}): {got} vs {w}");
                     }
                 }
@@ -302,7 +316,7 @@ mod packed {
 }
 
 mod winograd {
-    use super::{fill, padding_strategy};
+    use super::{fill, padding_strategy, rectifier_strategy, rectify};
     use convnet::kernels::packed_gemm::GemmEpilogue;
     use convnet::kernels::winograd::{conv2d_winograd, WinogradTile, WinogradWeights};
     use convnet::kernels::{reference, ConvGeometry, Window2d};
@@ -320,7 +334,7 @@ mod winograd {
             (n, h, w, cin, cout) in (1usize..=3, 1usize..=14, 1usize..=14, 1usize..=40, 1usize..=70),
             padding in padding_strategy(),
             (f4, block) in (any::<bool>(), 1usize..=30),
-            (scale, bias, residual, relu) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+            (scale, bias, residual, rectifier) in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
             seed in any::<u64>(),
         ) {
             let window = Window2d { padding, ..Window2d::new([3, 3], [1, 1]) };
@@ -334,7 +348,7 @@ mod winograd {
                 scale: scale.then_some(&scale_v[..]),
                 bias: bias.then_some(&bias_v[..]),
                 residual: residual.then_some(&res_v[..]),
-                relu,
+                rectifier,
             };
             let mut got = vec![f32::NAN; g.output_len()];
             conv2d_winograd(&x, &g, &weights, &e, &mut got, block, &mut Vec::new()).unwrap();
@@ -351,7 +365,7 @@ mod winograd {
                 if scale { b *= scale_v[o]; s *= scale_v[o].abs(); }
                 if bias { b += bias_v[o]; }
                 if residual { b += res_v[i]; }
-                if relu { b = b.max(0.0); }
+                let b = rectify(rectifier, b as f64) as f32;
                 // F(4x4, 3x3)'s transforms scale values by up to 8 and 1/24 on the way, so it
                 // rounds more than F(2x2, 3x3), whose bound is the GEMM path's.
                 let tol = if f4 { 1e-4 } else { 1e-5 } * (s + 1.0);
@@ -403,7 +417,7 @@ fn the_fastest_available_kernel_is_selected() {
 }
 
 mod depthwise {
-    use super::{fill, padding_strategy};
+    use super::{fill, padding_strategy, rectifier_strategy, rectify};
     use convnet::kernels::depthwise::depthwise_conv2d_rows;
     use convnet::kernels::packed_gemm::GemmEpilogue;
     use convnet::kernels::{reference, ConvGeometry, Window2d};
@@ -420,7 +434,7 @@ mod depthwise {
             (kh, kw, s, d) in (1usize..=5, 1usize..=5, 1usize..=3, 1usize..=2),
             padding in padding_strategy(),
             (r0, r1) in (0usize..40, 0usize..40),
-            (scale, bias, residual, relu) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+            (scale, bias, residual, rectifier) in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
             seed in any::<u64>(),
         ) {
             let window = Window2d { padding, dilation: [d, d], ..Window2d::new([kh, kw], [s, s]) };
@@ -435,7 +449,7 @@ mod depthwise {
                 scale: scale.then_some(&scale_v[..]),
                 bias: bias.then_some(&bias_v[..]),
                 residual: residual.then_some(&res_v[..]),
-                relu,
+                rectifier,
             };
             let mut got = vec![f32::NAN; rows.len() * row_len];
             depthwise_conv2d_rows(&x, &g, &k, &e, rows.clone(), &mut got).unwrap();
@@ -448,7 +462,7 @@ mod depthwise {
                 if scale { b *= scale_v[ch] as f64; }
                 if bias { b += bias_v[ch] as f64; }
                 if residual { b += res_v[i] as f64; }
-                if relu { b = b.max(0.0); }
+                let b = rectify(rectifier, b);
                 prop_assert!((a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()), "element {i}: {a} vs {b} for {g:?}");
             }
         }

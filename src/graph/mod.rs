@@ -209,8 +209,8 @@ impl<'m> Graph<'m> {
         let n = &self.nodes[p];
         match &n.op {
             Op::Unary(UnaryFn::Relu | UnaryFn::Relu6 | UnaryFn::Sigmoid) => true,
-            Op::Conv2d(c) => c.relu,
-            Op::Affine { relu, .. } | Op::Add { relu } => *relu,
+            Op::Conv2d(c) => !c.rectifier.is_identity(),
+            Op::Affine { rectifier, .. } | Op::Add { rectifier } => !rectifier.is_identity(),
             Op::Softmax { .. } => true,
             Op::Pad(_) | Op::MaxPool(_) | Op::AvgPool(_) | Op::GlobalAvgPool | Op::Flatten => self.is_nonnegative(n.inputs[0]),
             Op::Concat => n.inputs.iter().all(|&i| self.is_nonnegative(i)),

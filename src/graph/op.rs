@@ -11,7 +11,7 @@ use std::fmt;
 
 use crate::error::{checked_product, Error, Result, ShapeFmt};
 use crate::kernels::winograd::WinogradTile;
-use crate::kernels::{ConvGeometry, Padding, Padding2d, PoolGeometry, Window2d};
+use crate::kernels::{ConvGeometry, Padding, Padding2d, PoolGeometry, Rectifier, Window2d};
 use crate::layers::Layer;
 
 /// Parameter data: borrowed from the model it was lowered from, or owned when a pass computed it.
@@ -55,8 +55,8 @@ pub struct ConvOp<'m> {
     pub scale: Option<Param<'m>>,
     /// Whether the op's second input is added (a fused residual).
     pub residual: bool,
-    /// ReLU last.
-    pub relu: bool,
+    /// The rectifier applied last (a fused ReLU or ReLU6).
+    pub rectifier: Rectifier,
     /// The fast executor's algorithm.
     pub algorithm: ConvAlgorithm,
 }
@@ -198,19 +198,19 @@ pub enum Op<'m> {
     Conv2d(ConvOp<'m>),
     /// BatchNorm at inference, over the last axis.
     BatchNorm(BatchNormOp<'m>),
-    /// Per-channel `y = x * scale + shift` over the last axis, then ReLU if `relu`.
+    /// Per-channel `y = x * scale + shift` over the last axis, then the rectifier.
     Affine {
         /// Per-channel scale.
         scale: Param<'m>,
         /// Per-channel shift.
         shift: Param<'m>,
-        /// ReLU last.
-        relu: bool,
+        /// The rectifier applied last.
+        rectifier: Rectifier,
     },
-    /// The sum of N inputs of one shape, left to right, then ReLU if `relu`.
+    /// The sum of N inputs of one shape, left to right, then the rectifier.
     Add {
-        /// ReLU last.
-        relu: bool,
+        /// The rectifier applied last.
+        rectifier: Rectifier,
     },
     /// Concatenation of N `[h, w, c_i]` inputs along the channel (last) axis.
     Concat,

@@ -133,21 +133,14 @@ pub fn eval(op: &Op<'_>, inputs: &[&Tensor]) -> Result<Tensor> {
             let (scale, shift) = bn.scale_shift();
             Ok(per_channel(x, |v, c| v * scale[c] + shift[c]))
         }
-        Op::Affine { scale, shift, relu } => Ok(per_channel(x, |v, c| {
-            let t = v * scale[c] + shift[c];
-            if *relu {
-                t.max(0.0)
-            } else {
-                t
-            }
-        })),
-        Op::Add { relu } => {
+        Op::Affine { scale, shift, rectifier } => Ok(per_channel(x, |v, c| rectifier.apply(v * scale[c] + shift[c]))),
+        Op::Add { rectifier } => {
             let mut y = x.as_standard_layout().into_owned();
             for other in &inputs[1..] {
                 y += *other;
             }
-            if *relu {
-                y.mapv_inplace(|v| v.max(0.0));
+            if !rectifier.is_identity() {
+                y.mapv_inplace(|v| rectifier.apply(v));
             }
             Ok(y)
         }
@@ -243,7 +236,7 @@ fn conv(c: &ConvOp<'_>, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tenso
         None => Epilogue {
             bias: c.bias.as_deref(),
             residual: residual.as_ref().and_then(|r| r.as_slice()),
-            relu: c.relu,
+            rectifier: c.rectifier,
         },
         Some(_) => Epilogue::default(),
     };
@@ -265,7 +258,7 @@ fn conv(c: &ConvOp<'_>, inputs: &[&Tensor], out_shape: &[usize]) -> Result<Tenso
                 if let Some(r) = r {
                     t += r[i * n + o];
                 }
-                *v = if c.relu { t.max(0.0) } else { t };
+                *v = c.rectifier.apply(t);
             }
         }
     }

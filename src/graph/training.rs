@@ -19,7 +19,7 @@ use super::reference::{self, check_input, per_channel, tensor};
 use super::{Graph, Node};
 use crate::error::{Error, Result, ShapeFmt};
 use crate::kernels::threaded::{self, Threads};
-use crate::kernels::{self, backward};
+use crate::kernels::{self, backward, Rectifier};
 use crate::layers::{check_finite, LayerPath, ParamKind, Tensor};
 
 /// How a training step treats the layers.
@@ -224,12 +224,12 @@ fn forward_on<'g, 'm>(
                 pool.elementwise(&mut y, &|at, out| out.iter_mut().zip(&x[at..]).for_each(|(o, &v)| *o = f.apply(v)));
                 tensor(inputs[0].shape(), y)?
             }
-            Op::Add { relu } if inputs.len() == 2 && inputs[0].shape() == inputs[1].shape() => {
-                let (relu, a, b) = (*relu, slice(inputs[0]), slice(inputs[1]));
+            Op::Add { rectifier } if inputs.len() == 2 && inputs[0].shape() == inputs[1].shape() => {
+                let (rectifier, a, b) = (*rectifier, slice(inputs[0]), slice(inputs[1]));
                 let mut y = pool.take(a.len());
                 pool.elementwise(&mut y, &|at, out| {
                     for ((o, &p), &q) in out.iter_mut().zip(&a[at..]).zip(&b[at..]) {
-                        *o = if relu { (p + q).max(0.0) } else { p + q };
+                        *o = rectifier.apply(p + q);
                     }
                 });
                 tensor(inputs[0].shape(), y)?
@@ -462,7 +462,7 @@ fn conv_forward(threads: &Threads, c: &ConvOp<'_>, inputs: &[&Tensor]) -> Result
     threads.give_packed(packed);
     result?;
     let residual = if c.residual { Some(slice(inputs[1])) } else { None };
-    if c.scale.is_some() || c.bias.is_some() || residual.is_some() || c.relu {
+    if c.scale.is_some() || c.bias.is_some() || residual.is_some() || !c.rectifier.is_identity() {
         let n = c.out_channels;
         for (i, px) in y.chunks_exact_mut(n).enumerate() {
             for (o, v) in px.iter_mut().enumerate() {
@@ -470,7 +470,7 @@ fn conv_forward(threads: &Threads, c: &ConvOp<'_>, inputs: &[&Tensor]) -> Result
                 if let Some(r) = residual {
                     t += r[i * n + o];
                 }
-                *v = if c.relu { t.max(0.0) } else { t };
+                *v = c.rectifier.apply(t);
             }
         }
     }
@@ -510,9 +510,13 @@ fn backward_op(
                 same(per_channel(dy, |d, ch| d * scale[ch]))
             }
         },
-        Op::Affine { scale, relu, .. } => same(per_channel_masked(threads, dy, y, *relu, |d, ch| d * scale[ch])?),
-        Op::Add { relu } => {
-            let d = if *relu { relu_mask(threads, dy, y)? } else { copy(threads, dy)? };
+        Op::Affine { scale, rectifier, .. } => same(per_channel_masked(threads, dy, y, *rectifier, |d, ch| d * scale[ch])?),
+        Op::Add { rectifier } => {
+            let d = if rectifier.is_identity() {
+                copy(threads, dy)?
+            } else {
+                rectifier_mask(threads, *rectifier, dy, y)?
+            };
             let mut grads: Vec<Option<Tensor>> = inputs[1..].iter().map(|_| copy(threads, &d).map(Some)).collect::<Result<_>>()?;
             grads.insert(0, Some(d));
             (grads, Vec::new())
@@ -642,12 +646,12 @@ fn backward_op(
 }
 
 /// `dy` where `y > 0`, else 0 (ReLU's backward, from its output).
-fn relu_mask(threads: &Threads, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+fn rectifier_mask(threads: &Threads, rectifier: Rectifier, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
     let (ds, ys) = (slice(dy), slice(y));
     let mut out = threads.take(ds.len());
     threads.elementwise(&mut out, &|at, o| {
         for ((o, &d), &y) in o.iter_mut().zip(&ds[at..]).zip(&ys[at..]) {
-            *o = if y > 0.0 { d } else { 0.0 };
+            *o = if rectifier.passes(y) { d } else { 0.0 };
         }
     });
     tensor(dy.shape(), out)
@@ -661,11 +665,11 @@ fn copy(threads: &Threads, t: &Tensor) -> Result<Tensor> {
     tensor(t.shape(), out)
 }
 
-fn per_channel_masked(threads: &Threads, dy: &Tensor, y: &Tensor, relu: bool, f: impl Fn(f32, usize) -> f32) -> Result<Tensor> {
-    Ok(if relu {
-        per_channel(&relu_mask(threads, dy, y)?, f)
-    } else {
+fn per_channel_masked(threads: &Threads, dy: &Tensor, y: &Tensor, rectifier: Rectifier, f: impl Fn(f32, usize) -> f32) -> Result<Tensor> {
+    Ok(if rectifier.is_identity() {
         per_channel(dy, f)
+    } else {
+        per_channel(&rectifier_mask(threads, rectifier, dy, y)?, f)
     })
 }
 
@@ -742,7 +746,11 @@ fn conv_backward(
     want_input: bool,
 ) -> Result<OpGrads> {
     let x = inputs[0];
-    let masked = if c.relu { Some(relu_mask(threads, dy, y)?) } else { None };
+    let masked = if c.rectifier.is_identity() {
+        None
+    } else {
+        Some(rectifier_mask(threads, c.rectifier, dy, y)?)
+    };
     let dz = masked.as_ref().unwrap_or(dy);
     let residual_grad = if c.residual { Some(copy(threads, dz)?) } else { None };
     let scaled = c.scale.as_ref().map(|scale| per_channel(dz, |d, ch| d * scale[ch]));

@@ -12,7 +12,7 @@ use crate::graph::{self, UnaryFn};
 use crate::kernels::implicit::{pieces, tap_segments};
 use crate::kernels::packed_gemm::{gemm_packed_raw, gemm_segments, GemmEpilogue, PackedB, Segment, MR, NR};
 use crate::kernels::winograd::{self, WinogradWeights};
-use crate::kernels::{self, ConvGeometry, PoolGeometry};
+use crate::kernels::{self, ConvGeometry, PoolGeometry, Rectifier};
 
 /// Bytes of im2col tile a thread fills before multiplying it (sized for L2).
 const IM2COL_TILE_BYTES: usize = 1 << 20;
@@ -52,7 +52,7 @@ pub(crate) struct ConvOp {
     /// A folded BatchNorm's per-channel scale, applied in the GEMM's output pass.
     pub scale: Option<Vec<f32>>,
     pub bias: Vec<f32>,
-    pub relu: bool,
+    pub rectifier: Rectifier,
     pub residual: Option<usize>,
     pub x: usize,
     pub y: usize,
@@ -110,12 +110,12 @@ impl ConvOp {
 
 pub(crate) enum Op<'m> {
     Conv(ConvOp),
-    /// Per-channel `y = x * scale + shift`, then optional ReLU (an unfolded BatchNorm).
+    /// Per-channel `y = x * scale + shift`, then the rectifier (an unfolded BatchNorm).
     Affine {
         name: String,
         scale: Vec<f32>,
         shift: Vec<f32>,
-        relu: bool,
+        rectifier: Rectifier,
         x: usize,
         y: usize,
     },
@@ -129,7 +129,7 @@ pub(crate) enum Op<'m> {
         name: String,
         a: usize,
         b: usize,
-        relu: bool,
+        rectifier: Rectifier,
         y: usize,
     },
     Pad {
@@ -288,14 +288,18 @@ impl Op<'_> {
                 ConvWeights::Depthwise(k) => conv_depthwise(c, k, ctx, bufs),
             },
             Op::Affine {
-                scale, shift, relu, x, y, ..
+                scale,
+                shift,
+                rectifier,
+                x,
+                y,
+                ..
             } => {
                 let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
                 let len = n * v(*x).len();
                 for (dst, src) in w[..len].chunks_exact_mut(scale.len()).zip(r0[..len].chunks_exact(scale.len())) {
                     for (((d, &s), &a), &b) in dst.iter_mut().zip(src).zip(scale).zip(shift) {
-                        let t = s * a + b;
-                        *d = if *relu { t.max(0.0) } else { t };
+                        *d = rectifier.apply(s * a + b);
                     }
                 }
                 Ok(())
@@ -306,12 +310,11 @@ impl Op<'_> {
                 w[..len].iter_mut().zip(&r0[..len]).for_each(|(d, &s)| *d = f.apply(s));
                 Ok(())
             }
-            Op::Add { a, b, relu, y, .. } => {
+            Op::Add { a, b, rectifier, y, .. } => {
                 let (r0, r1, w) = split(bufs, v(*a).slot, v(*b).slot, v(*y).slot);
                 let len = n * v(*a).len();
                 for ((d, p), q) in w[..len].iter_mut().zip(&r0[..len]).zip(&r1[..len]) {
-                    let t = p + q;
-                    *d = if *relu { t.max(0.0) } else { t };
+                    *d = rectifier.apply(p + q);
                 }
                 Ok(())
             }
@@ -356,7 +359,7 @@ impl Op<'_> {
                     scale: None,
                     bias: Some(bias),
                     residual: None,
-                    relu: false,
+                    rectifier: Rectifier::Identity,
                 };
                 let panels = weights.panels();
                 let threads = ctx.pool.threads();
@@ -466,7 +469,7 @@ fn run_conv(
             scale: c.scale.as_deref(),
             bias: Some(&c.bias),
             residual: c.residual.map(|_| &res[..output_len]),
-            relu: c.relu,
+            rectifier: c.rectifier,
         },
     };
     let panels = c.panels();
@@ -550,7 +553,7 @@ fn conv_grouped(c: &ConvOp, weights: &[PackedB], ctx: &Ctx<'_>, bufs: &mut [Vec<
                 scale: call.e.scale.map(|s| &s[off..]),
                 bias: call.e.bias.map(|s| &s[off..]),
                 residual: call.e.residual.map(|s| &s[off..]),
-                relu: call.e.relu,
+                rectifier: call.e.rectifier,
             };
             // SAFETY: `off` lies inside the output (`call.out_len` covers every group's
             // channels, and the GEMM checks its writes against the length left); the calling

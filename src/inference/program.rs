@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::graph::{ConvAlgorithm, Graph, Op as GraphOp, ValueId};
 use crate::kernels::packed_gemm::PackedB;
 use crate::kernels::winograd::WinogradWeights;
+use crate::kernels::Rectifier;
 
 /// The kernel calls of one compiled input shape.
 pub(crate) struct Program<'m> {
@@ -66,26 +67,26 @@ pub(crate) fn generate<'m>(graph: &Graph<'m>, keep: &[ValueId]) -> Result<Progra
                     weights,
                     scale: c.scale.as_ref().map(|s| s.to_vec()),
                     bias: owned(&c.bias, n, 0.0),
-                    relu: c.relu,
+                    rectifier: c.rectifier,
                     residual: c.residual.then(|| node.inputs[1].0),
                     x,
                     y,
                 })
             }
-            GraphOp::Affine { scale, shift, relu } => Op::Affine {
+            GraphOp::Affine { scale, shift, rectifier } => Op::Affine {
                 name,
                 scale: scale.to_vec(),
                 shift: shift.to_vec(),
-                relu: *relu,
+                rectifier: *rectifier,
                 x,
                 y,
             },
             GraphOp::Unary(f) => Op::Unary { name, f: *f, x, y },
-            GraphOp::Add { relu } if node.inputs.len() == 2 => Op::Add {
+            GraphOp::Add { rectifier } if node.inputs.len() == 2 => Op::Add {
                 name,
                 a: x,
                 b: node.inputs[1].0,
-                relu: *relu,
+                rectifier: *rectifier,
                 y,
             },
             GraphOp::Pad(pad) => Op::Pad { name, pad: *pad, x, y },
@@ -134,7 +135,7 @@ pub(crate) fn generate<'m>(graph: &Graph<'m>, keep: &[ValueId]) -> Result<Progra
             name: "copy".into(),
             scale: vec![1.0; c],
             shift: vec![0.0; c],
-            relu: false,
+            rectifier: Rectifier::Identity,
             x: output,
             y,
         });

@@ -3,6 +3,7 @@
 use super::gemm::sgemm_row_major;
 use super::geometry::ConvGeometry;
 use super::im2col::im2col_unchecked;
+use super::rectifier::Rectifier;
 use crate::error::{Error, Result};
 
 /// Upper bound, in bytes, of the im2col tile a convolution materialises at once (unless a
@@ -44,13 +45,13 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     /// A tensor of the output's shape to add (a residual shortcut).
     pub residual: Option<&'a [f32]>,
-    /// Apply ReLU last.
-    pub relu: bool,
+    /// The rectifier applied last.
+    pub rectifier: Rectifier,
 }
 
 impl Epilogue<'_> {
     fn is_identity(&self) -> bool {
-        self.bias.is_none() && self.residual.is_none() && !self.relu
+        self.bias.is_none() && self.residual.is_none() && self.rectifier.is_identity()
     }
 
     /// Applies the epilogue to output rows `first..first + rows.len() / n` (n = channels).
@@ -66,8 +67,8 @@ impl Epilogue<'_> {
             if let Some(r) = residual {
                 row.iter_mut().zip(&r[i * n..(i + 1) * n]).for_each(|(v, r)| *v += r);
             }
-            if self.relu {
-                row.iter_mut().for_each(|v| *v = v.max(0.0));
+            if !self.rectifier.is_identity() {
+                row.iter_mut().for_each(|v| *v = self.rectifier.apply(*v));
             }
         }
     }

@@ -123,8 +123,8 @@ fn rows_any(x: &[f32], g: &ConvGeometry, kernel: &[f32], e: &GemmEpilogue<'_>, r
             if let Some(res) = e.residual {
                 acc.iter_mut().zip(&res[at..at + c]).for_each(|(a, &v)| *a += v);
             }
-            if e.relu {
-                acc.iter_mut().for_each(|a| *a = a.max(0.0));
+            if !e.rectifier.is_identity() {
+                acc.iter_mut().for_each(|a| *a = e.rectifier.apply(*a));
             }
         }
     }

@@ -13,6 +13,7 @@
 
 use std::ops::Range;
 
+use super::rectifier::Rectifier;
 use crate::error::{Error, Result};
 
 /// Columns per packed panel (two 16-lane AVX-512 vectors).
@@ -204,8 +205,8 @@ pub struct GemmEpilogue<'a> {
     /// A matrix added element-wise, row-major with the same leading dimension as `C`, indexed
     /// by the same (row, column) as `C`.
     pub residual: Option<&'a [f32]>,
-    /// Apply ReLU last.
-    pub relu: bool,
+    /// The rectifier applied last.
+    pub rectifier: Rectifier,
 }
 
 /// A GEMM micro-kernel.
@@ -690,7 +691,7 @@ unsafe fn portable_block(
             };
         });
     }
-    if e.scale.is_none() && e.bias.is_none() && e.residual.is_none() && !e.relu {
+    if e.scale.is_none() && e.bias.is_none() && e.residual.is_none() && e.rectifier.is_identity() {
         return;
     }
     for i in rows {
@@ -709,10 +710,7 @@ unsafe fn portable_block(
             if let Some(res) = e.residual {
                 v += res[at + j];
             }
-            if e.relu {
-                v = v.max(0.0);
-            }
-            *out = v;
+            *out = e.rectifier.apply(v);
         }
     }
 }
@@ -857,9 +855,7 @@ impl Tile<'_> {
                     if let Some(res) = e.residual {
                         v += res[at + j];
                     }
-                    if e.relu {
-                        v = v.max(0.0);
-                    }
+                    v = e.rectifier.apply(v);
                 }
                 unsafe { *out = v };
             }
@@ -1167,6 +1163,7 @@ mod avx512 {
         let (scale0, scale1) = load2(s.e.and_then(|e| e.scale), 1.0, m0, m1, s.col0);
         let scaled = s.e.is_some_and(|e| e.scale.is_some());
         let zero = _mm512_setzero_ps();
+        let upper = _mm512_set1_ps(s.e.and_then(|e| e.rectifier.upper()).unwrap_or(0.0));
         for r in 0..R {
             let at = s.c_off + r * s.ldc;
             let (mut v0, mut v1) = (acc0[r], acc1[r]);
@@ -1185,9 +1182,9 @@ mod avx512 {
                     v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, res.as_ptr().add(at)));
                     v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, res.as_ptr().wrapping_add(at + 16)));
                 }
-                if e.relu {
-                    v0 = _mm512_max_ps(v0, zero);
-                    v1 = _mm512_max_ps(v1, zero);
+                if !e.rectifier.is_identity() {
+                    v0 = _mm512_min_ps(_mm512_max_ps(v0, zero), upper);
+                    v1 = _mm512_min_ps(_mm512_max_ps(v1, zero), upper);
                 }
             }
             _mm512_mask_storeu_ps(cp.add(at), m0, v0);
@@ -1343,6 +1340,7 @@ mod avx2 {
         let (scale0, scale1) = load2(s.e.and_then(|e| e.scale), 1.0, full, m0, m1, s.col0);
         let scaled = s.e.is_some_and(|e| e.scale.is_some());
         let zero = _mm256_setzero_ps();
+        let upper = _mm256_set1_ps(s.e.and_then(|e| e.rectifier.upper()).unwrap_or(0.0));
         for r in 0..R {
             let at = s.c_off + r * s.ldc;
             let (mut v0, mut v1) = (acc0[r], acc1[r]);
@@ -1361,9 +1359,9 @@ mod avx2 {
                     v0 = _mm256_add_ps(v0, load(res.as_ptr().wrapping_add(at), full, m0));
                     v1 = _mm256_add_ps(v1, load(res.as_ptr().wrapping_add(at + 8), full, m1));
                 }
-                if e.relu {
-                    v0 = _mm256_max_ps(v0, zero);
-                    v1 = _mm256_max_ps(v1, zero);
+                if !e.rectifier.is_identity() {
+                    v0 = _mm256_min_ps(_mm256_max_ps(v0, zero), upper);
+                    v1 = _mm256_min_ps(_mm256_max_ps(v1, zero), upper);
                 }
             }
             put(cp.wrapping_add(at), full, m0, v0);
@@ -1513,6 +1511,7 @@ mod neon {
         let scale = per_column(s.e.and_then(|e| e.scale), 1.0, n, s.col0);
         let scaled = s.e.is_some_and(|e| e.scale.is_some());
         let zero = vdupq_n_f32(0.0);
+        let upper = vdupq_n_f32(s.e.and_then(|e| e.rectifier.upper()).unwrap_or(0.0));
         for (r, acc) in acc.iter().enumerate() {
             let at = s.c_off + r * s.ldc;
             let mut v = *acc;
@@ -1532,8 +1531,8 @@ mod neon {
                     if let Some(res) = res {
                         v[q] = vaddq_f32(v[q], res[q]);
                     }
-                    if e.relu {
-                        v[q] = vmaxq_f32(v[q], zero);
+                    if !e.rectifier.is_identity() {
+                        v[q] = vminq_f32(vmaxq_f32(v[q], zero), upper);
                     }
                 }
             }

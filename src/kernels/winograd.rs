@@ -617,9 +617,9 @@ unsafe fn output_chunk<X: Transform, const W: usize>(
                     yq[l] += r[o + l];
                 }
             }
-            if e.relu {
+            if !e.rectifier.is_identity() {
                 for v in yq.iter_mut() {
-                    *v = v.max(0.0);
+                    *v = e.rectifier.apply(*v);
                 }
             }
             // SAFETY: `o + W` is within the output (the caller's contract).
@@ -677,7 +677,7 @@ pub fn conv2d_winograd(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{Padding, Window2d};
+    use crate::kernels::{Padding, Rectifier, Window2d};
 
     fn fill(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
@@ -728,7 +728,7 @@ mod tests {
                 scale: Some(&scale),
                 bias: Some(&bias),
                 residual: Some(&res),
-                relu: true,
+                rectifier: Rectifier::Relu6,
             };
             let channels = 1..cout;
             let (mut fast, mut plain) = (vec![f32::NAN; g.output_len()], vec![f32::NAN; g.output_len()]);

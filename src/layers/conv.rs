@@ -5,7 +5,7 @@ use ndarray::{Array1, Array4, ArrayViewD};
 use super::{expect_param_shape, nhwc, Layer, LayerPath, ParamKind, ParamVisitor};
 use crate::error::{Error, Result};
 use crate::graph::{ConvAlgorithm, ConvOp, Lowering, Op, ValueId};
-use crate::kernels::{ConvGeometry, Padding, Window2d};
+use crate::kernels::{ConvGeometry, Padding, Rectifier, Window2d};
 
 const NAME: &str = "Conv2D";
 
@@ -259,7 +259,7 @@ impl Layer for Conv2d {
             bias: self.bias.as_ref().and_then(|b| b.as_slice()).map(Cow::Borrowed),
             scale: None,
             residual: false,
-            relu: false,
+            rectifier: Rectifier::Identity,
             algorithm: ConvAlgorithm::Gemm,
         };
         b.push(Op::Conv2d(op), &[x]).map_err(|e| rename(e, NAME))

@@ -3,6 +3,7 @@ use ndarray::ArrayViewD;
 use super::{Activation, Layer, LayerPath, ParamKind, ParamVisitor, Sequential, SummaryRow};
 use crate::error::{Error, Result, ShapeFmt};
 use crate::graph::{Lowering, Op, ValueId};
+use crate::kernels::Rectifier;
 
 const NAME: &str = "Residual";
 
@@ -88,7 +89,14 @@ impl Layer for Residual {
         if b.shape(main) != b.shape(short) {
             return Err(mismatch(b.shape(main), b.shape(short)));
         }
-        let y = b.within("add", |b| b.push(Op::Add { relu: false }, &[main, short]))?;
+        let y = b.within("add", |b| {
+            b.push(
+                Op::Add {
+                    rectifier: Rectifier::Identity,
+                },
+                &[main, short],
+            )
+        })?;
         match self.activation {
             Some(a) => a.lower(b, y),
             None => Ok(y),

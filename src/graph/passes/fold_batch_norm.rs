@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use super::sole_consumer;
 use crate::graph::{Graph, Op, ValueId};
+use crate::kernels::Rectifier;
 
 /// Folds each BatchNorm whose input is a convolution's output read by nothing else into that
 /// convolution's output pass: `y = acc * scale + (bias * scale + shift)` with the BatchNorm's
@@ -38,7 +39,7 @@ fn candidate(graph: &Graph<'_>, keep: &[ValueId]) -> Option<(usize, usize)> {
         let x = n.inputs[0];
         let p = graph.producer(x)?;
         let Op::Conv2d(c) = &graph.nodes()[p].op else { return None };
-        let plain = c.scale.is_none() && !c.residual && !c.relu;
+        let plain = c.scale.is_none() && !c.residual && c.rectifier.is_identity();
         (plain && sole_consumer(graph, x, keep) == Some(i)).then_some((p, i))
     })
 }
@@ -52,7 +53,7 @@ pub fn batch_norm_to_affine(graph: &mut Graph<'_>) -> bool {
             n.op = Op::Affine {
                 scale: Cow::Owned(scale),
                 shift: Cow::Owned(shift),
-                relu: false,
+                rectifier: Rectifier::Identity,
             };
             changed = true;
         }
@@ -87,7 +88,13 @@ mod tests {
         // The second BatchNorm follows a conv that already has a scale: it becomes an affine map.
         assert_eq!(after.nodes().len(), 2);
         assert!(batch_norm_to_affine(&mut after));
-        assert!(matches!(after.nodes()[1].op, Op::Affine { relu: false, .. }));
+        assert!(matches!(
+            after.nodes()[1].op,
+            Op::Affine {
+                rectifier: Rectifier::Identity,
+                ..
+            }
+        ));
         let x = batch(&[3, 7, 6, 3], 2);
         assert!(max_diff(&before, &after, &x) <= 1e-5);
         // The tap on the conv's own output keeps it unfolded.

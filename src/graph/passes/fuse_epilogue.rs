@@ -1,15 +1,16 @@
-//! A residual add and a ReLU taken into the output pass of the op before them.
+//! A residual add and a ReLU or ReLU6 taken into the output pass of the op before them.
 
 use super::sole_consumer;
 use crate::graph::{Graph, Op, UnaryFn, ValueId};
+use crate::kernels::Rectifier;
 
 /// Applies, until none applies:
 ///
 /// - a two-input [`Op::Add`] one of whose inputs is a convolution's output read by nothing
 ///   else becomes that convolution's fused residual (the convolution moves to the add's
 ///   place, where the other input exists) and takes the add's ReLU;
-/// - a ReLU whose input is read by nothing else becomes the `relu` flag of the convolution,
-///   affine map or add that produced it.
+/// - a ReLU or ReLU6 whose input is read by nothing else becomes the rectifier of the
+///   convolution, affine map or add that produced it.
 ///
 /// Returns whether anything changed.
 pub fn fuse_epilogue(graph: &mut Graph<'_>, keep: &[ValueId]) -> bool {
@@ -18,28 +19,28 @@ pub fn fuse_epilogue(graph: &mut Graph<'_>, keep: &[ValueId]) -> bool {
         // (The candidates guarantee the ops matched below: the `return`s are not reached.)
         if let Some((conv_at, add_at, side)) = residual_candidate(graph, keep) {
             let nodes = graph.nodes_mut();
-            let Op::Add { relu } = nodes[add_at].op else { return changed };
+            let Op::Add { rectifier } = nodes[add_at].op else { return changed };
             let other = nodes[add_at].inputs[1 - side];
             let out = nodes[add_at].output;
             let Op::Conv2d(c) = &mut nodes[conv_at].op else { return changed };
             c.residual = true;
-            c.relu = relu;
+            c.rectifier = rectifier;
             nodes.remove(add_at);
             let mut conv = nodes.remove(conv_at);
             conv.inputs.push(other);
             conv.output = out;
             // The add sat after the conv: removing the conv moved it one place up.
             nodes.insert(add_at - 1, conv);
-        } else if let Some((producer, relu_at)) = relu_candidate(graph, keep) {
+        } else if let Some((producer, rectify_at, rectifier)) = rectifier_candidate(graph, keep) {
             let nodes = graph.nodes_mut();
-            let out = nodes[relu_at].output;
+            let out = nodes[rectify_at].output;
             match &mut nodes[producer].op {
-                Op::Conv2d(c) => c.relu = true,
-                Op::Affine { relu, .. } | Op::Add { relu } => *relu = true,
+                Op::Conv2d(c) => c.rectifier = rectifier,
+                Op::Affine { rectifier: r, .. } | Op::Add { rectifier: r } => *r = rectifier,
                 _ => return changed,
             }
             nodes[producer].output = out;
-            nodes.remove(relu_at);
+            nodes.remove(rectify_at);
         } else {
             return changed;
         }
@@ -58,22 +59,26 @@ fn residual_candidate(graph: &Graph<'_>, keep: &[ValueId]) -> Option<(usize, usi
             let v = n.inputs[side];
             let p = graph.producer(v)?;
             let Op::Conv2d(c) = &graph.nodes()[p].op else { return None };
-            (!c.residual && !c.relu && sole_consumer(graph, v, keep) == Some(i)).then_some((p, i, side))
+            (!c.residual && c.rectifier.is_identity() && sole_consumer(graph, v, keep) == Some(i)).then_some((p, i, side))
         })
     })
 }
 
-fn relu_candidate(graph: &Graph<'_>, keep: &[ValueId]) -> Option<(usize, usize)> {
+fn rectifier_candidate(graph: &Graph<'_>, keep: &[ValueId]) -> Option<(usize, usize, Rectifier)> {
     graph.nodes().iter().enumerate().find_map(|(i, n)| {
-        let Op::Unary(UnaryFn::Relu) = n.op else { return None };
+        let rectifier = match n.op {
+            Op::Unary(UnaryFn::Relu) => Rectifier::Relu,
+            Op::Unary(UnaryFn::Relu6) => Rectifier::Relu6,
+            _ => return None,
+        };
         let x = n.inputs[0];
         let p = graph.producer(x)?;
         let fusable = match &graph.nodes()[p].op {
-            Op::Conv2d(c) => !c.relu,
-            Op::Affine { relu, .. } | Op::Add { relu } => !relu,
+            Op::Conv2d(c) => c.rectifier.is_identity(),
+            Op::Affine { rectifier, .. } | Op::Add { rectifier } => rectifier.is_identity(),
             _ => false,
         };
-        (fusable && sole_consumer(graph, x, keep) == Some(i)).then_some((p, i))
+        (fusable && sole_consumer(graph, x, keep) == Some(i)).then_some((p, i, rectifier))
     })
 }
 
@@ -83,7 +88,7 @@ mod tests {
     use crate::graph::passes::test_util::{batch, max_diff, randomize};
     use crate::graph::passes::{batch_norm_to_affine, fold_batch_norm};
     use crate::kernels::Padding;
-    use crate::layers::{Activation, BatchNorm, Conv2d, Conv2dConfig, Relu, Residual, Sequential};
+    use crate::layers::{Activation, ActivationLayer, BatchNorm, Conv2d, Conv2dConfig, Relu, Residual, Sequential};
 
     fn block(projection: bool) -> Residual {
         let conv = |i, o, s: usize| Conv2d::new(Conv2dConfig::new(i, o, [3, 3]).with_strides([s, s]).with_padding(Padding::Same)).unwrap();
@@ -123,7 +128,7 @@ mod tests {
             let want: &[&str] = if projection { &["Conv2d"; 3] } else { &["Conv2d"; 2] };
             assert_eq!(kinds, want, "projection {projection}");
             let last = after.nodes().last().unwrap();
-            assert!(matches!(&last.op, Op::Conv2d(c) if c.residual && c.relu && c.scale.is_some()));
+            assert!(matches!(&last.op, Op::Conv2d(c) if c.residual && c.rectifier == Rectifier::Relu && c.scale.is_some()));
             assert_eq!(last.output, after.output());
             let x = batch(&[2, 9, 8, 4], 4);
             assert!(max_diff(&before, &after, &x) <= 1e-5);
@@ -142,8 +147,19 @@ mod tests {
         after.check().unwrap();
         let kinds: Vec<&str> = after.nodes().iter().map(|n| n.op.kind()).collect();
         assert_eq!(kinds, ["Conv2d", "Affine", "Conv2d", "Affine", "Add"]);
-        assert!(matches!(after.nodes()[1].op, Op::Affine { relu: true, .. }));
-        assert!(matches!(after.nodes()[4].op, Op::Add { relu: true }));
+        assert!(matches!(
+            after.nodes()[1].op,
+            Op::Affine {
+                rectifier: Rectifier::Relu,
+                ..
+            }
+        ));
+        assert!(matches!(
+            after.nodes()[4].op,
+            Op::Add {
+                rectifier: Rectifier::Relu
+            }
+        ));
         assert!(max_diff(&before, &after, &batch(&[1, 6, 6, 4], 5)) <= 1e-5);
         // Tapping the add's input keeps the add.
         let mut kept = before.clone();
@@ -151,5 +167,27 @@ mod tests {
         fold_batch_norm(&mut kept, &[b_bn]);
         fuse_epilogue(&mut kept, &[b_bn]);
         assert!(kept.nodes().iter().any(|n| matches!(n.op, Op::Add { .. })));
+    }
+
+    #[test]
+    fn relu6_after_a_depthwise_conv_and_batch_norm_becomes_its_rectifier() {
+        let conv = Conv2dConfig::new(6, 6, [3, 3]).with_groups(6).with_padding(Padding::Same);
+        let mut net = Sequential::new();
+        net.push("dw", Conv2d::new(conv).unwrap())
+            .unwrap()
+            .push("dw_bn", BatchNorm::new(6, 1e-3).unwrap())
+            .unwrap()
+            .push("dw_relu", ActivationLayer(Activation::Relu6))
+            .unwrap();
+        randomize(&mut net, 13);
+        let before = Graph::lower(&net, &[7, 5, 6]).unwrap();
+        let mut after = before.clone();
+        fold_batch_norm(&mut after, &[]);
+        assert!(fuse_epilogue(&mut after, &[]));
+        assert_eq!(after.nodes().len(), 1);
+        assert!(matches!(&after.nodes()[0].op, Op::Conv2d(c) if c.rectifier == Rectifier::Relu6 && c.groups == 6));
+        // Inputs scaled up so that some outputs clamp at 6.
+        let x = batch(&[2, 7, 5, 6], 6).mapv(|v| 8.0 * v);
+        assert!(max_diff(&before, &after, &x) <= 1e-4);
     }
 }
