@@ -115,20 +115,25 @@ pub enum Error {
         hint: Box<String>,
     },
     /// Parameters of the model for which the file has no tensor.
-    #[error("{source_name}: no weights for {} model parameters: {}", missing.len(), list(missing))]
+    #[error("{source_name}: no weights for {} model parameters: {}{hint}", missing.len(), list(missing))]
     MissingWeights {
         /// The weights file.
         source_name: String,
         /// `layer path (kind) <- expected key`, one per missing parameter.
         missing: Vec<String>,
+        /// Which architecture the file seems to hold instead, when its names tell (`; the
+        /// file holds a pre-activation ResNet (V2) ...`), else empty.
+        hint: Box<String>,
     },
     /// Tensors in the file that no model parameter took (a file for another architecture).
-    #[error("{source_name}: {} tensors match no model parameter: {}", unused.len(), list(unused))]
+    #[error("{source_name}: {} tensors match no model parameter: {}{hint}", unused.len(), list(unused))]
     UnusedWeights {
         /// The weights file.
         source_name: String,
         /// Their names in the file.
         unused: Vec<String>,
+        /// Which architecture the file seems to hold instead, when its names tell, else empty.
+        hint: Box<String>,
     },
     /// File keys that more than one model parameter maps to, so the file cannot say which
     /// layer each is for (two nested layers of the same name, under Keras' convention).

@@ -138,6 +138,57 @@ fn mobilenet_v2_presets_have_torchvision_parameter_counts() {
     assert!(MobileNetV2::new(MobileNetV2Config::torchvision().with_classes(0)).is_err());
 }
 
+/// `keras.applications.MobileNetV2(alpha=a)`: `model.count_params()` (BatchNorm statistics
+/// included) for every alpha Keras ships weights for, and its layer names.
+#[test]
+fn mobilenet_v2_presets_have_keras_parameter_counts_and_names() {
+    use convnet::models::{MobileNetV2, MobileNetV2Config};
+    let counts = [
+        (1.0, 3_538_984),
+        (0.35, 1_691_208),
+        (0.5, 1_987_224),
+        (0.75, 2_663_064),
+        (1.3, 5_431_048),
+        (1.4, 6_156_712),
+    ];
+    for (alpha, total) in counts {
+        let model = MobileNetV2::new(MobileNetV2Config::keras(alpha)).unwrap();
+        assert_eq!(model.param_count().total(), total, "alpha {alpha}");
+    }
+    let model = MobileNetV2::new(MobileNetV2Config::keras(0.35)).unwrap();
+    let summary = model.network().summary(&[1, 224, 224, 3]).unwrap().to_string();
+    for name in [
+        "Conv1",
+        "bn_Conv1",
+        "expanded_conv_depthwise",
+        "expanded_conv_project_BN",
+        "block_1_pad",
+        "block_2_add",
+        "block_16_project_BN",
+        "Conv_1_bn",
+        "out_relu",
+        "predictions",
+    ] {
+        assert!(summary.contains(name), "no {name} in\n{summary}");
+    }
+    // 224 -> 112 (Conv1) -> 56, 28, 14, 7 at blocks 1, 3, 6 and 13.
+    assert!(summary.contains("(None, 7, 7, 1280)"), "{summary}");
+}
+
+/// A group count that does not divide the channels is refused, naming the layer's config.
+#[test]
+fn a_group_count_that_does_not_divide_the_channels_is_a_typed_error() {
+    use convnet::layers::{Conv2d, Conv2dConfig};
+    for (cin, cout, groups) in [(6, 8, 4), (8, 6, 4), (8, 8, 0), (8, 8, 16)] {
+        let err = Conv2d::new(Conv2dConfig::new(cin, cout, [3, 3]).with_groups(groups)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, convnet::Error::Config { .. }) && text.contains("groups"),
+            "{cin} {cout} {groups}: {text}"
+        );
+    }
+}
+
 /// SE-ResNet50 (a custom configuration): torchvision's ResNet50 plus 2,530,992 parameters of
 /// squeeze-and-excitation (per block `2 C^2 / 16 + C / 16 + C`), 28,088,024 in all, as timm's
 /// `seresnet50`; the compiled executor gives the layer-by-layer numbers.
@@ -189,7 +240,10 @@ fn keras_resnet_v2_presets_have_keras_parameter_counts() {
         assert!(names.iter().any(|n| n.ends_with(want)), "no {want} in {:?}", &names[..8]);
     }
     // Each stage's last block halves the size (64 -> 16 after the stem, then 8, 4, 2).
-    let mut small = ResNetV2::new(Depth::R50, [64, 64, 3], 10).unwrap();
+    let config = convnet::models::ResNetV2Config::keras(Depth::R50)
+        .with_input_shape([64, 64, 3])
+        .with_classes(10);
+    let mut small = ResNetV2::new(config).unwrap();
     let rows = small.network().summary(&[1, 64, 64, 3]).unwrap().to_string();
     assert!(rows.contains("conv2_block3_2_conv") && rows.contains("(None, 8, 8, 64)"), "{rows}");
     common::randomize(&mut small, 5);

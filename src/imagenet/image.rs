@@ -347,6 +347,53 @@ pub fn preprocess_input_caffe(x: &mut Tensor) -> Result<()> {
     Ok(())
 }
 
+/// Keras' `preprocess_input(x)` in "tf" mode (the V2 ResNets, MobileNets, Xception), in place
+/// on an NHWC batch of 0-255 values: `x / 127.5 - 1`, in `f32` as Keras computes it, so every
+/// value lands in [-1, 1]. The channels stay RGB.
+pub fn preprocess_input_tf(x: &mut Tensor) {
+    x.mapv_inplace(|v| v / 127.5 - 1.0);
+}
+
+/// How an ImageNet network of a given origin wants its images: the reference's own pipeline,
+/// from an image file or an [`RgbImage`] to a `(1, 224, 224, 3)` NHWC batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Preprocessing {
+    /// Keras' ResNet50 (V1): `load_img` at 224 x 224 (Pillow's NEAREST, no crop), caffe mode
+    /// (BGR, [`CAFFE_BGR_MEAN`] subtracted). [`keras_resnet_input_from_image`].
+    KerasCaffe,
+    /// Keras' ResNet V2 and MobileNetV2: `load_img` at 224 x 224, then "tf" mode
+    /// ([`preprocess_input_tf`]).
+    KerasTf,
+    /// torchvision's evaluation transform: shorter side to 256 (bilinear), centre crop 224,
+    /// ImageNet mean and standard deviation. [`torchvision_input`].
+    Torchvision,
+}
+
+impl Preprocessing {
+    /// The network input for `img`.
+    pub fn input_from_image(self, img: &RgbImage) -> Result<Tensor> {
+        match self {
+            Preprocessing::KerasCaffe => keras_resnet_input_from_image(img),
+            Preprocessing::KerasTf => {
+                let img = if (img.width, img.height) == (224, 224) {
+                    img.clone()
+                } else {
+                    img.resize_nearest(224, 224)?
+                };
+                let mut x = img.to_tensor();
+                preprocess_input_tf(&mut x);
+                Ok(x)
+            }
+            Preprocessing::Torchvision => torchvision_input(img),
+        }
+    }
+
+    /// The network input for the image file at `path` (PNG or JPEG).
+    pub fn input_from_file(self, path: impl AsRef<Path>) -> Result<Tensor> {
+        self.input_from_image(&load_rgb(path)?)
+    }
+}
+
 /// The seed's whole input pipeline: `load_img(path, target_size=(224, 224))`, `img_to_array`,
 /// batch axis, `preprocess_input` (caffe). Returns `(1, 224, 224, 3)`.
 pub fn keras_resnet_input(path: impl AsRef<Path>) -> Result<Tensor> {

@@ -46,6 +46,14 @@ impl Sequential {
         Ok(self)
     }
 
+    /// Appends every layer of `other`, under its name there (names must stay unique here).
+    pub fn append(&mut self, other: Sequential) -> Result<&mut Self> {
+        for (name, layer) in other.layers {
+            self.push_boxed(name, layer)?;
+        }
+        Ok(self)
+    }
+
     /// Builder form of [`push`](Sequential::push).
     pub fn with(mut self, name: impl Into<String>, layer: impl Layer + 'static) -> Result<Self> {
         self.push(name, layer)?;

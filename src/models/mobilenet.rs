@@ -1,10 +1,17 @@
-//! torchvision's MobileNetV2 (Sandler et al., 2018): a 3x3 stride-2 stem, 17 inverted
-//! residual blocks (1x1 expansion, 3x3 depthwise, 1x1 linear projection; the input added back
-//! where the shapes agree), a 1x1 convolution to 1280 channels, global average pooling and a
-//! linear classifier, every convolution followed by BatchNorm and, but for the projections,
-//! ReLU6. Layers carry torchvision's state-dict names (`features.0.0`, `features.1.conv.0.0`,
-//! ..., `classifier.1`), so `torchvision.models.mobilenet_v2()`'s `.pth` or `.safetensors`
-//! loads by name.
+//! MobileNetV2 (Sandler et al., 2018) as torchvision and Keras build it: a 3x3 stride-2 stem,
+//! 17 inverted residual blocks (1x1 expansion, 3x3 depthwise, 1x1 linear projection; the input
+//! added back where the shapes agree), a 1x1 convolution to 1280 channels, global average
+//! pooling and a linear classifier, every convolution followed by BatchNorm and, but for the
+//! projections, ReLU6.
+//!
+//! [`MobileNetV2Config::torchvision`] carries torchvision's state-dict names (`features.0.0`,
+//! `features.1.conv.0.0`, ..., `classifier.1`), so `torchvision.models.mobilenet_v2()`'s `.pth`
+//! or `.safetensors` loads by name. [`MobileNetV2Config::keras`] is
+//! `keras.applications.MobileNetV2(alpha=...)`: Keras' layer names (`Conv1`, `bn_Conv1`,
+//! `expanded_conv_depthwise`, `block_1_expand`, ..., `Conv_1`, `predictions`), its BatchNorm
+//! epsilon 1e-3, its `'same'` padding (the extra row and column at the bottom and right where
+//! torchvision pads all sides by one) and a softmax classifier, so its `model.save_weights`
+//! `.h5` loads by name, depthwise kernels included.
 //!
 //! ```
 //! use convnet::layers::Layer;
@@ -12,12 +19,16 @@
 //! let model = MobileNetV2::new(MobileNetV2Config::torchvision())?;
 //! // torchvision.models.mobilenet_v2(): 3,504,872 parameters (BatchNorm statistics are buffers).
 //! assert_eq!(model.param_count().trainable, 3_504_872);
+//! // keras.applications.MobileNetV2(): 3,538,984 parameters, BatchNorm statistics included.
+//! assert_eq!(MobileNetV2::new(MobileNetV2Config::keras(1.0))?.param_count().total(), 3_538_984);
 //! # Ok::<(), convnet::Error>(())
 //! ```
 
 use crate::error::{Error, Result};
 use crate::kernels::{Padding, Padding2d};
-use crate::layers::{Activation, ActivationLayer, BatchNorm, Conv2d, Conv2dConfig, Dense, GlobalAvgPool, Layer, Residual, Sequential};
+use crate::layers::{
+    Activation, ActivationLayer, BatchNorm, Conv2d, Conv2dConfig, Dense, GlobalAvgPool, Layer, Residual, Sequential, ZeroPadding2d,
+};
 
 /// torchvision's `inverted_residual_setting`: expansion `t`, output channels `c` (before the
 /// width multiplier), repeats `n`, first stride `s`.
@@ -31,9 +42,22 @@ const BLOCKS: [(usize, usize, usize, usize); 7] = [
     (6, 320, 1, 1),
 ];
 
+/// Whose MobileNetV2: the layer names, paddings and rounding of that framework's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MobileNetStyle {
+    /// `torchvision.models.mobilenet_v2`: state-dict names, symmetric padding of 1.
+    Torchvision,
+    /// `keras.applications.MobileNetV2`: Keras' layer names, `'same'` padding (and a
+    /// `block_N_pad` zero padding before each stride-2 depthwise convolution), the projection
+    /// widths rounded from `int(filters * alpha)`.
+    Keras,
+}
+
 /// What shapes one MobileNetV2.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MobileNetV2Config {
+    /// Whose layer names and paddings.
+    pub style: MobileNetStyle,
     /// The width multiplier (torchvision's `width_mult`, Keras' `alpha`): every layer's channels
     /// scaled by it and rounded to a multiple of 8 (at least 8, and never below 90% of the
     /// scaled count), the last convolution's 1280 only when it is above 1.
@@ -42,8 +66,11 @@ pub struct MobileNetV2Config {
     pub classes: usize,
     /// `(height, width, channels)` of one input image.
     pub input_shape: [usize; 3],
-    /// BatchNorm epsilon (torchvision: 1e-5).
+    /// BatchNorm epsilon (torchvision: 1e-5, Keras: 1e-3).
     pub bn_epsilon: f32,
+    /// Whether the classifier ends in a softmax (Keras' default `classifier_activation`), or
+    /// gives logits (torchvision).
+    pub softmax: bool,
 }
 
 impl MobileNetV2Config {
@@ -51,11 +78,39 @@ impl MobileNetV2Config {
     /// parameters.
     pub fn torchvision() -> Self {
         MobileNetV2Config {
+            style: MobileNetStyle::Torchvision,
             width_mult: 1.0,
             classes: 1000,
             input_shape: [224, 224, 3],
             bn_epsilon: 1e-5,
+            softmax: false,
         }
+    }
+
+    /// `keras.applications.MobileNetV2(alpha=alpha)`: 1000 classes with softmax, 224x224x3.
+    /// Parameters (BatchNorm statistics included, as Keras counts them): 3,538,984 at alpha
+    /// 1.0, 1,691,208 at 0.35. Preprocess its input in Keras' "tf" mode (`x / 127.5 - 1`).
+    pub fn keras(alpha: f32) -> Self {
+        MobileNetV2Config {
+            style: MobileNetStyle::Keras,
+            width_mult: alpha,
+            classes: 1000,
+            input_shape: [224, 224, 3],
+            bn_epsilon: 1e-3,
+            softmax: true,
+        }
+    }
+
+    /// Sets whether the classifier ends in a softmax (Keras' `classifier_activation`).
+    pub fn with_softmax(mut self, softmax: bool) -> Self {
+        self.softmax = softmax;
+        self
+    }
+
+    /// Sets the input shape `(height, width, channels)`.
+    pub fn with_input_shape(mut self, input_shape: [usize; 3]) -> Self {
+        self.input_shape = input_shape;
+        self
     }
 
     /// Sets the width multiplier (torchvision's `width_mult`).
@@ -146,35 +201,115 @@ fn inverted_residual(cin: usize, cout: usize, stride: usize, expand: usize, eps:
     }
 }
 
+/// Keras' `_inverted_res_block`, its layers named `{prefix}expand`, `{prefix}depthwise`, ...
+/// pushed onto `net` (inside a `block_N_add` residual where the shapes agree). `hw` is the
+/// input's spatial size, which sets the zero padding before a stride-2 depthwise convolution.
+struct KerasBlock {
+    id: usize,
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    expand: usize,
+}
+
+impl KerasBlock {
+    fn push(&self, net: &mut Sequential, hw: [usize; 2], eps: f32) -> Result<[usize; 2]> {
+        let prefix = if self.id == 0 {
+            "expanded_conv_".to_string()
+        } else {
+            format!("block_{}_", self.id)
+        };
+        let hidden = self.expand * self.cin;
+        let mut main = Sequential::new();
+        let bn_relu6 = |s: &mut Sequential, name: &str, c: usize| -> Result<()> {
+            s.push(format!("{prefix}{name}_BN"), BatchNorm::new(c, eps)?)?
+                .push(format!("{prefix}{name}_relu"), ActivationLayer(Activation::Relu6))?;
+            Ok(())
+        };
+        if self.id > 0 {
+            let expand = Conv2dConfig::new(self.cin, hidden, [1, 1]).with_bias(false);
+            main.push(format!("{prefix}expand"), Conv2d::new(expand)?)?;
+            bn_relu6(&mut main, "expand", hidden)?;
+        }
+        let depthwise = Conv2dConfig::new(hidden, hidden, [3, 3])
+            .with_strides([self.stride, self.stride])
+            .with_bias(false)
+            .with_groups(hidden);
+        let (depthwise, out_hw) = if self.stride == 2 {
+            // `correct_pad`: one row/column at the bottom/right, and one at the top/left too
+            // when the size is odd; then a 'valid' convolution.
+            let [top, left] = [hw[0] % 2, hw[1] % 2];
+            main.push(format!("{prefix}pad"), ZeroPadding2d::new(Padding2d::new(top, 1, left, 1)))?;
+            (depthwise, [(hw[0] + top - 2) / 2 + 1, (hw[1] + left - 2) / 2 + 1])
+        } else {
+            (depthwise.with_padding(Padding::Same), hw)
+        };
+        main.push(format!("{prefix}depthwise"), Conv2d::new(depthwise)?)?;
+        bn_relu6(&mut main, "depthwise", hidden)?;
+        let project = Conv2dConfig::new(hidden, self.cout, [1, 1]).with_bias(false);
+        main.push(format!("{prefix}project"), Conv2d::new(project)?)?
+            .push(format!("{prefix}project_BN"), BatchNorm::new(self.cout, eps)?)?;
+        if self.stride == 1 && self.cin == self.cout {
+            net.push(format!("{prefix}add"), Residual::new(main, None, None)?)?;
+        } else {
+            net.append(main)?;
+        }
+        Ok(out_hw)
+    }
+}
+
+/// `keras.applications.MobileNetV2`'s layers (see [`MobileNetStyle::Keras`]).
+fn keras_network(config: &MobileNetV2Config) -> Result<Sequential> {
+    let (alpha, eps) = (config.width_mult, config.bn_epsilon);
+    let [h, w, c] = config.input_shape;
+    let mut net = Sequential::new();
+    let mut channels = make_divisible(32.0 * alpha);
+    let stem = Conv2dConfig::new(c, channels, [3, 3])
+        .with_strides([2, 2])
+        .with_padding(Padding::Same)
+        .with_bias(false);
+    net.push("Conv1", Conv2d::new(stem)?)?
+        .push("bn_Conv1", BatchNorm::new(channels, eps)?)?
+        .push("Conv1_relu", ActivationLayer(Activation::Relu6))?;
+    let mut hw = [h.div_ceil(2), w.div_ceil(2)];
+    let mut id = 0;
+    for (expand, filters, repeats, first_stride) in BLOCKS {
+        // Keras truncates before rounding: `_make_divisible(int(filters * alpha), 8)`.
+        let cout = make_divisible((filters as f32 * alpha).trunc());
+        for i in 0..repeats {
+            let stride = if i == 0 { first_stride } else { 1 };
+            let block = KerasBlock {
+                id,
+                cin: channels,
+                cout,
+                stride,
+                expand,
+            };
+            hw = block.push(&mut net, hw, eps)?;
+            channels = cout;
+            id += 1;
+        }
+    }
+    let last = if alpha > 1.0 { make_divisible(1280.0 * alpha) } else { 1280 };
+    net.push("Conv_1", Conv2d::new(Conv2dConfig::new(channels, last, [1, 1]).with_bias(false))?)?
+        .push("Conv_1_bn", BatchNorm::new(last, eps)?)?
+        .push("out_relu", ActivationLayer(Activation::Relu6))?
+        .push("global_average_pooling2d", GlobalAvgPool)?;
+    let softmax = config.softmax.then_some(Activation::Softmax);
+    net.push("predictions", Dense::new(last, config.classes, softmax)?)?;
+    Ok(net)
+}
+
 impl MobileNetV2 {
     /// Builds the network (zero weights: load a file with
     /// [`WeightFile::load_into`](crate::weights::WeightFile::load_into)), and checks that its
     /// shapes line up for `config.input_shape`.
     pub fn new(config: MobileNetV2Config) -> Result<Self> {
         config.validate()?;
-        let (w, eps) = (config.width_mult, config.bn_epsilon);
-        let mut features = Sequential::new();
-        let mut channels = make_divisible(32.0 * w);
-        features.push("0", conv_bn(config.input_shape[2], channels, 3, 2, 1, true, eps)?)?;
-        let mut index = 1;
-        for (t, c, n, s) in BLOCKS {
-            let out = make_divisible(c as f32 * w);
-            for i in 0..n {
-                let stride = if i == 0 { s } else { 1 };
-                features.push_boxed(index.to_string(), inverted_residual(channels, out, stride, t, eps)?)?;
-                channels = out;
-                index += 1;
-            }
-        }
-        let last = make_divisible(1280.0 * w.max(1.0));
-        features.push(index.to_string(), conv_bn(channels, last, 1, 1, 1, true, eps)?)?;
-        let mut net = Sequential::new();
-        net.push("features", features)?;
-        net.push("pool", GlobalAvgPool)?;
-        let mut classifier = Sequential::new();
-        // (torchvision's index 0 is a dropout: nothing at inference.)
-        classifier.push("1", Dense::new(last, config.classes, None)?)?;
-        net.push("classifier", classifier)?;
+        let net = match config.style {
+            MobileNetStyle::Torchvision => torchvision_network(&config)?,
+            MobileNetStyle::Keras => keras_network(&config)?,
+        };
         let model = MobileNetV2 { config, net };
         let input: Vec<usize> = std::iter::once(1).chain(model.config.input_shape).collect();
         model.output_shape(&input)?;
@@ -190,6 +325,35 @@ impl MobileNetV2 {
     pub fn network(&self) -> &Sequential {
         &self.net
     }
+}
+
+/// `torchvision.models.mobilenet_v2`'s layers (see [`MobileNetStyle::Torchvision`]).
+fn torchvision_network(config: &MobileNetV2Config) -> Result<Sequential> {
+    let (w, eps) = (config.width_mult, config.bn_epsilon);
+    let mut features = Sequential::new();
+    let mut channels = make_divisible(32.0 * w);
+    features.push("0", conv_bn(config.input_shape[2], channels, 3, 2, 1, true, eps)?)?;
+    let mut index = 1;
+    for (t, c, n, s) in BLOCKS {
+        let out = make_divisible(c as f32 * w);
+        for i in 0..n {
+            let stride = if i == 0 { s } else { 1 };
+            features.push_boxed(index.to_string(), inverted_residual(channels, out, stride, t, eps)?)?;
+            channels = out;
+            index += 1;
+        }
+    }
+    let last = make_divisible(1280.0 * w.max(1.0));
+    features.push(index.to_string(), conv_bn(channels, last, 1, 1, 1, true, eps)?)?;
+    let mut net = Sequential::new();
+    net.push("features", features)?;
+    net.push("pool", GlobalAvgPool)?;
+    let mut classifier = Sequential::new();
+    // (torchvision's index 0 is a dropout: nothing at inference.)
+    let softmax = config.softmax.then_some(Activation::Softmax);
+    classifier.push("1", Dense::new(last, config.classes, softmax)?)?;
+    net.push("classifier", classifier)?;
+    Ok(net)
 }
 
 layer_over_network!(MobileNetV2, "MobileNetV2", |m| m.config.input_shape);

@@ -58,9 +58,9 @@ pub mod mobilenet;
 pub mod resnet;
 pub mod resnet_v2;
 
-pub use mobilenet::{MobileNetV2, MobileNetV2Config};
+pub use mobilenet::{MobileNetStyle, MobileNetV2, MobileNetV2Config};
 pub use resnet::{
     BasicBlock, BlockConfig, BlockKind, BlockNames, Bottleneck, Depth, Head, NameStyle, PadMode, ResNet, ResNetConfig, Stem,
     StridePlacement,
 };
-pub use resnet_v2::ResNetV2;
+pub use resnet_v2::{ResNetV2, ResNetV2Config};

@@ -25,11 +25,64 @@ use crate::layers::{
 /// Keras' BatchNorm epsilon in its ResNet V2 applications.
 const EPSILON: f32 = 1.001e-5;
 
+/// What shapes one Keras pre-activation ResNet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResNetV2Config {
+    /// 50, 101 or 152 layers (Keras has no other V2 depth).
+    pub depth: Depth,
+    /// `(height, width, channels)` of one input image.
+    pub input_shape: [usize; 3],
+    /// Classifier outputs (0: no classifier, the pooled features).
+    pub classes: usize,
+    /// Each stage's filters (64, 128, 256, 512) divided by this (1: Keras' own widths). The
+    /// 64-filter stem stays as Keras' `ResNet` function hard-codes it.
+    pub width_divisor: usize,
+    /// Whether the classifier ends in a softmax (Keras' default `classifier_activation`) or
+    /// gives logits.
+    pub softmax: bool,
+}
+
+impl ResNetV2Config {
+    /// `keras.applications.ResNet{50,101,152}V2()`: 224x224x3, 1000 classes with softmax.
+    pub fn keras(depth: Depth) -> Self {
+        ResNetV2Config {
+            depth,
+            input_shape: [224, 224, 3],
+            classes: 1000,
+            width_divisor: 1,
+            softmax: true,
+        }
+    }
+
+    /// Sets the input shape.
+    pub fn with_input_shape(mut self, input_shape: [usize; 3]) -> Self {
+        self.input_shape = input_shape;
+        self
+    }
+
+    /// Sets the number of classes (0: no classifier).
+    pub fn with_classes(mut self, classes: usize) -> Self {
+        self.classes = classes;
+        self
+    }
+
+    /// Divides each stage's filters by `divisor`.
+    pub fn with_width_divisor(mut self, divisor: usize) -> Self {
+        self.width_divisor = divisor;
+        self
+    }
+
+    /// Sets whether the classifier ends in a softmax.
+    pub fn with_softmax(mut self, softmax: bool) -> Self {
+        self.softmax = softmax;
+        self
+    }
+}
+
 /// A Keras pre-activation ResNet (V2).
 #[derive(Debug)]
 pub struct ResNetV2 {
-    depth: Depth,
-    input_shape: [usize; 3],
+    config: ResNetV2Config,
     net: Sequential,
 }
 
@@ -79,12 +132,29 @@ impl ResNetV2 {
     /// `keras.applications.ResNet50V2()`, `ResNet101V2()` or `ResNet152V2()`: 224x224x3 input,
     /// 1000 classes with softmax. Parameters: 25,613,800, 44,675,560 and 60,380,648.
     pub fn keras(depth: Depth) -> Result<Self> {
-        Self::new(depth, [224, 224, 3], 1000)
+        Self::new(ResNetV2Config::keras(depth))
     }
 
-    /// A Keras ResNet V2 of `depth` (50, 101 or 152) for `input_shape` images and `classes`
-    /// outputs (0: no classifier, the pooled features).
-    pub fn new(depth: Depth, input_shape: [usize; 3], classes: usize) -> Result<Self> {
+    /// The network `config` describes (zero weights: load a file with
+    /// [`WeightFile::load_into`](crate::weights::WeightFile::load_into)), its shapes checked for
+    /// `config.input_shape`.
+    pub fn new(config: ResNetV2Config) -> Result<Self> {
+        let ResNetV2Config {
+            depth,
+            input_shape,
+            classes,
+            width_divisor,
+            softmax,
+        } = config.clone();
+        if width_divisor == 0 || 64 % width_divisor != 0 {
+            return Err(Error::config(
+                "ResNetV2",
+                format!("the width divisor must divide the first stage's 64 filters, got {width_divisor}"),
+            ));
+        }
+        if input_shape.contains(&0) {
+            return Err(Error::config("ResNetV2", format!("the input shape {input_shape:?} is empty")));
+        }
         let stages: [usize; 4] = match depth {
             Depth::R50 => [3, 4, 6, 3],
             Depth::R101 => [3, 4, 23, 3],
@@ -99,7 +169,7 @@ impl ResNetV2 {
             .push("pool1_pad", ZeroPadding2d::new(Padding2d::uniform(1)))?
             .push("pool1_pool", MaxPool2d::new(Pool2dConfig::new([3, 3]).with_strides([2, 2]))?)?;
         let mut channels = 64;
-        for (stage, (&blocks, filters)) in stages.iter().zip([64, 128, 256, 512]).enumerate() {
+        for (stage, (&blocks, filters)) in stages.iter().zip([64, 128, 256, 512].map(|f| f / width_divisor)).enumerate() {
             // `stack_residual_blocks_v2`: stride 2 on the last block, but for the last stage.
             let last_stride = if stage == 3 { 1 } else { 2 };
             for b in 1..=blocks {
@@ -112,9 +182,12 @@ impl ResNetV2 {
             .push("post_relu", Relu)?
             .push("avg_pool", GlobalAvgPool)?;
         if classes > 0 {
-            net.push("predictions", Dense::new(channels, classes, Some(Activation::Softmax))?)?;
+            net.push(
+                "predictions",
+                Dense::new(channels, classes, softmax.then_some(Activation::Softmax))?,
+            )?;
         }
-        let model = ResNetV2 { depth, input_shape, net };
+        let model = ResNetV2 { config, net };
         let input: Vec<usize> = std::iter::once(1).chain(input_shape).collect();
         model.output_shape(&input)?;
         Ok(model)
@@ -122,7 +195,12 @@ impl ResNetV2 {
 
     /// The depth.
     pub fn depth(&self) -> Depth {
-        self.depth
+        self.config.depth
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ResNetV2Config {
+        &self.config
     }
 
     /// The layers.
@@ -131,4 +209,4 @@ impl ResNetV2 {
     }
 }
 
-layer_over_network!(ResNetV2, "ResNetV2", |m| m.input_shape);
+layer_over_network!(ResNetV2, "ResNetV2", |m| m.config.input_shape);

@@ -47,6 +47,20 @@ fn string_list(attrs: &HashMap<String, AttrValue>, name: &str, file: &WeightFile
     Ok((chunk > 0).then_some(out))
 }
 
+/// Keras' name for a `DepthwiseConv2D` (or `SeparableConv2D`) layer's per-channel kernel.
+const DEPTHWISE_KERNEL: &str = "depthwise_kernel";
+
+/// A Keras depthwise kernel's shape `(kh, kw, channels, multiplier)` as the model holds it:
+/// the kernel of a convolution with `channels` groups of one input channel each,
+/// `(kh, kw, 1, channels * multiplier)`, output channel `c * multiplier + m` being input channel
+/// `c`'s `m`-th filter (TensorFlow's order), so the values need no reordering.
+fn depthwise_as_grouped(shape: &[usize]) -> Option<Vec<usize>> {
+    match *shape {
+        [kh, kw, c, m] => Some(vec![kh, kw, 1, c.checked_mul(m)?]),
+        _ => None,
+    }
+}
+
 /// `kernel:0` -> `kernel`, `conv1_W:0` (in layer `conv1`) -> `kernel`, `bn_running_std:0` ->
 /// `moving_variance` (Keras 1 stored the variance under that name).
 fn canonical_slot(layer: &str, weight_name: &str) -> String {
@@ -108,20 +122,33 @@ pub(super) fn read(bytes: Vec<u8>, name: &str, cx: &mut ReadContext<'_>) -> Resu
         cx.budget
             .check_entries(plan.len().saturating_add(weights.len()), format_args!("{name}: weight_names"))?;
         for w in weights {
-            let key = format!("{layer}/{}", canonical_slot(layer, &w));
+            let slot = canonical_slot(layer, &w);
+            // A `DepthwiseConv2D` kernel is the kernel of a convolution with one group per
+            // input channel: its `(kh, kw, channels, multiplier)` is reshaped below.
+            let depthwise = slot == DEPTHWISE_KERNEL;
+            let key = format!("{layer}/{}", if depthwise { "kernel" } else { slot.as_str() });
             if !keys.insert(key.clone()) {
                 return Err(out.format_error(format!("tensor {key} appears twice (weight {w} of layer {layer})")));
             }
-            plan.push((layer.as_str(), w, key));
+            plan.push((layer.as_str(), w, key, depthwise));
         }
     }
     // Headers next: shapes, types and sizes, all charged before any data is read.
     let mut headers = Vec::with_capacity(plan.len());
-    for (layer, w, key) in plan {
+    for (layer, w, key, depthwise) in plan {
         let group = groups
             .get(layer)
             .ok_or_else(|| out.format_error(format!("layer group {layer}: not found")))?;
         let (ds, shape) = dataset_header(group, layer, &w, file_len, &out)?;
+        let shape = if depthwise {
+            depthwise_as_grouped(&shape).ok_or_else(|| {
+                out.format_error(format!(
+                    "layer {layer}: a depthwise kernel is (kh, kw, channels, depth multiplier), found {w} of shape {shape:?}"
+                ))
+            })?
+        } else {
+            shape
+        };
         let count = crate::error::checked_product(&key, &shape)?;
         if cx.wants(Convention::Keras, &key, count) {
             cx.charge_tensor(name, &key, count)?;

@@ -156,6 +156,22 @@ fn width_hint(mismatched: &[Mismatch]) -> String {
     }
 }
 
+/// When the file's names are those of a ResNet V2 (Keras' `convN_blockM_preact_bn`) and the
+/// model has no such layer, or the other way round, says which builder the file is for.
+fn architecture_hint(file: &WeightFile, model: &dyn Layer) -> String {
+    const PREACT: &str = "_preact_bn";
+    let file_v2 = file.tensors.keys().chain(file.skipped.keys()).any(|k| k.contains(PREACT));
+    let mut model_v2 = false;
+    model.visit_params(&mut LayerPath::default(), &mut |path, _, _| {
+        model_v2 |= path.leaf().ends_with(PREACT)
+    });
+    match (file_v2, model_v2) {
+        (true, false) => "; the file holds a pre-activation ResNet (V2: layers such as conv2_block1_preact_bn), so build the model with models::ResNetV2".into(),
+        (false, true) => "; the file has no pre-activation layers (it is not a ResNet V2) while the model is a models::ResNetV2: a ResNet V1 file loads into models::ResNet".into(),
+        _ => String::new(),
+    }
+}
+
 struct Matcher<'a> {
     file: &'a WeightFile,
     options: LoadOptions,
@@ -251,10 +267,16 @@ impl WeightFile {
             .collect();
         dry.report.unused.sort();
         let report = dry.report;
-        if options.strict {
+        if options.strict && !report.is_complete() {
+            let architecture = architecture_hint(self, model);
             if let Some(m) = report.mismatched.first() {
+                let hint = if architecture.is_empty() {
+                    width_hint(&report.mismatched)
+                } else {
+                    architecture
+                };
                 return Err(Error::WeightShape {
-                    hint: Box::new(width_hint(&report.mismatched)),
+                    hint: Box::new(hint),
                     layer: m.layer.clone(),
                     kind: m.kind.keras_name(),
                     key: m.key.clone(),
@@ -266,12 +288,14 @@ impl WeightFile {
                 return Err(Error::MissingWeights {
                     source_name: self.name.clone(),
                     missing: report.missing,
+                    hint: Box::new(architecture),
                 });
             }
             if !report.unused.is_empty() {
                 return Err(Error::UnusedWeights {
                     source_name: self.name.clone(),
                     unused: report.unused,
+                    hint: Box::new(architecture),
                 });
             }
             if !report.ambiguous.is_empty() {
