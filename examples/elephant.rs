@@ -3,8 +3,15 @@
 //! `elephant.jpg`, preprocess it as Keras does, and print the top ImageNet predictions.
 //!
 //! ```text
-//! cargo run --release --example elephant -- [IMAGE] [--weights FILE] [--top N] [--json] [--no-summary]
+//! cargo run --release --example elephant -- [IMAGE] [--model NAME] [--weights FILE] [--top N] [--json] [--no-summary]
 //! ```
+//!
+//! `--model NAME` classifies with another ImageNet preset of [`convnet::models::zoo`] instead
+//! of the seed's Keras ResNet50, each with its own framework's preprocessing and weights file:
+//! `ResNet50V2`, `ResNet101V2`, `ResNet152V2`, `MobileNetV2`, `MobileNetV2_0.35` (Keras, "tf"
+//! mode), `resnet18` ... `resnet152`, `resnext50_32x4d`, `resnext101_32x8d`,
+//! `resnext101_64x4d`, `wide_resnet50_2`, `wide_resnet101_2`, `mobilenet_v2` (torchvision,
+//! resize 256, crop 224, mean/std); `--list-models` prints them with their weights files.
 //!
 //! `--width-divisor N` builds the same network with every width divided by N, to run the whole
 //! program on the reduced reference fixtures (`tests/fixtures/keras_resnet50_w8`, N = 8).
@@ -20,11 +27,11 @@ use std::process::ExitCode;
 use clap::Parser;
 #[cfg(feature = "download")]
 use convnet::remote::KERAS_ELEPHANT_JPG;
-use convnet::remote::{cache_dir, KERAS_RESNET50_WEIGHTS};
+use convnet::remote::{cache_dir, Remote};
 
 use convnet::budget::LoadBudget;
-use convnet::imagenet::{decode_predictions, image::keras_resnet_input, Prediction};
-use convnet::models::{ResNet, ResNetConfig};
+use convnet::imagenet::{decode_logits, decode_predictions, Prediction};
+use convnet::models::zoo::{self, Preset};
 use convnet::weights::{LoadOptions, WeightFile};
 
 /// The seed program, from the command line.
@@ -33,7 +40,14 @@ use convnet::weights::{LoadOptions, WeightFile};
 struct Args {
     /// The image (PNG or JPEG); default: elephant.jpg here, else Keras' test photo (downloaded).
     image: Option<PathBuf>,
-    /// The Keras HDF5 weights file; default: the cache, Keras' cache, else a download.
+    /// The ImageNet preset (see --list-models): Keras' ResNet50 by default.
+    #[arg(long, default_value = "keras/ResNet50")]
+    model: String,
+    /// Print the presets and their weights files, then exit.
+    #[arg(long)]
+    list_models: bool,
+    /// The weights file (Keras .h5, PyTorch .pth or .safetensors); default: the cache, Keras'
+    /// or torch's cache, else a download.
     #[arg(long)]
     weights: Option<PathBuf>,
     /// How many predictions to print.
@@ -50,39 +64,42 @@ struct Args {
     width_divisor: u64,
 }
 
-/// `--weights`, the caches, or a download.
-fn find_weights(explicit: Option<PathBuf>, quiet: bool) -> Result<PathBuf, String> {
+/// `--weights`, the caches (ours, then Keras' `~/.keras/models` or torch's
+/// `~/.cache/torch/hub/checkpoints`), or a download.
+fn find_weights(explicit: Option<PathBuf>, remote: &Remote, quiet: bool) -> Result<PathBuf, String> {
     if let Some(p) = explicit {
         return Ok(p); // the loader refuses what is not a readable regular file
     }
-    let file = KERAS_RESNET50_WEIGHTS.file_name;
+    let file = remote.file_name;
     let mut candidates = vec![cache_dir().join(file)];
     if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(Path::new(&home).join(".keras/models").join(file));
+        for framework_cache in [".keras/models", ".cache/torch/hub/checkpoints"] {
+            candidates.push(Path::new(&home).join(framework_cache).join(file));
+        }
     }
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {
         return Ok(found.clone());
     }
-    download_weights(quiet).map_err(|e| {
+    download_weights(remote, quiet).map_err(|e| {
+        let md5 = remote.md5.map_or(String::new(), |m| format!(" (md5 {m})"));
         format!(
-            "{e}\n\nThe pretrained weights are needed: download {}\n(md5 {}, 102,853,048 bytes) and either pass it with\n--weights FILE or put it at {}.",
-            KERAS_RESNET50_WEIGHTS.url,
-            KERAS_RESNET50_WEIGHTS.md5.unwrap_or("unpublished"),
+            "{e}\n\nThe pretrained weights are needed: download {}{md5}\nand either pass it with --weights FILE or put it at {}.",
+            remote.url,
             candidates[0].display()
         )
     })
 }
 
 #[cfg(feature = "download")]
-fn download_weights(quiet: bool) -> Result<PathBuf, String> {
+fn download_weights(remote: &Remote, quiet: bool) -> Result<PathBuf, String> {
     if !quiet {
-        eprintln!("Downloading {}", KERAS_RESNET50_WEIGHTS.url);
+        eprintln!("Downloading {}", remote.url);
     }
-    convnet::download::fetch_cached(&KERAS_RESNET50_WEIGHTS, &cache_dir(), !quiet).map_err(|e| e.to_string())
+    convnet::download::fetch_cached(remote, &cache_dir(), !quiet).map_err(|e| e.to_string())
 }
 
 #[cfg(not(feature = "download"))]
-fn download_weights(_quiet: bool) -> Result<PathBuf, String> {
+fn download_weights(_remote: &Remote, _quiet: bool) -> Result<PathBuf, String> {
     Err("the weights are not cached and this build has no `download` feature".into())
 }
 
@@ -117,28 +134,50 @@ fn python_repr(preds: &[Prediction]) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// The presets, one line each.
+fn list_models() {
+    for p in zoo::PRESETS {
+        let pre = format!("{:?}", p.preprocessing);
+        println!("{:<30} {:<12} {}", p.name, pre, p.weights.file_name);
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
+    if args.list_models {
+        list_models();
+        return Ok(());
+    }
     let quiet = args.json;
-    let mut model =
-        ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(args.width_divisor as usize)).map_err(|e| e.to_string())?;
-    let weights_path = find_weights(args.weights, quiet)?;
+    let preset: &Preset = zoo::find(&args.model).map_err(|e| e.to_string())?;
+    let mut model = preset
+        .build_with_width_divisor(args.width_divisor as usize)
+        .map_err(|e| e.to_string())?;
+    let weights_path = find_weights(args.weights, &preset.weights, quiet)?;
     // Decode only what the model takes, within the default budget.
-    let weights = WeightFile::open_for_model(&weights_path, &model, &LoadBudget::default()).map_err(|e| e.to_string())?;
-    weights.load_into(&mut model, &LoadOptions::strict()).map_err(|e| e.to_string())?;
+    let weights = WeightFile::open_for_model(&weights_path, model.as_ref(), &LoadBudget::default()).map_err(|e| e.to_string())?;
+    weights
+        .load_into(model.as_mut(), &LoadOptions::strict())
+        .map_err(|e| e.to_string())?;
     if !args.no_summary && !args.json {
-        println!("{}", model.summary().map_err(|e| e.to_string())?);
+        println!("{}", preset.summary(model.as_ref()).map_err(|e| e.to_string())?);
     }
     let image = find_image(args.image, quiet)?;
-    let x = keras_resnet_input(&image).map_err(|e| e.to_string())?;
+    let x = preset.preprocessing.input_from_file(&image).map_err(|e| e.to_string())?;
     let shape: Vec<String> = x.shape().iter().map(usize::to_string).collect();
-    let preds = model.forward(&x).map_err(|e| e.to_string())?;
-    let top = decode_predictions(&preds, args.top as usize).map_err(|e| e.to_string())?.remove(0);
+    let out = model.forward(&x).map_err(|e| e.to_string())?;
+    // Keras' presets end in a softmax; torchvision's give logits.
+    let decoded = if preset.softmax {
+        decode_predictions(&out, args.top as usize)
+    } else {
+        decode_logits(&out, args.top as usize)
+    };
+    let top = decoded.map_err(|e| e.to_string())?.remove(0);
     if args.json {
         let predictions: Vec<serde_json::Value> = top
             .iter()
             .map(|p| serde_json::json!({"wnid": p.wnid, "label": p.label, "probability": p.probability}))
             .collect();
-        let line = serde_json::json!({"image": image.display().to_string(), "predictions": predictions});
+        let line = serde_json::json!({"image": image.display().to_string(), "model": preset.name, "predictions": predictions});
         println!("{line}");
     } else {
         println!("Input image shape: ({})", shape.join(", "));

@@ -109,3 +109,74 @@ fn a_non_utf8_image_path_is_an_error_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.stdout.is_empty(), "no (invalid) JSON on stdout");
 }
+
+/// `--model resnet50` is torchvision's ResNet50: its state_dict file, torchvision's
+/// preprocessing (resize 256, crop 224, mean/std) and logits decoded with a softmax. The
+/// example's top 5 is the library's, step by step.
+#[test]
+fn a_torchvision_preset_by_name_preprocesses_and_decodes_as_torchvision() {
+    use convnet::imagenet::{decode_logits, image::Preprocessing};
+    use convnet::models::zoo;
+    use convnet::weights::{LoadOptions, WeightFile};
+    let weights = common::fixture("torch_resnet50_w8/resnet50.safetensors");
+    let image = common::fixture("keras_resnet50_w8/images/chelsea.png");
+    let out = run(&[
+        image.to_str().unwrap(),
+        "--model",
+        "resnet50",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--width-divisor",
+        "8",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["model"], "torchvision/resnet50");
+
+    let preset = zoo::find("resnet50").unwrap();
+    assert_eq!(preset.preprocessing, Preprocessing::Torchvision);
+    let mut model = preset.build_with_width_divisor(8).unwrap();
+    WeightFile::open(&weights)
+        .unwrap()
+        .load_into(model.as_mut(), &LoadOptions::strict())
+        .unwrap();
+    let x = Preprocessing::Torchvision.input_from_file(&image).unwrap();
+    let want = decode_logits(&model.forward(&x).unwrap(), 5).unwrap().remove(0);
+    let got = v["predictions"].as_array().unwrap();
+    assert_eq!(got.len(), 5);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["wnid"], w.wnid.as_str());
+        assert!(
+            (g["probability"].as_f64().unwrap() - w.probability as f64).abs() < 1e-6,
+            "{g} vs {w:?}"
+        );
+    }
+}
+
+/// A Keras V2 file of another class count under `--model ResNet50V2`: a typed shape error
+/// naming the classifier, and an unknown model name lists the presets.
+#[test]
+fn a_preset_with_the_wrong_file_or_an_unknown_name_fails_with_a_message() {
+    let weights = common::fixture("keras_family/resnet50v2_w8.h5");
+    let image = common::fixture("keras_resnet50_w8/images/coffee.png");
+    let out = run(&[
+        image.to_str().unwrap(),
+        "--model",
+        "ResNet50V2",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--width-divisor",
+        "8",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("predictions") && err.contains("(256, 1000)") && err.contains("(256, 100)"),
+        "{err}"
+    );
+    let out = run(&["--model", "vgg16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("vgg16") && err.contains("keras/MobileNetV2"), "{err}");
+}

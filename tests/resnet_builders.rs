@@ -260,3 +260,38 @@ fn keras_resnet_v2_presets_have_keras_parameter_counts() {
     let rel = common::max_rel_diff(&got, &want);
     assert!(rel <= 1e-4, "relative error {rel}");
 }
+
+/// Every ImageNet preset by name builds its reference's network: Keras' `count_params()`
+/// (BatchNorm statistics included) and torchvision's `sum(p.numel() for p in parameters())`.
+#[test]
+fn every_zoo_preset_has_its_references_parameter_count() {
+    use convnet::models::zoo;
+    let keras_totals = [
+        ("keras/ResNet50", 25_636_712),
+        ("keras/ResNet50V2", 25_613_800),
+        ("keras/ResNet101V2", 44_675_560),
+        ("keras/ResNet152V2", 60_380_648),
+        ("keras/MobileNetV2", 3_538_984),
+        ("keras/MobileNetV2_0.35", 1_691_208),
+    ];
+    let torch_params = [
+        ("torchvision/resnet18", 11_689_512),
+        ("torchvision/resnet34", 21_797_672),
+        ("torchvision/resnet50", 25_557_032),
+        ("torchvision/resnet101", 44_549_160),
+        ("torchvision/resnet152", 60_192_808),
+        ("torchvision/resnext50_32x4d", 25_028_904),
+        ("torchvision/resnext101_32x8d", 88_791_336),
+        ("torchvision/resnext101_64x4d", 83_455_272),
+        ("torchvision/wide_resnet50_2", 68_883_240),
+        ("torchvision/wide_resnet101_2", 126_886_696),
+        ("torchvision/mobilenet_v2", 3_504_872),
+    ];
+    assert_eq!(keras_totals.len() + torch_params.len(), zoo::PRESETS.len());
+    for (name, want) in keras_totals {
+        assert_eq!(zoo::find(name).unwrap().build().unwrap().param_count().total(), want, "{name}");
+    }
+    for (name, want) in torch_params {
+        assert_eq!(zoo::find(name).unwrap().build().unwrap().param_count().trainable, want, "{name}");
+    }
+}

@@ -57,6 +57,7 @@ macro_rules! layer_over_network {
 pub mod mobilenet;
 pub mod resnet;
 pub mod resnet_v2;
+pub mod zoo;
 
 pub use mobilenet::{MobileNetStyle, MobileNetV2, MobileNetV2Config};
 pub use resnet::{
