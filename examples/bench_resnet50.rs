@@ -1,16 +1,21 @@
-//! Times the seed's full-width ResNet50 on the compiled inference path.
+//! Times the seed's full-width ResNet50, or another ImageNet preset, on the compiled inference
+//! path.
 //!
 //! ```text
-//! cargo run --release --example bench_resnet50 -- [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--no-winograd] [--schedule auto|lanes|serial] [--check DIR]
+//! cargo run --release --example bench_resnet50 -- [--model NAME] [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--no-winograd] [--schedule auto|lanes|serial] [--check DIR]
 //! ```
 //!
-//! Random (deterministic, He-scaled) weights unless `--weights` names a Keras HDF5 file.
+//! `--model NAME` times any preset of [`convnet::models::zoo`] (`resnext50_32x4d`,
+//! `mobilenet_v2`, `ResNet50V2`, `MobileNetV2`, ...; default: the seed's `keras/ResNet50`).
+//! Random (deterministic, He-scaled) weights unless `--weights` names a weights file (Keras
+//! HDF5, `.pth` or `.safetensors`).
 //! `--profile` prints the time of each layer (median over the iterations) before the summary;
 //! `--unfused` times the layer-by-layer forward pass instead, for comparison; `--no-winograd`
 //! computes the 3x3 convolutions by direct GEMM instead of Winograd F(2x2, 3x3); `--check DIR`
 //! first compares the output on `DIR/check_input.npy` with `DIR/check_probs.npy` (written by
-//! `benches/compare/export_onnx.py` from onnxruntime). The last line
-//! printed is one JSON object:
+//! `benches/compare/export_onnx.py` or `export_torchvision_onnx.py` from onnxruntime: the
+//! probabilities, or a torchvision preset's logits). The last line printed is one JSON object
+//! (`model`: `resnet50-keras` for the seed's network, else the preset's name):
 //! `{"model": "resnet50-keras", "batch": N, "threads": T, "iters": K, "median_ms": ..., "p10_ms": ...,
 //!   "p90_ms": ..., "images_per_s": ..., "peak_rss_mib": ..., "gemm_kernel": "avx512"}`
 //! (`gemm_kernel`: the micro-kernel that ran, `CONVNET_GEMM_KERNEL` forces another one).
@@ -19,17 +24,21 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use convnet::imagenet::image::Preprocessing;
 use convnet::inference::{BatchSchedule, CompiledModel, InferenceOptions};
 use convnet::layers::{LayerPath, ParamKind, ParamVisitor};
-use convnet::models::{ResNet, ResNetConfig};
+use convnet::models::zoo;
 use convnet::weights::{LoadOptions, WeightFile};
 use ndarray::{ArrayD, ArrayViewMutD, IxDyn};
 
-/// Times ResNet50 on the compiled path.
+/// Times ResNet50 (or another ImageNet preset) on the compiled path.
 #[derive(Parser)]
 #[command(name = "bench_resnet50")]
 struct Args {
-    /// A Keras HDF5 weights file (default: deterministic random weights).
+    /// The ImageNet preset (models::zoo): the seed's Keras ResNet50 by default.
+    #[arg(long, default_value = "keras/ResNet50")]
+    model: String,
+    /// A weights file for it (default: deterministic random weights).
     #[arg(long)]
     weights: Option<String>,
     /// Images per batch.
@@ -110,13 +119,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn run(a: Args) -> convnet::Result<()> {
-    let mut model = ResNet::new(ResNetConfig::keras_resnet50())?;
+    let preset = zoo::find(&a.model)?;
+    let mut boxed = preset.build()?;
     match &a.weights {
         Some(path) => {
-            WeightFile::open(path)?.load_into(&mut model, &LoadOptions::strict())?;
+            WeightFile::open(path)?.load_into(boxed.as_mut(), &LoadOptions::strict())?;
         }
-        None => convnet::layers::Layer::visit_params_mut(&mut model, &mut Default::default(), &mut RandomWeights(42))?,
+        None => boxed.visit_params_mut(&mut Default::default(), &mut RandomWeights(42))?,
     }
+    let model = boxed.as_ref();
     let options = InferenceOptions {
         threads: a.threads as usize,
         winograd: !a.no_winograd,
@@ -142,22 +153,36 @@ fn run(a: Args) -> convnet::Result<()> {
             })
         };
         let (input, want) = (read("check_input.npy")?, read("check_probs.npy")?);
-        let got = CompiledModel::new(&model, &[224, 224, 3], &options)?.run(&input)?;
+        let got = CompiledModel::new(model, &[224, 224, 3], &options)?.run(&input)?;
+        if got.shape() != want.shape() {
+            return Err(convnet::Error::Shape {
+                layer: "--check".into(),
+                expected: format!("the model's output shape {:?}", got.shape()),
+                got: format!("{:?} in check_probs.npy", want.shape()),
+            });
+        }
         let diff = got.iter().zip(want.iter()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let what = if preset.softmax { "probabilities" } else { "logits" };
         println!(
-            "check against onnxruntime: {} images, max abs difference of the probabilities {diff:e}",
+            "check against onnxruntime: {} images, max abs difference of the {what} {diff:e}",
             input.shape()[0]
         );
     }
+    // A deterministic image-like batch, at the scale the preset's preprocessing gives.
+    let scale = if preset.preprocessing == Preprocessing::KerasCaffe {
+        1.0
+    } else {
+        1.0 / 128.0
+    };
     let x = ArrayD::from_shape_fn(IxDyn(&[a.batch as usize, 224, 224, 3]), |i| {
-        ((i[1] * 7 + i[2] * 13 + i[3] * 29 + i[0]) % 255) as f32 - 120.0
+        (((i[1] * 7 + i[2] * 13 + i[3] * 29 + i[0]) % 255) as f32 - 120.0) * scale
     });
     let mut times = Vec::with_capacity(a.iters as usize);
     let mut per_layer: Vec<(String, Vec<f64>)> = Vec::new();
     let mut fast = if a.unfused {
         None
     } else {
-        Some(CompiledModel::new(&model, &[224, 224, 3], &options)?)
+        Some(CompiledModel::new(model, &[224, 224, 3], &options)?)
     };
     let mut out = vec![0.0; a.batch as usize * 1000];
     for i in 0..a.warmup + a.iters {
@@ -199,7 +224,7 @@ fn run(a: Args) -> convnet::Result<()> {
     let median = percentile(&times, 0.5);
     let round2 = |v: f64| (v * 100.0).round() / 100.0;
     let line = serde_json::json!({
-        "model": "resnet50-keras",
+        "model": if preset.name == "keras/ResNet50" { "resnet50-keras" } else { preset.name },
         "batch": a.batch,
         "threads": if a.unfused { 0 } else { a.threads },
         "iters": a.iters,

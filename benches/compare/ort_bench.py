@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Times onnxruntime on the exported ResNet50 and prints one JSON line in bench_resnet50's format.
+"""Times onnxruntime on an exported network and prints one JSON line in bench_resnet50's format.
 
-Usage: python ort_bench.py MODEL.onnx --batch N --threads T --iters K --warmup W
+Usage: python ort_bench.py MODEL.onnx --batch N --threads T --iters K --warmup W [--name NAME]
+(NAME: the JSON line's "model", default resnet50-keras.)
 """
 import argparse
 import json
@@ -17,6 +18,7 @@ ap.add_argument("--batch", type=int, default=1)
 ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--iters", type=int, default=20)
 ap.add_argument("--warmup", type=int, default=3)
+ap.add_argument("--name", default="resnet50-keras")
 a = ap.parse_args()
 
 opts = ort.SessionOptions()
@@ -35,7 +37,7 @@ for _ in range(a.iters):
 times.sort()
 q = lambda p: times[min(len(times) - 1, int(round(p * (len(times) - 1))))]
 med = float(np.median(times))
-print(json.dumps({"model": "resnet50-keras", "engine": f"onnxruntime {ort.__version__}", "batch": a.batch, "threads": a.threads,
+print(json.dumps({"model": a.name, "engine": f"onnxruntime {ort.__version__}", "batch": a.batch, "threads": a.threads,
                   "iters": a.iters, "median_ms": round(med, 2), "p10_ms": round(q(0.1), 2), "p90_ms": round(q(0.9), 2),
                   "images_per_s": round(a.batch * 1000 / med, 2),
                   "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))

@@ -490,6 +490,20 @@ fn run_conv(
     })
 }
 
+/// `(rows per tile, tiles)` for an im2col convolution over `m` output pixels: near-equal
+/// tiles no longer than the L2-sized [`ConvOp::tile_rows`], as many as the threads can share
+/// evenly (a multiple of them, when there are at least that many), and at least `min_tiles`
+/// (a grouped convolution, whose narrow groups leave no panels to share, splits its rows).
+fn im2col_tiles(c: &ConvOp, m: usize, threads: usize, min_tiles: usize) -> (usize, usize) {
+    let tiles = m.div_ceil(c.tile_rows().min(m).max(1));
+    let tiles = if tiles >= threads {
+        tiles.next_multiple_of(threads)
+    } else {
+        tiles.max(min_tiles).min(m.max(1))
+    };
+    (m.div_ceil(tiles), tiles)
+}
+
 /// A convolution as GEMMs over the output pixels: the input itself for a 1x1 stride-1
 /// convolution (one GEMM per thread, its rows in `MR`-row units), else im2col tiles sized for
 /// L2, each filled by the thread that multiplies it (the stem's 7x7 on 3 channels).
@@ -503,11 +517,7 @@ fn conv(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> 
     let (tile, units) = if pointwise {
         (MR, m.div_ceil(MR))
     } else {
-        // Near-equal tiles, as many as the threads can share evenly.
-        let threads = ctx.pool.threads();
-        let tiles = m.div_ceil(c.tile_rows().min(m).max(1));
-        let tiles = if tiles >= threads { tiles.next_multiple_of(threads) } else { tiles };
-        (m.div_ceil(tiles), tiles)
+        im2col_tiles(c, m, ctx.pool.threads(), 1)
     };
     let gemm = |call: &ConvCall<'_>, a: &[f32], a_row0: usize, rows: Range<usize>, panels: Range<usize>| {
         // SAFETY: the calling thread alone writes these rows x panels of the output.
@@ -543,8 +553,11 @@ fn conv_grouped(c: &ConvOp, weights: &[PackedB], ctx: &Ctx<'_>, bufs: &mut [Vec<
     let (cin, cout) = (g.in_channels, g.out_channels);
     let (x_channels, y_channels) = (cin * c.groups, cout * c.groups);
     let pointwise = c.pointwise();
-    let tile = if pointwise { MR } else { c.tile_rows().min(m).max(1) };
-    let units = m.div_ceil(tile);
+    let (tile, units) = if pointwise {
+        (MR, m.div_ceil(MR))
+    } else {
+        im2col_tiles(c, m, ctx.pool.threads(), ctx.pool.threads())
+    };
     run_conv(c, ctx, bufs, units, true, &|call, ws, my_units, panels| {
         let rows_of = |u: Range<usize>| u.start * tile..(u.end * tile).min(m);
         for (group, b) in weights.iter().enumerate() {
@@ -578,6 +591,9 @@ fn conv_grouped(c: &ConvOp, weights: &[PackedB], ctx: &Ctx<'_>, bufs: &mut [Vec<
             }
             for u in my_units.clone() {
                 let rows = rows_of(u..u + 1);
+                if rows.is_empty() {
+                    break; // (rounding the tile count up to the threads can leave the last ones empty)
+                }
                 let a = &mut ws.floats[..rows.len() * k];
                 kernels::im2col::im2col_channels_unchecked(call.x, &call.g, x_channels, group * cin, rows.start, rows.len(), a);
                 gemm(a, k, rows.start, rows)?;

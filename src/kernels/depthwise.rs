@@ -82,50 +82,125 @@ unsafe fn rows_avx2(x: &[f32], g: &ConvGeometry, kernel: &[f32], e: &GemmEpilogu
     rows_any(x, g, kernel, e, rows, out);
 }
 
-/// The loop (extents checked by the caller).
+/// The loop (extents checked by the caller): each output row in runs of up to [`PIXELS`]
+/// pixels, their channels in chunks of 16, 8, 4 and 1, each (pixel, chunk) summed in its own
+/// fixed-size accumulator (registers once vectorised: the pixels' sums are independent, so
+/// they overlap in the pipeline) over the taps in `(ky, kx)` order, then through the epilogue
+/// and stored once.
 #[inline(always)]
 fn rows_any(x: &[f32], g: &ConvGeometry, kernel: &[f32], e: &GemmEpilogue<'_>, rows: Range<usize>, out: &mut [f32]) {
     let c = g.in_channels;
     let ([ih, iw], [oh, ow]) = (g.in_hw, g.out_hw);
-    let ([kh, kw], [sh, sw], [dh, dw]) = (g.window.kernel, g.window.stride, g.window.dilation);
     let first = rows.start;
     for r in rows {
         let (n, oy) = (r / oh, r % oh);
         let image = &x[n * ih * iw * c..(n + 1) * ih * iw * c];
-        for ox in 0..ow {
-            let at = ((r - first) * ow + ox) * c;
-            let acc = &mut out[at..at + c];
-            acc.fill(0.0);
-            for ky in 0..kh {
-                // A tap above/left of the input wraps to a huge value and fails the bound too.
-                let iy = (oy * sh + ky * dh).wrapping_sub(g.pad.top);
-                if iy >= ih {
-                    continue;
-                }
-                for kx in 0..kw {
-                    let ix = (ox * sw + kx * dw).wrapping_sub(g.pad.left);
+        let mut ox = 0;
+        while ox < ow {
+            let run = Run {
+                g,
+                image,
+                kernel,
+                e,
+                oy,
+                ox,
+                pixels: (ow - ox).min(PIXELS),
+                at: ((r - first) * ow + ox) * c,
+            };
+            let mut c0 = 0;
+            while c0 < c {
+                c0 += match c - c0 {
+                    16.. => run.chunk::<16>(c0, out),
+                    8.. => run.chunk::<8>(c0, out),
+                    4.. => run.chunk::<4>(c0, out),
+                    _ => run.chunk::<1>(c0, out),
+                };
+            }
+            ox += run.pixels;
+        }
+    }
+}
+
+/// Output pixels of one row computed together.
+const PIXELS: usize = 4;
+
+/// Up to [`PIXELS`] consecutive output pixels of one row.
+struct Run<'a> {
+    g: &'a ConvGeometry,
+    image: &'a [f32],
+    kernel: &'a [f32],
+    e: &'a GemmEpilogue<'a>,
+    oy: usize,
+    /// The first pixel's column.
+    ox: usize,
+    /// How many (1..=PIXELS).
+    pixels: usize,
+    /// The first pixel's first element in the output (and the residual).
+    at: usize,
+}
+
+/// `v[at..at + W]` as an array (one bounds check).
+#[inline(always)]
+fn lanes<const W: usize>(v: &[f32], at: usize) -> [f32; W] {
+    let mut a = [0.0; W];
+    a.copy_from_slice(&v[at..at + W]);
+    a
+}
+
+impl Run<'_> {
+    /// Channels `c0..c0 + W` of the run's pixels, written to `out`; returns `W`.
+    #[inline(always)]
+    fn chunk<const W: usize>(&self, c0: usize, out: &mut [f32]) -> usize {
+        let g = self.g;
+        let c = g.in_channels;
+        let [ih, iw] = g.in_hw;
+        let ([kh, kw], [sh, sw], [dh, dw]) = (g.window.kernel, g.window.stride, g.window.dilation);
+        let mut acc = [[0.0f32; W]; PIXELS];
+        for ky in 0..kh {
+            // A tap above/left of the input wraps to a huge value and fails the bound too.
+            let iy = (self.oy * sh + ky * dh).wrapping_sub(g.pad.top);
+            if iy >= ih {
+                continue;
+            }
+            for kx in 0..kw {
+                let w: [f32; W] = lanes(self.kernel, (ky * kw + kx) * c + c0);
+                for (p, acc) in acc.iter_mut().enumerate().take(self.pixels) {
+                    let ix = ((self.ox + p) * sw + kx * dw).wrapping_sub(g.pad.left);
                     if ix >= iw {
                         continue;
                     }
-                    let src = &image[(iy * iw + ix) * c..(iy * iw + ix + 1) * c];
-                    let w = &kernel[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
-                    for ((a, &v), &k) in acc.iter_mut().zip(src).zip(w) {
-                        *a += v * k;
+                    let src: [f32; W] = lanes(self.image, (iy * iw + ix) * c + c0);
+                    for l in 0..W {
+                        acc[l] += src[l] * w[l];
                     }
                 }
             }
-            if let Some(scale) = e.scale {
-                acc.iter_mut().zip(scale).for_each(|(a, &s)| *a *= s);
+        }
+        let e = self.e;
+        let scale: Option<[f32; W]> = e.scale.map(|s| lanes(s, c0));
+        let bias: Option<[f32; W]> = e.bias.map(|b| lanes(b, c0));
+        for (p, acc) in acc.iter_mut().enumerate().take(self.pixels) {
+            let at = self.at + p * c + c0;
+            if let Some(s) = &scale {
+                (0..W).for_each(|l| acc[l] *= s[l]);
             }
-            if let Some(bias) = e.bias {
-                acc.iter_mut().zip(bias).for_each(|(a, &b)| *a += b);
+            if let Some(b) = &bias {
+                (0..W).for_each(|l| acc[l] += b[l]);
             }
             if let Some(res) = e.residual {
-                acc.iter_mut().zip(&res[at..at + c]).for_each(|(a, &v)| *a += v);
+                let v: [f32; W] = lanes(res, at);
+                (0..W).for_each(|l| acc[l] += v[l]);
             }
-            if !e.rectifier.is_identity() {
-                acc.iter_mut().for_each(|a| *a = e.rectifier.apply(*a));
+            if let Some(upper) = e.rectifier.upper() {
+                // Compare-and-select, which vectorises (`f32::max` and `min` do not, for their
+                // NaN rules); the same values as `Rectifier::apply`, a NaN becoming 0 in both.
+                for a in acc.iter_mut() {
+                    let v = if *a > 0.0 { *a } else { 0.0 };
+                    *a = if v > upper { upper } else { v };
+                }
             }
+            out[at..at + W].copy_from_slice(acc);
         }
+        W
     }
 }

@@ -6,7 +6,8 @@
 //! - [`fold_batch_norm`]: a BatchNorm into the output pass of the convolution before it
 //!   (`acc * scale + bias`), then [`batch_norm_to_affine`] for the rest;
 //! - [`fuse_epilogue`]: a residual add and a ReLU into the op that produces their input;
-//! - [`select_winograd`]: Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions it suits.
+//! - [`select_winograd`]: Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions it suits;
+//! - [`merge_groups`]: narrow convolution groups into GEMM-wide ones (block-diagonal kernels).
 //!
 //! [`optimize`] runs them in that order and checks the graph ([`Graph::check`]) after each.
 //! No pass removes a value listed in `keep` (taps), the graph's input or its output.
@@ -14,11 +15,13 @@
 mod fold_batch_norm;
 mod fold_padding;
 mod fuse_epilogue;
+mod merge_groups;
 mod select_winograd;
 
 pub use fold_batch_norm::{batch_norm_to_affine, fold_batch_norm};
 pub use fold_padding::fold_padding;
 pub use fuse_epilogue::fuse_epilogue;
+pub use merge_groups::merge_groups;
 pub use select_winograd::select_winograd;
 
 use super::{Graph, ValueId};
@@ -53,6 +56,8 @@ pub fn optimize(graph: &mut Graph<'_>, options: PassOptions, keep: &[ValueId]) -
         select_winograd(graph)?;
         check(graph, "select_winograd")?;
     }
+    merge_groups(graph, 16);
+    check(graph, "merge_groups")?;
     Ok(())
 }
 
