@@ -65,32 +65,17 @@ fn check(name: &str, build: impl Fn(bool) -> Box<dyn Layer>) {
         assert_eq!(model.param_count().total() as u64, expected["params"].as_u64().unwrap(), "{name}");
         let report = weights.load_into(model.as_mut(), &LoadOptions::strict()).unwrap();
         assert!(report.is_complete(), "{report}");
-        let layer_by_layer = model.forward(&x).unwrap();
-        let options = InferenceOptions {
-            threads: 2,
-            ..Default::default()
-        };
-        let compiled = CompiledModel::new(model.as_ref(), &[224, 224, 3], &options)
-            .unwrap()
-            .run(&x)
-            .unwrap();
-        for (path, out) in [("layer by layer", &layer_by_layer), ("compiled", &compiled)] {
+        for (path, out) in common::run_both_and_check_top5(model.as_ref(), &x, &expected["top5"], name) {
             let (what, err, tol) = if softmax {
-                ("probabilities", common::max_abs_diff(out, &want_probs), 1e-5)
+                ("probabilities", common::max_abs_diff(&out, &want_probs), 1e-5)
             } else {
-                ("logits", common::max_abs_diff(out, &want_logits), tolerance)
+                ("logits", common::max_abs_diff(&out, &want_logits), tolerance)
             };
             println!("{name} {path}: {what} off by {err:e} (tolerance {tol:e})");
             assert!(
                 err <= tol,
                 "{name} {path}: {what} off by {err}, more than {tol} (Keras' f32/f64 spread {spread})"
             );
-            for (row, top) in out.outer_iter().zip(expected["top5"].as_array().unwrap()) {
-                let mut order: Vec<usize> = (0..row.len()).collect();
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                let want: Vec<usize> = top.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-                assert_eq!(&order[..5], &want[..], "{name} {path}");
-            }
         }
     }
 }

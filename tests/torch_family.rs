@@ -6,7 +6,6 @@
 
 mod common;
 
-use convnet::inference::{CompiledModel, InferenceOptions};
 use convnet::layers::{Layer, Tensor};
 use convnet::models::{Depth, MobileNetV2, MobileNetV2Config, ResNet, ResNetConfig};
 use convnet::weights::{LoadOptions, WeightFile};
@@ -43,30 +42,15 @@ fn check(name: &str, build: impl Fn() -> Box<dyn Layer>, files: &[&str]) {
         let weights = WeightFile::open(common::fixture(&format!("torch_family/{file}"))).unwrap();
         let report = weights.load_into(model.as_mut(), &LoadOptions::strict()).unwrap();
         assert!(report.is_complete(), "{report}");
-        let layer_by_layer = model.forward(&x).unwrap();
-        let options = InferenceOptions {
-            threads: 2,
-            ..Default::default()
-        };
-        let compiled = CompiledModel::new(model.as_ref(), &[224, 224, 3], &options)
-            .unwrap()
-            .run(&x)
-            .unwrap();
-        for (path, logits) in [("layer by layer", &layer_by_layer), ("compiled", &compiled)] {
-            let err = common::max_abs_diff(logits, &want);
-            let perr = common::max_abs_diff(&softmax(logits), &want_probs);
+        for (path, logits) in common::run_both_and_check_top5(model.as_ref(), &x, &expected["top5"], file) {
+            let err = common::max_abs_diff(&logits, &want);
+            let perr = common::max_abs_diff(&softmax(&logits), &want_probs);
             println!("{file} {path}: logits {err:e} (tolerance {tolerance:e}), probabilities {perr:e}");
             assert!(
                 err <= tolerance,
                 "{file} {path}: logits off by {err}, more than 3x PyTorch's f32/f64 spread {spread}"
             );
             assert!(perr <= 1e-5, "{file} {path}: probabilities off by {perr}");
-            for (row, top) in logits.outer_iter().zip(expected["top5"].as_array().unwrap()) {
-                let mut order: Vec<usize> = (0..row.len()).collect();
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                let want: Vec<usize> = top.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-                assert_eq!(&order[..5], &want[..], "{file} {path}");
-            }
         }
     }
 }

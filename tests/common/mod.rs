@@ -131,3 +131,34 @@ pub fn example(name: &str) -> PathBuf {
     }
     p
 }
+
+/// Runs `model` on `x` through both executors (layer by layer, and compiled on 2 threads for
+/// 224 x 224 x 3 images), and checks each output's top 5 per row against `top5` (the
+/// generator's `[[class, ...], ...]`); returns the two outputs, named.
+#[allow(dead_code)]
+pub fn run_both_and_check_top5(
+    model: &dyn convnet::layers::Layer,
+    x: &Tensor,
+    top5: &serde_json::Value,
+    what: &str,
+) -> [(&'static str, Tensor); 2] {
+    let layer_by_layer = model.forward(x).unwrap();
+    let options = convnet::inference::InferenceOptions {
+        threads: 2,
+        ..Default::default()
+    };
+    let compiled = convnet::inference::CompiledModel::new(model, &[224, 224, 3], &options)
+        .unwrap()
+        .run(x)
+        .unwrap();
+    let outputs = [("layer by layer", layer_by_layer), ("compiled", compiled)];
+    for (path, out) in &outputs {
+        for (row, top) in out.outer_iter().zip(top5.as_array().unwrap()) {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let want: Vec<usize> = top.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            assert_eq!(&order[..5], &want[..], "{what} {path}");
+        }
+    }
+    outputs
+}
