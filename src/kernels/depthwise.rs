@@ -1,7 +1,7 @@
 //! Depthwise convolution (one filter per channel: groups = channels, multiplier 1) as a direct
 //! NHWC loop, vectorised over the channels, which are contiguous in each pixel: for every output
 //! pixel, the taps' input pixels times the taps' per-channel weights, summed tap by tap in
-//! `(ky, kx)` order, then the epilogue (scale, bias, residual, ReLU, as [`GemmEpilogue`]).
+//! `(ky, kx)` order, then the epilogue (scale, bias, residual, rectifier, as [`GemmEpilogue`]).
 //! A GEMM per channel would multiply a `pixels x taps` matrix by a single column.
 //!
 //! Each output element is one sum in a fixed order, so the result does not depend on how rows

@@ -6,7 +6,7 @@
 //! give the same bits; the portable kernel's bits are `matrixmultiply`'s (which fuses or not
 //! depending on the CPU).
 //!
-//! The epilogue (bias, residual add, ReLU) runs in the micro-kernel's store, while the output
+//! The epilogue (bias, residual add, ReLU or ReLU6) runs in the micro-kernel's store, while the output
 //! tile is still in registers. Every output element is computed by one micro-kernel call
 //! sequence with `K` summed in the same order whatever the row and panel ranges a caller
 //! splits the work into, so results do not depend on how the work is divided among threads.
@@ -1329,7 +1329,7 @@ mod avx2 {
     }
 
     /// Writes `R` rows of accumulators: adds the old `C` unless `first`, then the epilogue (in
-    /// the AVX-512 kernel's order: scale, bias, residual, ReLU).
+    /// the AVX-512 kernel's order: scale, bias, residual, rectifier).
     #[inline(always)]
     unsafe fn store<const R: usize>(acc0: &[__m256; R], acc1: &[__m256; R], s: &Store<'_, '_>) {
         let full = s.cols >= 16;
@@ -1503,7 +1503,7 @@ mod neon {
     }
 
     /// Writes `R` rows of accumulators: adds the old `C` unless `first`, then the epilogue (in
-    /// the AVX-512 kernel's order: scale, bias, residual, ReLU).
+    /// the AVX-512 kernel's order: scale, bias, residual, rectifier).
     #[inline(always)]
     unsafe fn store<const R: usize>(acc: &[[float32x4_t; 4]; R], s: &Store<'_, '_>) {
         let n = s.cols.min(CB);
