@@ -306,5 +306,27 @@ mod compiled_conv {
             let x = ArrayD::from_shape_vec(IxDyn(&[n, h, w, cin_all]), fill(n * h * w * cin_all, seed ^ 6)).unwrap();
             compiled_conv_bn_matches_layers(conv, cout_all, relu, &x, seed)?;
         }
+
+        /// ResNeXt's narrow groups, 4 or 8 channels in and out over a multiple of 16 channels
+        /// (AVX-512's direct loop, `kernels::narrow_groups`; merged into GEMM-wide groups on
+        /// the other kernels), and groups of 4 in to 8 out (always merged), compiled against
+        /// the layer-by-layer forward.
+        #[test]
+        fn compiled_narrow_grouped_conv_matches_layer_by_layer(
+            (n, h, w, blocks) in (1usize..=2, 1usize..=9, 1usize..=9, 1usize..=3),
+            (width, wider_out) in (prop_oneof![Just(4usize), Just(8)], any::<bool>()),
+            (s, same, relu, seed) in (1usize..=2, any::<bool>(), any::<bool>(), any::<u64>()),
+        ) {
+            let c = 16 * blocks;
+            let groups = c / width;
+            let cout_all = if wider_out { 2 * c } else { c };
+            let padding = if same { Padding::Same } else { Padding::Valid };
+            if !same && (h < 3 || w < 3) { return Ok(()); }
+            let cfg = Conv2dConfig::new(c, cout_all, [3, 3]).with_strides([s, s]).with_padding(padding).with_groups(groups);
+            let kernel = Array4::from_shape_vec((3, 3, width, cout_all), fill(9 * width * cout_all, seed)).unwrap();
+            let conv = Conv2d::with_weights(cfg, kernel, Some(Array1::from(fill(cout_all, seed ^ 1)))).unwrap();
+            let x = ArrayD::from_shape_vec(IxDyn(&[n, h, w, c]), fill(n * h * w * c, seed ^ 6)).unwrap();
+            compiled_conv_bn_matches_layers(conv, cout_all, relu, &x, seed)?;
+        }
     }
 }

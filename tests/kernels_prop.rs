@@ -494,3 +494,66 @@ mod depthwise {
         );
     }
 }
+
+mod narrow_groups {
+    use super::{fill, padding_strategy, rectifier_strategy, rectify};
+    use convnet::kernels::narrow_groups::{grouped_conv2d_rows, supports};
+    use convnet::kernels::packed_gemm::{gemm_kernel, GemmEpilogue};
+    use convnet::kernels::{reference, ConvGeometry, Window2d};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// The direct loop for groups of 4 and 8 channels (AVX-512) on any range of output
+        /// rows, with the whole epilogue, against the reference's grouped loop in f64; where
+        /// the selected kernel cannot run it, a typed error.
+        #[test]
+        fn narrow_groups_match_reference(
+            (n, h, w) in (1usize..=2, 1usize..=11, 1usize..=11),
+            (width, blocks) in (prop_oneof![Just(4usize), Just(8)], 1usize..=3),
+            (kh, kw, s, d) in (1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
+            padding in padding_strategy(),
+            (r0, r1) in (0usize..30, 0usize..30),
+            (scale, bias, residual, rectifier) in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
+            seed in any::<u64>(),
+        ) {
+            let c = 16 * blocks;
+            let groups = c / width;
+            let window = Window2d { padding, dilation: [d, d], ..Window2d::new([kh, kw], [s, s]) };
+            let Ok(g) = ConvGeometry::new([n, h, w, c], c, window) else { return Ok(()) };
+            let one = ConvGeometry { in_channels: width, out_channels: width, ..g };
+            let all_rows = n * g.out_hw[0];
+            let rows = r0.min(all_rows)..r1.clamp(r0.min(all_rows), all_rows);
+            let row_len = g.out_hw[1] * c;
+            let (x, k) = (fill(g.input_len(), seed), fill(kh * kw * width * c, seed ^ 1));
+            let (scale_v, bias_v, res_v) = (fill(c, seed ^ 2), fill(c, seed ^ 3), fill(rows.len() * row_len, seed ^ 4));
+            let e = GemmEpilogue {
+                scale: scale.then_some(&scale_v[..]),
+                bias: bias.then_some(&bias_v[..]),
+                residual: residual.then_some(&res_v[..]),
+                rectifier,
+            };
+            let mut got = vec![f32::NAN; rows.len() * row_len];
+            let result = grouped_conv2d_rows(&x, &g, width, &k, &e, rows.clone(), &mut got);
+            if !supports(gemm_kernel(), width, c) {
+                let refused = matches!(result, Err(convnet::Error::Config { .. }));
+                prop_assert!(refused, "expected a configuration error");
+                return Ok(());
+            }
+            result.unwrap();
+            let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+            let mut want = vec![0.0f64; g.output_len()];
+            reference::conv2d_grouped(&wide(&x), &one, groups, &wide(&k), None, &mut want);
+            for (i, &a) in got.iter().enumerate() {
+                let ch = i % c;
+                let mut b = want[rows.start * row_len + i];
+                if scale { b *= scale_v[ch] as f64; }
+                if bias { b += bias_v[ch] as f64; }
+                if residual { b += res_v[i] as f64; }
+                let b = rectify(rectifier, b);
+                prop_assert!((a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()), "element {i}: {a} vs {b} for {g:?}, groups of {width}");
+            }
+        }
+    }
+}

@@ -68,6 +68,9 @@ pub(crate) enum ConvWeights {
     Grouped(Vec<PackedB>),
     /// A depthwise kernel (one filter per channel), `(kh, kw, channels)`.
     Depthwise(Vec<f32>),
+    /// A kernel of narrow groups for [`kernels::narrow_groups`], `(kh, kw, width, channels)`:
+    /// groups of `width` channels in and out.
+    NarrowGroups { kernel: Vec<f32>, width: usize },
 }
 
 impl ConvOp {
@@ -216,7 +219,7 @@ impl Op<'_> {
                 ConvWeights::Gemm(b) => b.k() * b.n(),
                 ConvWeights::Winograd(w) => w.len(),
                 ConvWeights::Grouped(bs) => bs.iter().map(|b| b.k() * b.n()).sum(),
-                ConvWeights::Depthwise(k) => k.len(),
+                ConvWeights::Depthwise(k) | ConvWeights::NarrowGroups { kernel: k, .. } => k.len(),
             },
             Op::Dense { weights, .. } => weights.k() * weights.n(),
             _ => 0,
@@ -272,7 +275,7 @@ impl Op<'_> {
                 let g = ConvGeometry { batch, ..c.geometry };
                 (c.tile_rows().min(g.out_pixels()) * g.patch_len(), 0)
             }
-            ConvWeights::Gemm(_) | ConvWeights::Grouped(_) | ConvWeights::Depthwise(_) => (0, 0),
+            ConvWeights::Gemm(_) | ConvWeights::Grouped(_) | ConvWeights::Depthwise(_) | ConvWeights::NarrowGroups { .. } => (0, 0),
         }
     }
 
@@ -285,7 +288,12 @@ impl Op<'_> {
                 ConvWeights::Gemm(b) if c.implicit() => conv_implicit(c, b, ctx, bufs),
                 ConvWeights::Gemm(b) => conv(c, b, ctx, bufs),
                 ConvWeights::Grouped(bs) => conv_grouped(c, bs, ctx, bufs),
-                ConvWeights::Depthwise(k) => conv_depthwise(c, k, ctx, bufs),
+                ConvWeights::Depthwise(k) => conv_direct(c, ctx, bufs, &|x, g, e, rows, out| {
+                    kernels::depthwise::depthwise_conv2d_rows(x, g, k, e, rows, out)
+                }),
+                ConvWeights::NarrowGroups { kernel, width } => conv_direct(c, ctx, bufs, &|x, g, e, rows, out| {
+                    kernels::narrow_groups::grouped_conv2d_rows(x, g, *width, kernel, e, rows, out)
+                }),
             },
             Op::Affine {
                 scale,
@@ -603,8 +611,13 @@ fn conv_grouped(c: &ConvOp, weights: &[PackedB], ctx: &Ctx<'_>, bufs: &mut [Vec<
     })
 }
 
-/// A depthwise convolution ([`kernels::depthwise`]), output rows split over the threads.
-fn conv_depthwise(c: &ConvOp, kernel: &[f32], ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+/// The rows of a convolution a direct loop computes: `kernel(x, g, e, rows, out)` for the
+/// whole convolution's geometry `g` (all channels), output rows split over the threads.
+type DirectRows<'a> = dyn Fn(&[f32], &ConvGeometry, &GemmEpilogue<'_>, Range<usize>, &mut [f32]) -> Result<()> + Sync + 'a;
+
+/// A depthwise ([`kernels::depthwise`]) or narrow grouped ([`kernels::narrow_groups`])
+/// convolution by its direct loop, output rows split over the threads.
+fn conv_direct(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>], kernel: &DirectRows<'_>) -> Result<()> {
     let [oh, ow] = c.geometry.out_hw;
     let channels = c.geometry.in_channels * c.groups;
     run_conv(c, ctx, bufs, ctx.batch * oh, true, &|call, _, rows, _| {
@@ -616,7 +629,7 @@ fn conv_depthwise(c: &ConvOp, kernel: &[f32], ctx: &Ctx<'_>, bufs: &mut [Vec<f32
         let (start, len) = (rows.start * ow * channels, rows.len() * ow * channels);
         if start + len > call.out_len {
             return Err(Error::shape(
-                "depthwise convolution",
+                "direct convolution",
                 format!("an output of at least {} floats", start + len),
                 format!("{}", call.out_len),
             ));
@@ -628,7 +641,7 @@ fn conv_depthwise(c: &ConvOp, kernel: &[f32], ctx: &Ctx<'_>, bufs: &mut [Vec<f32
             residual: call.e.residual.map(|r| &r[start..start + len]),
             ..call.e
         };
-        kernels::depthwise::depthwise_conv2d_rows(call.x, &g, kernel, &e, rows, out)
+        kernel(call.x, &g, &e, rows, out)
     })
 }
 

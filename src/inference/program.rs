@@ -8,7 +8,8 @@ use super::liveness;
 use super::Value;
 use crate::error::Result;
 use crate::graph::{ConvAlgorithm, Graph, Op as GraphOp, ValueId};
-use crate::kernels::packed_gemm::PackedB;
+use crate::kernels::narrow_groups;
+use crate::kernels::packed_gemm::{gemm_kernel, PackedB};
 use crate::kernels::winograd::WinogradWeights;
 use crate::kernels::Rectifier;
 
@@ -53,6 +54,12 @@ pub(crate) fn generate<'m>(graph: &Graph<'m>, keep: &[ValueId]) -> Result<Progra
                     // Depthwise: the HWIO kernel `(kh, kw, 1, channels)` is already the direct
                     // loop's `(kh, kw, channels)`.
                     _ if geometry.in_channels == 1 && cout == 1 => ConvWeights::Depthwise(c.kernel.to_vec()),
+                    // Groups of 4 or 8 channels in and out on AVX-512: the direct loop, whose
+                    // kernel `(kh, kw, width, channels)` is the HWIO one.
+                    _ if geometry.in_channels == cout && narrow_groups::supports(gemm_kernel(), cout, n) => ConvWeights::NarrowGroups {
+                        kernel: c.kernel.to_vec(),
+                        width: cout,
+                    },
                     // Grouped: one packed operand per group, the group's columns of the kernel.
                     _ => ConvWeights::Grouped(
                         (0..c.groups)

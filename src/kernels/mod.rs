@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod geometry;
 pub mod im2col;
 pub(crate) mod implicit;
+pub mod narrow_groups;
 pub mod packed_gemm;
 pub mod pool;
 pub mod rectifier;

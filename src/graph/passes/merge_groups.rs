@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 
 use crate::graph::{Graph, Op};
+use crate::kernels::narrow_groups;
+use crate::kernels::packed_gemm::gemm_kernel;
 
 /// Rewrites each grouped convolution whose groups are narrower than `width` output channels
 /// (ResNeXt's first stages: 32 groups of 4 or 8) into one with `s` times fewer, `s` times
@@ -13,13 +15,16 @@ use crate::graph::{Graph, Op};
 /// where a 4-column GEMM per group wastes 7 of every 8 lanes and pays its call overhead 32
 /// times. Every added product is an exact zero, summed into the same partial sums in the same
 /// order, so the result is unchanged. Depthwise convolutions (one input and output channel a
-/// group) keep their own direct kernel and are left alone. Returns whether anything changed.
+/// group) keep their own direct kernel and are left alone, and so are the groups
+/// [`narrow_groups`] runs on this CPU (4 or 8 channels on AVX-512). Returns whether anything
+/// changed.
 pub fn merge_groups(graph: &mut Graph<'_>, width: usize) -> bool {
     let mut changed = false;
     for node in graph.nodes_mut() {
         let Op::Conv2d(c) = &mut node.op else { continue };
         let (g, cin_g, cout_g) = (c.groups, c.in_channels / c.groups.max(1), c.out_channels / c.groups.max(1));
-        if g <= 1 || (cin_g == 1 && cout_g == 1) || cout_g >= width {
+        let direct = cin_g == cout_g && narrow_groups::supports(gemm_kernel(), cout_g, c.out_channels);
+        if g <= 1 || (cin_g == 1 && cout_g == 1) || direct || cout_g >= width {
             continue;
         }
         let Some(s) = (2..=g).rev().find(|&s| g % s == 0 && s * cout_g <= width) else {
@@ -62,7 +67,7 @@ mod tests {
     fn narrow_groups_merge_and_compute_the_same() {
         // (in, out, groups, width) -> groups after.
         for (cin, cout, groups, width, after) in [
-            (32, 32, 8, 16, 2),
+            (16, 32, 4, 16, 2),
             (24, 48, 6, 32, 2),
             (12, 12, 12, 32, 12),
             (16, 64, 4, 16, 4),
