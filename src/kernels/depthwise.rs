@@ -28,36 +28,7 @@ pub fn depthwise_conv2d_rows(
     rows: Range<usize>,
     out: &mut [f32],
 ) -> Result<()> {
-    let c = g.in_channels;
-    let [oh, ow] = g.out_hw;
-    let taps = g.window.kernel[0] * g.window.kernel[1];
-    let len = rows.len() * ow * c;
-    let ok = g.out_channels == c
-        && x.len() >= g.input_len()
-        && kernel.len() == taps * c
-        && rows.end <= g.batch * oh
-        && out.len() >= len
-        && e.scale.is_none_or(|v| v.len() >= c)
-        && e.bias.is_none_or(|v| v.len() >= c)
-        && e.residual.is_none_or(|r| r.len() >= len);
-    if !ok {
-        return Err(Error::shape(
-            "depthwise_conv2d",
-            format!(
-                "{c} channels in and out, an input of {}, a kernel of {}, rows within {} and an output of {len}",
-                g.input_len(),
-                taps * c,
-                g.batch * oh
-            ),
-            format!(
-                "{} out, input {}, kernel {}, rows {rows:?}, output {}",
-                g.out_channels,
-                x.len(),
-                kernel.len(),
-                out.len()
-            ),
-        ));
-    }
+    check_extents("depthwise_conv2d", x, g, 1, kernel, e, &rows, out)?;
     match super::packed_gemm::gemm_kernel() {
         // SAFETY: the kernel's CPU features were detected at run time; the body is safe code.
         #[cfg(target_arch = "x86_64")]
@@ -68,6 +39,53 @@ pub fn depthwise_conv2d_rows(
         _ => rows_any(x, g, kernel, e, rows, out),
     }
     Ok(())
+}
+
+/// Checks a direct convolution's operands (`g` the whole convolution, `width` input channels a
+/// group, so `kernel` is `(kh, kw, width, channels)`) against the rows it is asked for: the
+/// extents every index of the loops stays within.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_extents(
+    name: &str,
+    x: &[f32],
+    g: &ConvGeometry,
+    width: usize,
+    kernel: &[f32],
+    e: &GemmEpilogue<'_>,
+    rows: &Range<usize>,
+    out: &[f32],
+) -> Result<()> {
+    let c = g.in_channels;
+    let [oh, ow] = g.out_hw;
+    let taps = g.window.kernel[0] * g.window.kernel[1];
+    let len = rows.len() * ow * c;
+    let ok = g.out_channels == c
+        && x.len() >= g.input_len()
+        && kernel.len() == taps * width * c
+        && rows.end <= g.batch * oh
+        && out.len() >= len
+        && e.scale.is_none_or(|v| v.len() >= c)
+        && e.bias.is_none_or(|v| v.len() >= c)
+        && e.residual.is_none_or(|r| r.len() >= len);
+    if ok {
+        return Ok(());
+    }
+    Err(Error::shape(
+        name,
+        format!(
+            "{c} channels in and out, an input of {}, a kernel of {}, rows within {} and an output of {len}",
+            g.input_len(),
+            taps * width * c,
+            g.batch * oh
+        ),
+        format!(
+            "{} out, input {}, kernel {}, rows {rows:?}, output {}",
+            g.out_channels,
+            x.len(),
+            kernel.len(),
+            out.len()
+        ),
+    ))
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -38,9 +38,6 @@ pub fn grouped_conv2d_rows(
     out: &mut [f32],
 ) -> Result<()> {
     let c = g.in_channels;
-    let [oh, ow] = g.out_hw;
-    let taps = g.window.kernel[0] * g.window.kernel[1];
-    let len = rows.len() * ow * c;
     let selected = super::packed_gemm::gemm_kernel();
     if !supports(selected, width, c) {
         return Err(Error::config(
@@ -51,32 +48,7 @@ pub fn grouped_conv2d_rows(
             ),
         ));
     }
-    let ok = g.out_channels == c
-        && x.len() >= g.input_len()
-        && kernel.len() == taps * width * c
-        && rows.end <= g.batch * oh
-        && out.len() >= len
-        && e.scale.is_none_or(|v| v.len() >= c)
-        && e.bias.is_none_or(|v| v.len() >= c)
-        && e.residual.is_none_or(|r| r.len() >= len);
-    if !ok {
-        return Err(Error::shape(
-            "narrow grouped convolution",
-            format!(
-                "{c} channels in and out, an input of {}, a kernel of {}, rows within {} and an output of {len}",
-                g.input_len(),
-                taps * width * c,
-                g.batch * oh
-            ),
-            format!(
-                "{} out, input {}, kernel {}, rows {rows:?}, output {}",
-                g.out_channels,
-                x.len(),
-                kernel.len(),
-                out.len()
-            ),
-        ));
-    }
+    super::depthwise::check_extents("narrow grouped convolution", x, g, width, kernel, e, &rows, out)?;
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F was detected at run time (`supports`); every index the loop forms is
     // within the extents checked above.
