@@ -32,6 +32,49 @@ fn rectify(r: Rectifier, v: f64) -> f64 {
     }
 }
 
+/// Checks `got`, output rows `rows` of a direct grouped convolution (groups of `width`
+/// channels in and out over `g.in_channels`) of `x` by `k` through `e`, against the reference's
+/// grouped loop in f64 with `e`'s epilogue applied after it.
+fn check_direct_rows(
+    x: &[f32],
+    k: &[f32],
+    g: &ConvGeometry,
+    width: usize,
+    rows: std::ops::Range<usize>,
+    e: &convnet::kernels::packed_gemm::GemmEpilogue<'_>,
+    got: &[f32],
+) -> Result<(), TestCaseError> {
+    let c = g.in_channels;
+    let one = ConvGeometry {
+        in_channels: width,
+        out_channels: width,
+        ..*g
+    };
+    let row_len = g.out_hw[1] * c;
+    let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let mut want = vec![0.0f64; g.output_len()];
+    reference::conv2d_grouped(&wide(x), &one, c / width, &wide(k), None, &mut want);
+    for (i, &a) in got.iter().enumerate() {
+        let ch = i % c;
+        let mut b = want[rows.start * row_len + i];
+        if let Some(s) = e.scale {
+            b *= s[ch] as f64;
+        }
+        if let Some(v) = e.bias {
+            b += v[ch] as f64;
+        }
+        if let Some(r) = e.residual {
+            b += r[i] as f64;
+        }
+        let b = rectify(e.rectifier, b);
+        prop_assert!(
+            (a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()),
+            "element {i}: {a} vs {b} for {g:?}, groups of {width}"
+        );
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 struct ConvCase {
     input: [usize; 4],
@@ -417,10 +460,10 @@ fn the_fastest_available_kernel_is_selected() {
 }
 
 mod depthwise {
-    use super::{fill, padding_strategy, rectifier_strategy, rectify};
+    use super::{check_direct_rows, fill, padding_strategy, rectifier_strategy};
     use convnet::kernels::depthwise::depthwise_conv2d_rows;
     use convnet::kernels::packed_gemm::GemmEpilogue;
-    use convnet::kernels::{reference, ConvGeometry, Window2d};
+    use convnet::kernels::{ConvGeometry, Window2d};
     use proptest::prelude::*;
 
     proptest! {
@@ -439,7 +482,6 @@ mod depthwise {
         ) {
             let window = Window2d { padding, dilation: [d, d], ..Window2d::new([kh, kw], [s, s]) };
             let Ok(g) = ConvGeometry::new([n, h, w, c], c, window) else { return Ok(()) };
-            let one = ConvGeometry { in_channels: 1, out_channels: 1, ..g };
             let all_rows = n * g.out_hw[0];
             let rows = r0.min(all_rows)..r1.clamp(r0.min(all_rows), all_rows);
             let row_len = g.out_hw[1] * c;
@@ -453,18 +495,7 @@ mod depthwise {
             };
             let mut got = vec![f32::NAN; rows.len() * row_len];
             depthwise_conv2d_rows(&x, &g, &k, &e, rows.clone(), &mut got).unwrap();
-            let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
-            let mut want = vec![0.0f64; g.output_len()];
-            reference::conv2d_grouped(&wide(&x), &one, c, &wide(&k), None, &mut want);
-            for (i, &a) in got.iter().enumerate() {
-                let ch = i % c;
-                let mut b = want[rows.start * row_len + i];
-                if scale { b *= scale_v[ch] as f64; }
-                if bias { b += bias_v[ch] as f64; }
-                if residual { b += res_v[i] as f64; }
-                let b = rectify(rectifier, b);
-                prop_assert!((a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()), "element {i}: {a} vs {b} for {g:?}");
-            }
+            check_direct_rows(&x, &k, &g, 1, rows, &e, &got)?;
         }
     }
 
@@ -496,10 +527,10 @@ mod depthwise {
 }
 
 mod narrow_groups {
-    use super::{fill, padding_strategy, rectifier_strategy, rectify};
+    use super::{check_direct_rows, fill, padding_strategy, rectifier_strategy};
     use convnet::kernels::narrow_groups::{grouped_conv2d_rows, supports};
     use convnet::kernels::packed_gemm::{gemm_kernel, GemmEpilogue};
-    use convnet::kernels::{reference, ConvGeometry, Window2d};
+    use convnet::kernels::{ConvGeometry, Window2d};
     use proptest::prelude::*;
 
     proptest! {
@@ -519,10 +550,8 @@ mod narrow_groups {
             seed in any::<u64>(),
         ) {
             let c = 16 * blocks;
-            let groups = c / width;
             let window = Window2d { padding, dilation: [d, d], ..Window2d::new([kh, kw], [s, s]) };
             let Ok(g) = ConvGeometry::new([n, h, w, c], c, window) else { return Ok(()) };
-            let one = ConvGeometry { in_channels: width, out_channels: width, ..g };
             let all_rows = n * g.out_hw[0];
             let rows = r0.min(all_rows)..r1.clamp(r0.min(all_rows), all_rows);
             let row_len = g.out_hw[1] * c;
@@ -542,18 +571,7 @@ mod narrow_groups {
                 return Ok(());
             }
             result.unwrap();
-            let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
-            let mut want = vec![0.0f64; g.output_len()];
-            reference::conv2d_grouped(&wide(&x), &one, groups, &wide(&k), None, &mut want);
-            for (i, &a) in got.iter().enumerate() {
-                let ch = i % c;
-                let mut b = want[rows.start * row_len + i];
-                if scale { b *= scale_v[ch] as f64; }
-                if bias { b += bias_v[ch] as f64; }
-                if residual { b += res_v[i] as f64; }
-                let b = rectify(rectifier, b);
-                prop_assert!((a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()), "element {i}: {a} vs {b} for {g:?}, groups of {width}");
-            }
+            check_direct_rows(&x, &k, &g, width, rows, &e, &got)?;
         }
     }
 }
