@@ -497,6 +497,37 @@ mod depthwise {
             depthwise_conv2d_rows(&x, &g, &k, &e, rows.clone(), &mut got).unwrap();
             check_direct_rows(&x, &k, &g, 1, rows, &e, &got)?;
         }
+
+        /// The square 3x3 and 5x5 kernels the intrinsics loop takes (runs of 8, 4, 2 and 1
+        /// interior pixels between the edges, strides 1 and 2 reusing loaded pixels, other
+        /// strides and dilations loading each tap), on rows wide enough for every run length
+        /// and channel counts with full and partial registers.
+        #[test]
+        fn depthwise_square_kernels_match_reference(
+            (n, h, w, c) in (1usize..=2, 1usize..=9, 1usize..=30, 1usize..=40),
+            (k, s, d) in (prop_oneof![Just(3usize), Just(5usize)], 1usize..=3, 1usize..=2),
+            padding in padding_strategy(),
+            (r0, r1) in (0usize..20, 0usize..20),
+            (scale, bias, residual, rectifier) in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
+            seed in any::<u64>(),
+        ) {
+            let window = Window2d { padding, dilation: [d, d], ..Window2d::new([k, k], [s, s]) };
+            let Ok(g) = ConvGeometry::new([n, h, w, c], c, window) else { return Ok(()) };
+            let all_rows = n * g.out_hw[0];
+            let rows = r0.min(all_rows)..r1.clamp(r0.min(all_rows), all_rows);
+            let row_len = g.out_hw[1] * c;
+            let (x, kernel) = (fill(g.input_len(), seed), fill(k * k * c, seed ^ 1));
+            let (scale_v, bias_v, res_v) = (fill(c, seed ^ 2), fill(c, seed ^ 3), fill(rows.len() * row_len, seed ^ 4));
+            let e = GemmEpilogue {
+                scale: scale.then_some(&scale_v[..]),
+                bias: bias.then_some(&bias_v[..]),
+                residual: residual.then_some(&res_v[..]),
+                rectifier,
+            };
+            let mut got = vec![f32::NAN; rows.len() * row_len];
+            depthwise_conv2d_rows(&x, &g, &kernel, &e, rows.clone(), &mut got).unwrap();
+            check_direct_rows(&x, &kernel, &g, 1, rows, &e, &got)?;
+        }
     }
 
     #[test]

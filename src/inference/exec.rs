@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
+use super::aligned::AlignedBuf;
 use super::pool::{parallel, share, SendPtr, ThreadPool};
 use super::Value;
 use crate::error::{Error, Result};
@@ -28,7 +29,7 @@ const IMPLICIT_MIN_CHANNELS: usize = 16;
 /// One thread's scratch space: an im2col tile or gathered edge taps, and the segment list.
 #[derive(Debug, Default)]
 pub(crate) struct Workspace {
-    pub floats: Vec<f32>,
+    pub floats: AlignedBuf,
     pub segments: Vec<Segment>,
 }
 
@@ -183,7 +184,7 @@ pub(crate) enum Op<'m> {
 
 /// Read-only views of up to two buffers and a writable view of another, distinct one.
 /// (`b` may repeat `a`; no allocation.)
-fn split(bufs: &mut [Vec<f32>], a: usize, b: usize, write: usize) -> (&[f32], &[f32], &mut [f32]) {
+fn split(bufs: &mut [AlignedBuf], a: usize, b: usize, write: usize) -> (&[f32], &[f32], &mut [f32]) {
     assert!(
         a != write && b != write && a < bufs.len() && b < bufs.len() && write < bufs.len(),
         "an op may not write its own input"
@@ -191,7 +192,7 @@ fn split(bufs: &mut [Vec<f32>], a: usize, b: usize, write: usize) -> (&[f32], &[
     let ptr = bufs.as_mut_ptr();
     // SAFETY: all indices are in bounds, and `write` differs from `a` and `b`, so the mutable
     // borrow does not overlap the shared ones.
-    unsafe { ((*ptr.add(a)).as_slice(), (*ptr.add(b)).as_slice(), (*ptr.add(write)).as_mut_slice()) }
+    unsafe { (&**ptr.add(a), &**ptr.add(b), &mut **ptr.add(write)) }
 }
 
 impl Op<'_> {
@@ -279,7 +280,7 @@ impl Op<'_> {
         }
     }
 
-    pub fn run(&self, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+    pub fn run(&self, ctx: &Ctx<'_>, bufs: &mut [AlignedBuf]) -> Result<()> {
         let v = |i: usize| &ctx.values[i];
         let n = ctx.batch;
         match self {
@@ -454,7 +455,7 @@ fn balance(n: usize, threads: usize) -> f64 {
 fn run_conv(
     c: &ConvOp,
     ctx: &Ctx<'_>,
-    bufs: &mut [Vec<f32>],
+    bufs: &mut [AlignedBuf],
     units: usize,
     prefer_rows: bool,
     body: &(dyn Fn(&ConvCall<'_>, &mut Workspace, Range<usize>, Range<usize>) -> Result<()> + Sync),
@@ -515,7 +516,7 @@ fn im2col_tiles(c: &ConvOp, m: usize, threads: usize, min_tiles: usize) -> (usiz
 /// A convolution as GEMMs over the output pixels: the input itself for a 1x1 stride-1
 /// convolution (one GEMM per thread, its rows in `MR`-row units), else im2col tiles sized for
 /// L2, each filled by the thread that multiplies it (the stem's 7x7 on 3 channels).
-fn conv(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+fn conv(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [AlignedBuf]) -> Result<()> {
     let g = ConvGeometry {
         batch: ctx.batch,
         ..c.geometry
@@ -552,7 +553,7 @@ fn conv(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> 
 /// A grouped convolution as one GEMM per group over the output pixels: group `i`'s input
 /// channels read in place for a 1x1 stride-1 convolution, else gathered by im2col tiles, times
 /// its own packed kernel, written (through the fused epilogue) into its own output channels.
-fn conv_grouped(c: &ConvOp, weights: &[PackedB], ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+fn conv_grouped(c: &ConvOp, weights: &[PackedB], ctx: &Ctx<'_>, bufs: &mut [AlignedBuf]) -> Result<()> {
     let g = ConvGeometry {
         batch: ctx.batch,
         ..c.geometry
@@ -617,7 +618,7 @@ type DirectRows<'a> = dyn Fn(&[f32], &ConvGeometry, &GemmEpilogue<'_>, Range<usi
 
 /// A depthwise ([`kernels::depthwise`]) or narrow grouped ([`kernels::narrow_groups`])
 /// convolution by its direct loop, output rows split over the threads.
-fn conv_direct(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>], kernel: &DirectRows<'_>) -> Result<()> {
+fn conv_direct(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [AlignedBuf], kernel: &DirectRows<'_>) -> Result<()> {
     let [oh, ow] = c.geometry.out_hw;
     let channels = c.geometry.in_channels * c.groups;
     run_conv(c, ctx, bufs, ctx.batch * oh, true, &|call, _, rows, _| {
@@ -648,7 +649,7 @@ fn conv_direct(c: &ConvOp, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>], kernel: &Direct
 /// A convolution without im2col: each micro-tile of up to `MR` output pixels in one output row
 /// multiplies, for every kernel tap, the input pixels under it (consecutive in NHWC, `stride *
 /// channels` apart) straight from the input (see [`tap_segments`]).
-fn conv_implicit(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+fn conv_implicit(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [AlignedBuf]) -> Result<()> {
     let [oh, ow] = c.geometry.out_hw;
     let n = c.geometry.out_channels;
     run_conv(c, ctx, bufs, ctx.batch * oh, false, &|call, ws, rows, panels| {
@@ -687,7 +688,7 @@ fn conv_implicit(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [Vec<f
 /// at a time: transform the block's input patches, 16 GEMMs, transform back through the
 /// epilogue. Threads split the blocks or the output-channel panels, whichever divides more
 /// evenly (with panels, each thread transforms the whole input block itself).
-fn conv_winograd(c: &ConvOp, w: &WinogradWeights, ctx: &Ctx<'_>, bufs: &mut [Vec<f32>]) -> Result<()> {
+fn conv_winograd(c: &ConvOp, w: &WinogradWeights, ctx: &Ctx<'_>, bufs: &mut [AlignedBuf]) -> Result<()> {
     let (block, blocks) = c.winograd_blocks(w, ctx.batch);
     let (cin, cout, tile) = (c.geometry.in_channels, c.geometry.out_channels, w.tile());
     run_conv(c, ctx, bufs, blocks, true, &|call, ws, my_blocks, panels| {

@@ -43,6 +43,7 @@
 //!   thread with the same summation order whatever the thread count, so results are identical
 //!   for every thread count. With one thread nothing is spawned.
 
+mod aligned;
 mod exec;
 mod liveness;
 pub(crate) mod pool;
@@ -61,6 +62,7 @@ use crate::error::{Error, Result, ShapeFmt};
 use crate::graph::passes::{self, PassOptions};
 use crate::graph::{per_image, Graph, ValueId};
 use crate::layers::{Layer, Taps};
+use aligned::AlignedBuf;
 use program::Program;
 
 /// How to compile a model.
@@ -109,7 +111,7 @@ const MAX_PLANS: usize = 8;
 
 /// What one thread needs to run whole images on its own.
 struct Lane {
-    buffers: Vec<Vec<f32>>,
+    buffers: Vec<AlignedBuf>,
     workspace: [Mutex<exec::Workspace>; 1],
 }
 
@@ -122,7 +124,7 @@ struct Plan<'m> {
     program: Program<'m>,
     /// Buffers for the layer-parallel mode, sized for `batch` images.
     batch: usize,
-    buffers: Vec<Vec<f32>>,
+    buffers: Vec<AlignedBuf>,
     workspaces: Vec<Mutex<exec::Workspace>>,
     /// One single-image lane per thread for the batch-parallel mode (allocated on first use).
     lanes: Vec<Mutex<Lane>>,
@@ -284,7 +286,7 @@ impl<'m> CompiledModel<'m> {
     /// Bytes of activation buffers and workspaces currently allocated.
     pub fn buffer_bytes(&self) -> usize {
         let floats = |p: &Plan<'_>| {
-            p.buffers.iter().map(Vec::capacity).sum::<usize>()
+            p.buffers.iter().map(AlignedBuf::capacity).sum::<usize>()
                 + p.workspaces
                     .iter()
                     .map(|w| w.lock().map_or(0, |w| w.floats.capacity()))
@@ -293,7 +295,8 @@ impl<'m> CompiledModel<'m> {
                     .iter()
                     .map(|l| {
                         l.lock().map_or(0, |l| {
-                            l.buffers.iter().map(Vec::capacity).sum::<usize>() + l.workspace[0].lock().map_or(0, |w| w.floats.capacity())
+                            l.buffers.iter().map(AlignedBuf::capacity).sum::<usize>()
+                                + l.workspace[0].lock().map_or(0, |w| w.floats.capacity())
                         })
                     })
                     .sum::<usize>()
@@ -423,11 +426,11 @@ impl Plan<'_> {
         (floats, segments)
     }
 
-    fn alloc_buffers(&self, batch: usize) -> Result<Vec<Vec<f32>>> {
+    fn alloc_buffers(&self, batch: usize) -> Result<Vec<AlignedBuf>> {
         self.program
             .slot_sizes
             .iter()
-            .map(|&s| crate::error::checked_product("CompiledModel", &[s, batch]).map(|n| vec![0.0; n]))
+            .map(|&s| crate::error::checked_product("CompiledModel", &[s, batch]).map(AlignedBuf::zeroed))
             .collect()
     }
 
@@ -441,7 +444,7 @@ impl Plan<'_> {
         for w in &self.workspaces {
             let mut w = w.lock().map_err(|_| Error::config("CompiledModel", "a worker panicked earlier"))?;
             *w = exec::Workspace {
-                floats: vec![0.0; floats],
+                floats: AlignedBuf::zeroed(floats),
                 segments: Vec::with_capacity(segments),
             };
         }
@@ -456,7 +459,7 @@ impl Plan<'_> {
         let (floats, segments) = self.workspace_sizes(1);
         for _ in 0..threads {
             let workspace = [Mutex::new(exec::Workspace {
-                floats: vec![0.0; floats],
+                floats: AlignedBuf::zeroed(floats),
                 segments: Vec::with_capacity(segments),
             })];
             self.lanes.push(Mutex::new(Lane {
@@ -506,7 +509,7 @@ impl Plan<'_> {
             let v = &values[self.split_value];
             (pool::SendPtr(self.buffers[v.slot].as_mut_ptr()), v.len(), v.slot)
         };
-        let one_image = |image: usize, buffers: &mut [Vec<f32>], ctx: &exec::Ctx<'_>| -> Result<()> {
+        let one_image = |image: usize, buffers: &mut [AlignedBuf], ctx: &exec::Ctx<'_>| -> Result<()> {
             buffers[input_slot][..per_in].copy_from_slice(&x[image * per_in..(image + 1) * per_in]);
             ops[..split].iter().try_for_each(|op| op.run(ctx, buffers))?;
             // SAFETY: `dst` holds `batch * per_dst` floats (the output, or a buffer sized for the

@@ -5,9 +5,15 @@
 //! A GEMM per channel would multiply a `pixels x taps` matrix by a single column.
 //!
 //! Each output element is one sum in a fixed order, so the result does not depend on how rows
-//! are split over threads. Compiled for AVX-512 and AVX2 (chosen with the GEMM kernel,
-//! [`gemm_kernel`](super::packed_gemm::gemm_kernel)) and for the target's baseline (NEON on
-//! aarch64); Rust never fuses a multiply and an add on its own, so all give the same bits.
+//! are split over threads. With the AVX-512 or AVX2 GEMM kernel selected
+//! ([`gemm_kernel`](super::packed_gemm::gemm_kernel)), 3x3 and 5x5 kernels run a loop written in
+//! intrinsics (fused multiply-adds, the tap weights in registers, each loaded pixel reused
+//! across the outputs it reaches at strides 1 and 2: the `simd` module); other kernel sizes,
+//! and every size on the other paths (NEON on aarch64 included), run the same loop in plain
+//! Rust, which the compiler vectorises with separate multiplies and adds. The paths differ in
+//! that rounding only, inside the tolerances the property tests hold them to.
+
+mod simd;
 
 use std::ops::Range;
 
@@ -91,13 +97,21 @@ pub(crate) fn check_extents(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn rows_avx512(x: &[f32], g: &ConvGeometry, kernel: &[f32], e: &GemmEpilogue<'_>, rows: Range<usize>, out: &mut [f32]) {
-    rows_any(x, g, kernel, e, rows, out);
+    if simd::supports(g.window.kernel) {
+        simd::rows_avx512(x, g, kernel, e, rows, out);
+    } else {
+        rows_any(x, g, kernel, e, rows, out);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_avx2(x: &[f32], g: &ConvGeometry, kernel: &[f32], e: &GemmEpilogue<'_>, rows: Range<usize>, out: &mut [f32]) {
-    rows_any(x, g, kernel, e, rows, out);
+    if simd::supports(g.window.kernel) {
+        simd::rows_avx2(x, g, kernel, e, rows, out);
+    } else {
+        rows_any(x, g, kernel, e, rows, out);
+    }
 }
 
 /// The loop (extents checked by the caller): each output row in runs of up to [`PIXELS`]
