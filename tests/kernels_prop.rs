@@ -298,16 +298,19 @@ mod packed {
 
         /// Every micro-kernel this machine has (AVX-512, AVX2 + FMA, NEON, portable) against the
         /// reference GEMM, over sizes around the MR/NR/KC edges,
-        /// with strided A and C, a sub-block of rows and panels, and the fused epilogue.
+        /// with strided A and C (A's stride sometimes a multiple of 1024 floats, whose rows the
+        /// kernels copy to a stride that spreads them over L1's sets), a sub-block of rows and
+        /// panels, and the fused epilogue.
         #[test]
         fn packed_gemm_matches_reference(
             (m, k, n) in (1usize..40, 1usize..600, 1usize..100),
-            (extra_lda, extra_ldc) in (0usize..5, 0usize..5),
+            (extra_lda, extra_ldc, crowded) in (0usize..5, 0usize..5, any::<bool>()),
             (r0, r1, p0, p1) in (0usize..40, 0usize..40, 0usize..4, 0usize..4),
             (scale, bias, residual, rectifier) in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
             seed in any::<u64>(),
         ) {
-            let (lda, ldc) = (k + extra_lda, n + extra_ldc);
+            let lda = if crowded { k.next_multiple_of(1024) } else { k + extra_lda };
+            let ldc = n + extra_ldc;
             let a = fill(m * lda, seed);
             let b = fill(k * n, seed ^ 5);
             let bias_v = fill(n, seed ^ 6);
