@@ -13,6 +13,7 @@
 //! Rust, which the compiler vectorises with separate multiplies and adds. The paths differ in
 //! that rounding only, inside the tolerances the property tests hold them to.
 
+#[cfg(target_arch = "x86_64")]
 mod simd;
 
 use std::ops::Range;
