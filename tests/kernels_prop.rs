@@ -580,32 +580,63 @@ mod narrow_groups {
             (kh, kw, s, d) in (1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
             padding in padding_strategy(),
             (r0, r1) in (0usize..30, 0usize..30),
-            (scale, bias, residual, rectifier) in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
+            epilogue in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
             seed in any::<u64>(),
         ) {
-            let c = 16 * blocks;
-            let window = Window2d { padding, dilation: [d, d], ..Window2d::new([kh, kw], [s, s]) };
-            let Ok(g) = ConvGeometry::new([n, h, w, c], c, window) else { return Ok(()) };
-            let all_rows = n * g.out_hw[0];
-            let rows = r0.min(all_rows)..r1.clamp(r0.min(all_rows), all_rows);
-            let row_len = g.out_hw[1] * c;
-            let (x, k) = (fill(g.input_len(), seed), fill(kh * kw * width * c, seed ^ 1));
-            let (scale_v, bias_v, res_v) = (fill(c, seed ^ 2), fill(c, seed ^ 3), fill(rows.len() * row_len, seed ^ 4));
-            let e = GemmEpilogue {
-                scale: scale.then_some(&scale_v[..]),
-                bias: bias.then_some(&bias_v[..]),
-                residual: residual.then_some(&res_v[..]),
-                rectifier,
-            };
-            let mut got = vec![f32::NAN; rows.len() * row_len];
-            let result = grouped_conv2d_rows(&x, &g, width, &k, &e, rows.clone(), &mut got);
-            if !supports(gemm_kernel(), width, c) {
-                let refused = matches!(result, Err(convnet::Error::Config { .. }));
-                prop_assert!(refused, "expected a configuration error");
-                return Ok(());
-            }
-            result.unwrap();
-            check_direct_rows(&x, &k, &g, width, rows, &e, &got)?;
+            one_case([n, h, w], width, blocks, Window2d { padding, dilation: [d, d], ..Window2d::new([kh, kw], [s, s]) }, (r0, r1), epilogue, seed)?;
         }
+
+        /// ResNeXt's case, 3x3 kernels at strides 1-3, on rows wide enough for several runs of
+        /// pixels between the edges.
+        #[test]
+        fn narrow_groups_3x3_match_reference(
+            (n, h, w) in (1usize..=2, 1usize..=7, 1usize..=30),
+            (width, blocks) in (prop_oneof![Just(4usize), Just(8)], 1usize..=2),
+            s in 1usize..=3,
+            padding in padding_strategy(),
+            (r0, r1) in (0usize..16, 0usize..16),
+            epilogue in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
+            seed in any::<u64>(),
+        ) {
+            one_case([n, h, w], width, blocks, Window2d { padding, ..Window2d::new([3, 3], [s, s]) }, (r0, r1), epilogue, seed)?;
+        }
+    }
+
+    /// One case: `16 * blocks` channels in groups of `width`, output rows `r0..r1` (clamped),
+    /// the epilogue's scale, bias, residual and rectifier as drawn.
+    fn one_case(
+        [n, h, w]: [usize; 3],
+        width: usize,
+        blocks: usize,
+        window: Window2d,
+        (r0, r1): (usize, usize),
+        (scale, bias, residual, rectifier): (bool, bool, bool, convnet::kernels::Rectifier),
+        seed: u64,
+    ) -> Result<(), TestCaseError> {
+        let c = 16 * blocks;
+        let [kh, kw] = window.kernel;
+        let Ok(g) = ConvGeometry::new([n, h, w, c], c, window) else {
+            return Ok(());
+        };
+        let all_rows = n * g.out_hw[0];
+        let rows = r0.min(all_rows)..r1.clamp(r0.min(all_rows), all_rows);
+        let row_len = g.out_hw[1] * c;
+        let (x, k) = (fill(g.input_len(), seed), fill(kh * kw * width * c, seed ^ 1));
+        let (scale_v, bias_v, res_v) = (fill(c, seed ^ 2), fill(c, seed ^ 3), fill(rows.len() * row_len, seed ^ 4));
+        let e = GemmEpilogue {
+            scale: scale.then_some(&scale_v[..]),
+            bias: bias.then_some(&bias_v[..]),
+            residual: residual.then_some(&res_v[..]),
+            rectifier,
+        };
+        let mut got = vec![f32::NAN; rows.len() * row_len];
+        let result = grouped_conv2d_rows(&x, &g, width, &k, &e, rows.clone(), &mut got);
+        if !supports(gemm_kernel(), width, c) {
+            let refused = matches!(result, Err(convnet::Error::Config { .. }));
+            prop_assert!(refused, "expected a configuration error");
+            return Ok(());
+        }
+        result.unwrap();
+        check_direct_rows(&x, &k, &g, width, rows, &e, &got)
     }
 }
