@@ -358,7 +358,7 @@ impl Row<'_> {
                 for j in 0..(Q - 1) * SW + KW {
                     let v = S::load::<FULL>(base.add(j * c), m);
                     for (kx, w) in w.iter().enumerate() {
-                        if j >= kx && (j - kx) % SW == 0 && (j - kx) / SW < Q {
+                        if j >= kx && (j - kx).is_multiple_of(SW) && (j - kx) / SW < Q {
                             let p = (j - kx) / SW;
                             acc[p] = S::fma(v, *w, acc[p]);
                         }
