@@ -75,6 +75,61 @@ fn check_direct_rows(
     Ok(())
 }
 
+/// A direct convolution loop under test: `(x, g, kernel, e, rows, out)` as
+/// `depthwise_conv2d_rows` and `grouped_conv2d_rows` take them.
+type DirectLoop<'a> = &'a dyn Fn(
+    &[f32],
+    &ConvGeometry,
+    &[f32],
+    &convnet::kernels::packed_gemm::GemmEpilogue<'_>,
+    std::ops::Range<usize>,
+    &mut [f32],
+) -> convnet::Result<()>;
+
+/// One property case of a direct convolution loop over groups of `width` channels: an NHWC input
+/// of `shape`, output rows `r0..r1` (clamped), the epilogue's scale, bias, residual and rectifier
+/// as drawn, all data from `seed`. When `refused`, the loop must answer with a configuration
+/// error instead; otherwise its rows are checked against the reference ([`check_direct_rows`]).
+#[allow(clippy::too_many_arguments)]
+fn direct_case(
+    shape: [usize; 4],
+    width: usize,
+    window: Window2d,
+    (r0, r1): (usize, usize),
+    (scale, bias, residual, rectifier): (bool, bool, bool, Rectifier),
+    seed: u64,
+    refused: bool,
+    run: DirectLoop<'_>,
+) -> Result<(), TestCaseError> {
+    let [n, _, _, c] = shape;
+    let [kh, kw] = window.kernel;
+    let Ok(g) = ConvGeometry::new(shape, c, window) else {
+        return Ok(());
+    };
+    let all_rows = n * g.out_hw[0];
+    let rows = r0.min(all_rows)..r1.clamp(r0.min(all_rows), all_rows);
+    let row_len = g.out_hw[1] * c;
+    let (x, k) = (fill(g.input_len(), seed), fill(kh * kw * width * c, seed ^ 1));
+    let (scale_v, bias_v, res_v) = (fill(c, seed ^ 2), fill(c, seed ^ 3), fill(rows.len() * row_len, seed ^ 4));
+    let e = convnet::kernels::packed_gemm::GemmEpilogue {
+        scale: scale.then_some(&scale_v[..]),
+        bias: bias.then_some(&bias_v[..]),
+        residual: residual.then_some(&res_v[..]),
+        rectifier,
+    };
+    let mut got = vec![f32::NAN; rows.len() * row_len];
+    let result = run(&x, &g, &k, &e, rows.clone(), &mut got);
+    if refused {
+        prop_assert!(
+            matches!(result, Err(convnet::Error::Config { .. })),
+            "expected a configuration error"
+        );
+        return Ok(());
+    }
+    result.unwrap();
+    check_direct_rows(&x, &k, &g, width, rows, &e, &got)
+}
+
 #[derive(Debug, Clone)]
 struct ConvCase {
     input: [usize; 4],
@@ -463,7 +518,7 @@ fn the_fastest_available_kernel_is_selected() {
 }
 
 mod depthwise {
-    use super::{check_direct_rows, fill, padding_strategy, rectifier_strategy};
+    use super::{direct_case, fill, padding_strategy, rectifier_strategy};
     use convnet::kernels::depthwise::depthwise_conv2d_rows;
     use convnet::kernels::packed_gemm::GemmEpilogue;
     use convnet::kernels::{ConvGeometry, Window2d};
@@ -480,25 +535,11 @@ mod depthwise {
             (kh, kw, s, d) in (1usize..=5, 1usize..=5, 1usize..=3, 1usize..=2),
             padding in padding_strategy(),
             (r0, r1) in (0usize..40, 0usize..40),
-            (scale, bias, residual, rectifier) in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
+            epilogue in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
             seed in any::<u64>(),
         ) {
             let window = Window2d { padding, dilation: [d, d], ..Window2d::new([kh, kw], [s, s]) };
-            let Ok(g) = ConvGeometry::new([n, h, w, c], c, window) else { return Ok(()) };
-            let all_rows = n * g.out_hw[0];
-            let rows = r0.min(all_rows)..r1.clamp(r0.min(all_rows), all_rows);
-            let row_len = g.out_hw[1] * c;
-            let (x, k) = (fill(g.input_len(), seed), fill(kh * kw * c, seed ^ 1));
-            let (scale_v, bias_v, res_v) = (fill(c, seed ^ 2), fill(c, seed ^ 3), fill(rows.len() * row_len, seed ^ 4));
-            let e = GemmEpilogue {
-                scale: scale.then_some(&scale_v[..]),
-                bias: bias.then_some(&bias_v[..]),
-                residual: residual.then_some(&res_v[..]),
-                rectifier,
-            };
-            let mut got = vec![f32::NAN; rows.len() * row_len];
-            depthwise_conv2d_rows(&x, &g, &k, &e, rows.clone(), &mut got).unwrap();
-            check_direct_rows(&x, &k, &g, 1, rows, &e, &got)?;
+            direct_case([n, h, w, c], 1, window, (r0, r1), epilogue, seed, false, &|x, g, k, e, rows, out| depthwise_conv2d_rows(x, g, k, e, rows, out))?;
         }
 
         /// The square 3x3 and 5x5 kernels the intrinsics loop takes (runs of 8, 4, 2 and 1
@@ -511,25 +552,11 @@ mod depthwise {
             (k, s, d) in (prop_oneof![Just(3usize), Just(5usize)], 1usize..=3, 1usize..=2),
             padding in padding_strategy(),
             (r0, r1) in (0usize..20, 0usize..20),
-            (scale, bias, residual, rectifier) in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
+            epilogue in (any::<bool>(), any::<bool>(), any::<bool>(), rectifier_strategy()),
             seed in any::<u64>(),
         ) {
             let window = Window2d { padding, dilation: [d, d], ..Window2d::new([k, k], [s, s]) };
-            let Ok(g) = ConvGeometry::new([n, h, w, c], c, window) else { return Ok(()) };
-            let all_rows = n * g.out_hw[0];
-            let rows = r0.min(all_rows)..r1.clamp(r0.min(all_rows), all_rows);
-            let row_len = g.out_hw[1] * c;
-            let (x, kernel) = (fill(g.input_len(), seed), fill(k * k * c, seed ^ 1));
-            let (scale_v, bias_v, res_v) = (fill(c, seed ^ 2), fill(c, seed ^ 3), fill(rows.len() * row_len, seed ^ 4));
-            let e = GemmEpilogue {
-                scale: scale.then_some(&scale_v[..]),
-                bias: bias.then_some(&bias_v[..]),
-                residual: residual.then_some(&res_v[..]),
-                rectifier,
-            };
-            let mut got = vec![f32::NAN; rows.len() * row_len];
-            depthwise_conv2d_rows(&x, &g, &kernel, &e, rows.clone(), &mut got).unwrap();
-            check_direct_rows(&x, &kernel, &g, 1, rows, &e, &got)?;
+            direct_case([n, h, w, c], 1, window, (r0, r1), epilogue, seed, false, &|x, g, k, e, rows, out| depthwise_conv2d_rows(x, g, k, e, rows, out))?;
         }
     }
 
@@ -561,10 +588,10 @@ mod depthwise {
 }
 
 mod narrow_groups {
-    use super::{check_direct_rows, fill, padding_strategy, rectifier_strategy};
+    use super::{direct_case, padding_strategy, rectifier_strategy};
     use convnet::kernels::narrow_groups::{grouped_conv2d_rows, supports};
-    use convnet::kernels::packed_gemm::{gemm_kernel, GemmEpilogue};
-    use convnet::kernels::{ConvGeometry, Window2d};
+    use convnet::kernels::packed_gemm::gemm_kernel;
+    use convnet::kernels::Window2d;
     use proptest::prelude::*;
 
     proptest! {
@@ -602,41 +629,21 @@ mod narrow_groups {
         }
     }
 
-    /// One case: `16 * blocks` channels in groups of `width`, output rows `r0..r1` (clamped),
-    /// the epilogue's scale, bias, residual and rectifier as drawn.
+    /// One case: `16 * blocks` channels in groups of `width`; refused unless the selected
+    /// kernel runs them.
     fn one_case(
         [n, h, w]: [usize; 3],
         width: usize,
         blocks: usize,
         window: Window2d,
-        (r0, r1): (usize, usize),
-        (scale, bias, residual, rectifier): (bool, bool, bool, convnet::kernels::Rectifier),
+        rows: (usize, usize),
+        epilogue: (bool, bool, bool, convnet::kernels::Rectifier),
         seed: u64,
     ) -> Result<(), TestCaseError> {
         let c = 16 * blocks;
-        let [kh, kw] = window.kernel;
-        let Ok(g) = ConvGeometry::new([n, h, w, c], c, window) else {
-            return Ok(());
-        };
-        let all_rows = n * g.out_hw[0];
-        let rows = r0.min(all_rows)..r1.clamp(r0.min(all_rows), all_rows);
-        let row_len = g.out_hw[1] * c;
-        let (x, k) = (fill(g.input_len(), seed), fill(kh * kw * width * c, seed ^ 1));
-        let (scale_v, bias_v, res_v) = (fill(c, seed ^ 2), fill(c, seed ^ 3), fill(rows.len() * row_len, seed ^ 4));
-        let e = GemmEpilogue {
-            scale: scale.then_some(&scale_v[..]),
-            bias: bias.then_some(&bias_v[..]),
-            residual: residual.then_some(&res_v[..]),
-            rectifier,
-        };
-        let mut got = vec![f32::NAN; rows.len() * row_len];
-        let result = grouped_conv2d_rows(&x, &g, width, &k, &e, rows.clone(), &mut got);
-        if !supports(gemm_kernel(), width, c) {
-            let refused = matches!(result, Err(convnet::Error::Config { .. }));
-            prop_assert!(refused, "expected a configuration error");
-            return Ok(());
-        }
-        result.unwrap();
-        check_direct_rows(&x, &k, &g, width, rows, &e, &got)
+        let refused = !supports(gemm_kernel(), width, c);
+        direct_case([n, h, w, c], width, window, rows, epilogue, seed, refused, &|x, g, k, e, r, out| {
+            grouped_conv2d_rows(x, g, width, k, e, r, out)
+        })
     }
 }
