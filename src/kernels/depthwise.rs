@@ -14,7 +14,7 @@
 //! that rounding only, inside the tolerances the property tests hold them to.
 
 #[cfg(target_arch = "x86_64")]
-mod simd;
+pub(super) mod simd;
 
 use std::ops::Range;
 

@@ -211,6 +211,22 @@ impl ConvGeometry {
         self.out_pixels() * self.out_channels
     }
 
+    /// The output columns `lo..hi` (maybe empty) whose every kernel tap lies inside the input
+    /// row: the direct loops take them without checking a tap's column.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // (only the x86-64 loops use it)
+    pub(crate) fn interior_columns(&self) -> (usize, usize) {
+        let (sw, reach) = (self.window.stride[1], (self.window.kernel[1] - 1) * self.window.dilation[1]);
+        let ow = self.out_hw[1];
+        let (iw, left) = (self.in_hw[1], self.pad.left);
+        let lo = left.div_ceil(sw).min(ow);
+        let hi = if iw + left > reach {
+            ((iw + left - reach - 1) / sw + 1).min(ow)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+
     /// Elements of the HWIO kernel.
     pub fn kernel_len(&self) -> usize {
         self.patch_len() * self.out_channels
@@ -278,9 +294,68 @@ impl PoolGeometry {
     }
 }
 
+/// The runs a direct loop splits the interior columns `lo..hi` into: `(first column, length)`,
+/// `widest` columns at a time, then one run each of 4, 2 and 1 for what is left (`widest` is 8
+/// or 4).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // (only the x86-64 loops use it)
+pub(crate) fn interior_runs(lo: usize, hi: usize, widest: usize) -> impl Iterator<Item = (usize, usize)> {
+    let full = (hi - lo) / widest;
+    let mut ox = lo + full * widest;
+    let tail = [4, 2, 1].map(|n| {
+        let run = (n < widest && ox + n <= hi).then_some((ox, n));
+        ox += run.map_or(0, |(_, n)| n);
+        run
+    });
+    (0..full).map(move |r| (lo + r * widest, widest)).chain(tail.into_iter().flatten())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interior_runs_cover_the_columns_once_in_order() {
+        for widest in [4, 8] {
+            for (lo, hi) in [(0, 0), (1, 1), (1, 56), (0, 13), (2, 9), (0, 7), (3, 4)] {
+                let runs: Vec<_> = interior_runs(lo, hi, widest).collect();
+                let mut next = lo;
+                for &(ox, n) in &runs {
+                    assert_eq!(ox, next, "{runs:?}");
+                    assert!([widest, 4, 2, 1].contains(&n));
+                    next += n;
+                }
+                assert_eq!(next, hi, "{lo}..{hi} by {widest}: {runs:?}");
+                assert!(runs.iter().filter(|r| r.1 < widest).count() <= 3);
+            }
+        }
+    }
+
+    #[test]
+    fn interior_columns_are_the_ones_without_edge_taps() {
+        for (w, k, s, d, pad) in [
+            (56, 3, 1, 1, Padding::Same),
+            (112, 3, 2, 1, Padding::Same),
+            (7, 5, 1, 2, Padding::Same),
+            (3, 5, 1, 1, Padding::Valid),
+        ] {
+            let Ok(g) = ConvGeometry::new(
+                [1, 4, w, 2],
+                2,
+                Window2d {
+                    padding: pad,
+                    dilation: [d, d],
+                    ..Window2d::new([3, k], [1, s])
+                },
+            ) else {
+                continue;
+            };
+            let (lo, hi) = g.interior_columns();
+            for ox in 0..g.out_hw[1] {
+                let inside = (0..k).all(|kx| (ox * s + kx * d).checked_sub(g.pad.left).is_some_and(|ix| ix < w));
+                assert_eq!(inside, (lo..hi).contains(&ox), "column {ox} of {g:?}");
+            }
+        }
+    }
 
     #[test]
     fn same_padding_puts_the_extra_row_bottom_right() {

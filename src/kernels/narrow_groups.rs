@@ -76,7 +76,8 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use crate::kernels::geometry::ConvGeometry;
+    use crate::kernels::depthwise::simd::{Avx512, Lanes};
+    use crate::kernels::geometry::{interior_runs, ConvGeometry};
     use crate::kernels::packed_gemm::GemmEpilogue;
 
     /// Output pixels of one row computed together.
@@ -116,7 +117,6 @@ mod avx512 {
         let ([kh, kw], [sh, sw], [dh, dw]) = (g.window.kernel, g.window.stride, g.window.dilation);
         let (xp, kp, op) = (x.as_ptr(), kernel.as_ptr(), out.as_mut_ptr());
         let zero = _mm512_setzero_ps();
-        let upper = _mm512_set1_ps(e.rectifier.upper().unwrap_or(0.0));
         let first = rows.start;
         for r in rows {
             let (n, oy) = (r / oh, r % oh);
@@ -150,30 +150,19 @@ mod avx512 {
                             }
                         }
                     }
-                    let scale = e.scale.map(|s| _mm512_loadu_ps(s.as_ptr().add(c0)));
-                    let bias = e.bias.map(|b| _mm512_loadu_ps(b.as_ptr().add(c0)));
+                    let ep = Epilogue::load::<true>(e, c0, Avx512::mask(16));
                     for (p, acc) in acc.iter().enumerate().take(pixels) {
                         let at = ((r - first) * ow + ox + p) * c + c0;
-                        let mut v = *acc;
-                        if let Some(s) = scale {
-                            v = _mm512_mul_ps(v, s);
-                        }
-                        if let Some(b) = bias {
-                            v = _mm512_add_ps(v, b);
-                        }
-                        if let Some(res) = e.residual {
-                            v = _mm512_add_ps(v, _mm512_loadu_ps(res.as_ptr().add(at)));
-                        }
-                        if !e.rectifier.is_identity() {
-                            v = _mm512_min_ps(_mm512_max_ps(v, zero), upper);
-                        }
-                        _mm512_storeu_ps(op.add(at), v);
+                        ep.store::<true>(*acc, op.add(at), e.residual.map(|res| res.as_ptr().add(at)), Avx512::mask(16));
                     }
                 }
                 ox += pixels;
             }
         }
     }
+
+    /// The epilogue operands of a 16-channel chunk, as the depthwise loop keeps them.
+    type Epilogue = crate::kernels::depthwise::simd::Epilogue<Avx512>;
 
     /// One output row's operands for the 3x3 loop.
     struct Row {
@@ -183,19 +172,11 @@ mod avx512 {
         residual: Option<*const f32>,
         c: usize,
         iw: usize,
-        stride: usize,
         pad_left: usize,
         /// The input row under kernel row 0 (wrapped when above the input).
         top: usize,
         /// Which kernel rows land inside the input.
         valid: [bool; 3],
-    }
-
-    /// A chunk's epilogue operands, in registers.
-    struct Epilogue {
-        scale: Option<__m512>,
-        bias: Option<__m512>,
-        upper: Option<__m512>,
     }
 
     /// 3x3 kernels without dilation at column stride `SW` (1 or 2): each output row's 16-channel
@@ -216,14 +197,7 @@ mod avx512 {
         let c = g.in_channels;
         let ([ih, iw], [oh, ow]) = (g.in_hw, g.out_hw);
         let sh = g.window.stride[0];
-        // Output columns whose three taps lie inside the input row: `lo..hi` (maybe empty).
-        let lo = g.pad.left.div_ceil(SW).min(ow);
-        let hi = if iw + g.pad.left > 2 {
-            ((iw + g.pad.left - 3) / SW + 1).min(ow)
-        } else {
-            0
-        };
-        let hi = hi.max(lo);
+        let (lo, hi) = g.interior_columns();
         for r in rows.clone() {
             let (n, oy) = (r / oh, r % oh);
             let top = (oy * sh).wrapping_sub(g.pad.top);
@@ -235,38 +209,22 @@ mod avx512 {
                 residual: e.residual.map(|v| v.as_ptr().add(at)),
                 c,
                 iw,
-                stride: SW,
                 pad_left: g.pad.left,
                 top,
                 valid: [top < ih, top.wrapping_add(1) < ih, top.wrapping_add(2) < ih],
             };
             for c0 in (0..c).step_by(16) {
-                let ep = Epilogue {
-                    scale: e.scale.map(|s| _mm512_loadu_ps(s.as_ptr().add(c0))),
-                    bias: e.bias.map(|b| _mm512_loadu_ps(b.as_ptr().add(c0))),
-                    upper: e.rectifier.upper().map(|u| _mm512_set1_ps(u)),
-                };
-                for ox in 0..lo {
-                    edge::<G>(&row, &ep, c0, ox);
+                let ep = Epilogue::load::<true>(e, c0, Avx512::mask(16));
+                for ox in (0..lo).chain(hi..ow) {
+                    edge::<G, SW>(&row, &ep, c0, ox);
                 }
-                let mut ox = lo;
-                while ox + Q <= hi {
-                    interior::<G, Q, SW>(&row, &ep, c0, ox);
-                    ox += Q;
-                }
-                if Q > 4 && ox + 4 <= hi {
-                    interior::<G, 4, SW>(&row, &ep, c0, ox);
-                    ox += 4;
-                }
-                if ox + 2 <= hi {
-                    interior::<G, 2, SW>(&row, &ep, c0, ox);
-                    ox += 2;
-                }
-                if ox < hi {
-                    interior::<G, 1, SW>(&row, &ep, c0, ox);
-                }
-                for ox in hi..ow {
-                    edge::<G>(&row, &ep, c0, ox);
+                for (ox, n) in interior_runs(lo, hi, Q) {
+                    match n {
+                        _ if n == Q => interior::<G, Q, SW>(&row, &ep, c0, ox),
+                        4 => interior::<G, 4, SW>(&row, &ep, c0, ox),
+                        2 => interior::<G, 2, SW>(&row, &ep, c0, ox),
+                        _ => interior::<G, 1, SW>(&row, &ep, c0, ox),
+                    }
                 }
             }
         }
@@ -325,7 +283,7 @@ mod avx512 {
 
     /// Column `ox`, each tap's column checked, channels `c0..c0 + 16`.
     #[inline(always)]
-    unsafe fn edge<const G: usize>(row: &Row, ep: &Epilogue, c0: usize, ox: usize) {
+    unsafe fn edge<const G: usize, const SW: usize>(row: &Row, ep: &Epilogue, c0: usize, ox: usize) {
         let c = row.c;
         let mut acc = _mm512_setzero_ps();
         for ky in 0..3 {
@@ -335,7 +293,7 @@ mod avx512 {
             let iy = row.top.wrapping_add(ky);
             for kx in 0..3 {
                 // A tap left of the input wraps to a huge value and fails the bound too.
-                let ix = (ox * row.stride + kx).wrapping_sub(row.pad_left);
+                let ix = (ox * SW + kx).wrapping_sub(row.pad_left);
                 if ix >= row.iw {
                     continue;
                 }
@@ -351,19 +309,7 @@ mod avx512 {
 
     /// The epilogue of one pixel's chunk at `at` in the output row, and its store.
     #[inline(always)]
-    unsafe fn finish(row: &Row, ep: &Epilogue, at: usize, mut v: __m512) {
-        if let Some(s) = ep.scale {
-            v = _mm512_mul_ps(v, s);
-        }
-        if let Some(b) = ep.bias {
-            v = _mm512_add_ps(v, b);
-        }
-        if let Some(res) = row.residual {
-            v = _mm512_add_ps(v, _mm512_loadu_ps(res.add(at)));
-        }
-        if let Some(u) = ep.upper {
-            v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), u);
-        }
-        _mm512_storeu_ps(row.out.add(at), v);
+    unsafe fn finish(row: &Row, ep: &Epilogue, at: usize, v: __m512) {
+        ep.store::<true>(v, row.out.add(at), row.residual.map(|r| r.add(at)), Avx512::mask(16));
     }
 }

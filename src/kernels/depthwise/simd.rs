@@ -11,12 +11,12 @@
 
 use std::ops::Range;
 
-use crate::kernels::geometry::ConvGeometry;
+use crate::kernels::geometry::{interior_runs, ConvGeometry};
 use crate::kernels::packed_gemm::GemmEpilogue;
 
 /// One SIMD register of `f32` lanes and the operations the loop needs. Loads and stores of a
 /// chunk that is not full touch only the chunk's `n` lanes.
-pub(super) trait Lanes {
+pub(in crate::kernels) trait Lanes {
     /// Lanes a register.
     const LANES: usize;
     /// The register.
@@ -42,7 +42,7 @@ pub(super) trait Lanes {
 
 /// The AVX-512 registers.
 #[cfg(target_arch = "x86_64")]
-pub(super) struct Avx512;
+pub(in crate::kernels) struct Avx512;
 
 #[cfg(target_arch = "x86_64")]
 impl Lanes for Avx512 {
@@ -222,16 +222,8 @@ impl Call<'_, '_> {
         let g = self.g;
         let c = g.in_channels;
         let ([ih, iw], [oh, ow]) = (g.in_hw, g.out_hw);
-        let ([sh, sw], [dh, dw]) = (g.window.stride, g.window.dilation);
-        // Output columns whose every tap lies inside the input row: `lo..hi` (maybe empty).
-        let lo = g.pad.left.div_ceil(sw).min(ow);
-        let reach = (KW - 1) * dw;
-        let hi = if iw + g.pad.left > reach {
-            ((iw + g.pad.left - reach - 1) / sw + 1).min(ow)
-        } else {
-            0
-        };
-        let hi = hi.max(lo);
+        let (sh, dh) = (g.window.stride[0], g.window.dilation[0]);
+        let (lo, hi) = g.interior_columns();
         for r in self.rows.clone() {
             let (n, oy) = (r / oh, r % oh);
             // Which kernel rows land inside the input (a row above it wraps and fails the bound).
@@ -299,29 +291,17 @@ impl Row<'_> {
                 *w = S::load::<FULL>(self.kernel.as_ptr().add((ky * KW + kx) * c + c0), m);
             }
         }
-        let ep = Epilogue::<S> {
-            scale: self.e.scale.map(|s| S::load::<FULL>(s.as_ptr().add(c0), m)),
-            bias: self.e.bias.map(|b| S::load::<FULL>(b.as_ptr().add(c0), m)),
-            upper: self.e.rectifier.upper().map(|u| S::splat(u)),
-        };
+        let ep = Epilogue::<S>::load::<FULL>(self.e, c0, m);
         for ox in 0..lo {
             self.edge::<S, KH, KW, FULL>(&w, &ep, c0, m, ox);
         }
-        let mut ox = lo;
-        while ox + P <= hi {
-            self.interior::<S, KH, KW, P, SW, FULL>(&w, &ep, c0, m, ox);
-            ox += P;
-        }
-        if P > 4 && ox + 4 <= hi {
-            self.interior::<S, KH, KW, 4, SW, FULL>(&w, &ep, c0, m, ox);
-            ox += 4;
-        }
-        if ox + 2 <= hi {
-            self.interior::<S, KH, KW, 2, SW, FULL>(&w, &ep, c0, m, ox);
-            ox += 2;
-        }
-        if ox < hi {
-            self.interior::<S, KH, KW, 1, SW, FULL>(&w, &ep, c0, m, ox);
+        for (ox, n) in interior_runs(lo, hi, P) {
+            match n {
+                _ if n == P => self.interior::<S, KH, KW, P, SW, FULL>(&w, &ep, c0, m, ox),
+                4 => self.interior::<S, KH, KW, 4, SW, FULL>(&w, &ep, c0, m, ox),
+                2 => self.interior::<S, KH, KW, 2, SW, FULL>(&w, &ep, c0, m, ox),
+                _ => self.interior::<S, KH, KW, 1, SW, FULL>(&w, &ep, c0, m, ox),
+            }
         }
         for ox in hi..self.g.out_hw[1] {
             self.edge::<S, KH, KW, FULL>(&w, &ep, c0, m, ox);
@@ -411,26 +391,46 @@ impl Row<'_> {
 
     /// The epilogue of one pixel's chunk at `at` in the output row, and its store.
     #[inline(always)]
-    unsafe fn finish<S: Lanes, const FULL: bool>(&self, ep: &Epilogue<S>, at: usize, m: S::Mask, mut v: S::V) {
-        if let Some(s) = ep.scale {
-            v = S::mul(v, s);
-        }
-        if let Some(b) = ep.bias {
-            v = S::add(v, b);
-        }
-        if let Some(res) = self.residual {
-            v = S::add(v, S::load::<FULL>(res.add(at), m));
-        }
-        if let Some(u) = ep.upper {
-            v = S::clamp(v, u);
-        }
-        S::store::<FULL>(self.out.add(at), m, v);
+    unsafe fn finish<S: Lanes, const FULL: bool>(&self, ep: &Epilogue<S>, at: usize, m: S::Mask, v: S::V) {
+        ep.store::<FULL>(v, self.out.add(at), self.residual.map(|r| r.add(at)), m);
     }
 }
 
-/// A chunk's epilogue operands, in registers.
-struct Epilogue<S: Lanes> {
+/// A chunk's epilogue operands (`GemmEpilogue`'s per-channel scale and bias, the rectifier's
+/// bound), in registers.
+pub(in crate::kernels) struct Epilogue<S: Lanes> {
     scale: Option<S::V>,
     bias: Option<S::V>,
     upper: Option<S::V>,
+}
+
+impl<S: Lanes> Epilogue<S> {
+    /// Channels `c0..` of `e` (one register, masked by `m` unless `FULL`).
+    #[inline(always)]
+    pub(in crate::kernels) unsafe fn load<const FULL: bool>(e: &GemmEpilogue<'_>, c0: usize, m: S::Mask) -> Self {
+        Epilogue {
+            scale: e.scale.map(|s| S::load::<FULL>(s.as_ptr().add(c0), m)),
+            bias: e.bias.map(|b| S::load::<FULL>(b.as_ptr().add(c0), m)),
+            upper: e.rectifier.upper().map(|u| S::splat(u)),
+        }
+    }
+
+    /// `v` scaled, biased, plus the residual at `residual` when there is one, rectified, and
+    /// stored at `out`.
+    #[inline(always)]
+    pub(in crate::kernels) unsafe fn store<const FULL: bool>(&self, mut v: S::V, out: *mut f32, residual: Option<*const f32>, m: S::Mask) {
+        if let Some(s) = self.scale {
+            v = S::mul(v, s);
+        }
+        if let Some(b) = self.bias {
+            v = S::add(v, b);
+        }
+        if let Some(res) = residual {
+            v = S::add(v, S::load::<FULL>(res, m));
+        }
+        if let Some(u) = self.upper {
+            v = S::clamp(v, u);
+        }
+        S::store::<FULL>(out, m, v);
+    }
 }
