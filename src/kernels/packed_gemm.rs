@@ -568,7 +568,7 @@ unsafe fn gemm_unchecked(
     let rows_outer = b.k * b.n * 4 <= blocks.rows_outer_max_b_bytes;
     // Rows of `A` whose starts crowd into a few L1 sets (a leading dimension of 1024 floats puts
     // all 12 of a tile's rows in one) are copied, one `K` block at a time, to a stride that
-    // spreads them: M=196 K=1024 N=256 went from 77-104 to 108-111 GFLOP/s on a Zen 4.
+    // spreads them: M=196 K=1024 N=256 went from 77-104 to 101-110 GFLOP/s on a Zen 4.
     let copy_stride = (!col_major && crowds_l1(lda)).then(|| spread_stride(blocks.kc.min(k)));
     let mut copied = match copy_stride {
         Some(_) => COPIED_A.with_borrow_mut(std::mem::take),
