@@ -2,7 +2,7 @@
 //! path.
 //!
 //! ```text
-//! cargo run --release --example bench_resnet50 -- [--model NAME] [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--no-winograd] [--schedule auto|lanes|serial] [--check DIR]
+//! cargo run --release --example bench_resnet50 -- [--model NAME] [--weights FILE] [--batch N] [--threads T] [--iters K] [--warmup W] [--profile] [--unfused] [--no-winograd] [--no-fuse-blocks] [--schedule auto|lanes|serial] [--check DIR]
 //! ```
 //!
 //! `--model NAME` times any preset of [`convnet::models::zoo`] (`resnext50_32x4d`,
@@ -11,7 +11,9 @@
 //! HDF5, `.pth` or `.safetensors`).
 //! `--profile` prints the time of each layer (median over the iterations) before the summary;
 //! `--unfused` times the layer-by-layer forward pass instead, for comparison; `--no-winograd`
-//! computes the 3x3 convolutions by direct GEMM instead of Winograd F(2x2, 3x3); `--check DIR`
+//! computes the 3x3 convolutions by direct GEMM instead of Winograd F(2x2, 3x3);
+//! `--no-fuse-blocks` runs an inverted residual block's three convolutions one by one (see
+//! [`InferenceOptions::fuse_blocks`]); `--check DIR`
 //! first compares the output on `DIR/check_input.npy` with `DIR/check_probs.npy` (written by
 //! `benches/compare/export_onnx.py` or `export_torchvision_onnx.py` from onnxruntime: the
 //! probabilities, or a torchvision preset's logits). The last line printed is one JSON object
@@ -62,6 +64,9 @@ struct Args {
     /// Compute 3x3 convolutions by direct GEMM instead of Winograd.
     #[arg(long)]
     no_winograd: bool,
+    /// Run each inverted residual block's convolutions one by one instead of as one op.
+    #[arg(long)]
+    no_fuse_blocks: bool,
     /// How a batch is spread over the threads.
     #[arg(long, value_enum, default_value_t = Schedule::Auto)]
     schedule: Schedule,
@@ -131,6 +136,7 @@ fn run(a: Args) -> convnet::Result<()> {
     let options = InferenceOptions {
         threads: a.threads as usize,
         winograd: !a.no_winograd,
+        fuse_blocks: !a.no_fuse_blocks,
         schedule: match a.schedule {
             Schedule::Auto => BatchSchedule::Auto,
             Schedule::Lanes => BatchSchedule::ImageLanes,

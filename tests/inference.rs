@@ -190,7 +190,7 @@ fn profile_names_every_layer() {
 mod compiled_conv {
     use convnet::inference::{CompiledModel, InferenceOptions};
     use convnet::kernels::{reference, ConvGeometry, Padding, Padding2d, Window2d};
-    use convnet::layers::{BatchNorm, Conv2d, Conv2dConfig, Layer, Relu, Sequential};
+    use convnet::layers::{Activation, ActivationLayer, BatchNorm, Conv2d, Conv2dConfig, Layer, Relu, Residual, Sequential};
     use ndarray::{Array1, Array4, ArrayD, IxDyn};
     use proptest::prelude::*;
 
@@ -327,6 +327,90 @@ mod compiled_conv {
             let conv = Conv2d::with_weights(cfg, kernel, Some(Array1::from(fill(cout_all, seed ^ 1)))).unwrap();
             let x = ArrayD::from_shape_vec(IxDyn(&[n, h, w, c]), fill(n * h * w * c, seed ^ 6)).unwrap();
             compiled_conv_bn_matches_layers(conv, cout_all, relu, &x, seed)?;
+        }
+    }
+
+    /// A seeded BatchNorm over `channels`.
+    fn batch_norm(channels: usize, seed: u64) -> BatchNorm {
+        let stat = |salt: u64, lo: f32| Array1::from(fill(channels, seed ^ salt).iter().map(|v| lo + v.abs()).collect::<Vec<_>>());
+        let (beta, mean) = (Array1::from(fill(channels, seed ^ 3)), Array1::from(fill(channels, seed ^ 4)));
+        BatchNorm::with_weights(1e-3, stat(2, 0.5), beta, mean, stat(5, 0.2)).unwrap()
+    }
+
+    /// A convolution of seeded weights (no bias) and its BatchNorm, then ReLU6 when `relu6`.
+    fn conv_bn(cfg: Conv2dConfig, relu6: bool, seed: u64) -> Sequential {
+        let (k, cin, cout) = (cfg.kernel_size, cfg.in_channels / cfg.groups, cfg.filters);
+        let kernel = Array4::from_shape_vec((k[0], k[1], cin, cout), fill(k[0] * k[1] * cin * cout, seed)).unwrap();
+        let mut s = Sequential::new();
+        s.push("conv", Conv2d::with_weights(cfg.with_bias(false), kernel, None).unwrap())
+            .unwrap();
+        s.push("bn", batch_norm(cout, seed ^ 9)).unwrap();
+        if relu6 {
+            s.push("relu6", ActivationLayer(Activation::Relu6)).unwrap();
+        }
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// An inverted residual block (1x1 expansion or none, depthwise convolution, 1x1
+        /// projection, each with its BatchNorm, ReLU6 after the first two, the residual add
+        /// where the shapes agree) large enough to be fused into one op: compiled on 1-3
+        /// threads against the layer-by-layer forward, and the same bits as the three
+        /// convolutions run one by one (`fuse_blocks: false`) on every thread count.
+        #[test]
+        fn compiled_inverted_residual_blocks_match_unfused_bit_for_bit(
+            (n, h, w, cin, extra) in (1usize..=2, 20usize..=60, 20usize..=60, 1usize..=24, 0usize..=20),
+            (expand, k, s, d, cout) in (any::<bool>(), prop_oneof![Just(1usize), Just(3), Just(5)], 1usize..=2, 1usize..=2, 1usize..=32),
+            (pad, seed) in (0usize..=3, any::<u64>()),
+        ) {
+            // The depthwise input at least 1 MiB an image (the fusing threshold).
+            let hidden = (1usize << 18).div_ceil(h * w) + extra;
+            let cin = if expand { cin } else { hidden };
+            let padding = match pad {
+                0 => Padding::Valid,
+                1 => Padding::Same,
+                p => Padding::Explicit(Padding2d::new(p - 1, p, 1, p - 2)),
+            };
+            let window = Window2d { kernel: [k, k], stride: [s, s], dilation: [d, d], padding };
+            let Ok(g) = ConvGeometry::new([n, h, w, hidden], hidden, window) else { return Ok(()) };
+            let mut main = Sequential::new();
+            if expand {
+                main.push("expand", conv_bn(Conv2dConfig::new(cin, hidden, [1, 1]), true, seed)).unwrap();
+            }
+            let dw = Conv2dConfig::new(hidden, hidden, [k, k]).with_strides([s, s]).with_dilation([d, d]).with_padding(padding).with_groups(hidden);
+            main.push("depthwise", conv_bn(dw, true, seed ^ 1)).unwrap();
+            main.push("project", conv_bn(Conv2dConfig::new(hidden, cout, [1, 1]), false, seed ^ 2)).unwrap();
+            let residual = g.out_hw == [h, w] && cout == cin;
+            let mut net = Sequential::new();
+            if residual {
+                net.push("block", Residual::new(main, None, None).unwrap()).unwrap();
+            } else {
+                net.push("block", main).unwrap();
+            }
+            let x = ArrayD::from_shape_vec(IxDyn(&[n, h, w, cin]), fill(n * h * w * cin, seed ^ 6)).unwrap();
+            let want = net.forward(&x).unwrap();
+            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let mut first = None;
+            for threads in 1..=3 {
+                for fuse_blocks in [true, false] {
+                    let opts = InferenceOptions { threads, fuse_blocks, ..Default::default() };
+                    let mut fast = CompiledModel::new(&net, &[h, w, cin], &opts).unwrap();
+                    let names: Vec<String> = fast.profile(&x).unwrap().into_iter().map(|(name, _)| name).collect();
+                    let fused = names.iter().any(|name| name.ends_with("depthwise, project]"));
+                    prop_assert_eq!(fused, fuse_blocks, "{:?}", names);
+                    let got = fast.run(&x).unwrap();
+                    prop_assert_eq!(got.shape(), want.shape());
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        prop_assert!((a - b).abs() <= 1e-5 * scale, "element {i}: {a} vs {b} ({threads} threads, fused {fuse_blocks})");
+                    }
+                    match &first {
+                        None => first = Some(got),
+                        Some(f) => prop_assert!(*f == got, "{threads} threads, fused {fuse_blocks}: other bits"),
+                    }
+                }
+            }
         }
     }
 }

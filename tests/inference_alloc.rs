@@ -8,7 +8,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use convnet::inference::{CompiledModel, InferenceOptions};
-use convnet::models::{ResNet, ResNetConfig};
+use convnet::layers::Layer;
+use convnet::models::{MobileNetV2, MobileNetV2Config, ResNet, ResNetConfig};
 use convnet::weights::{LoadOptions, WeightFile};
 use ndarray::{ArrayD, IxDyn};
 
@@ -40,15 +41,24 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn steady_state_forward_passes_allocate_nothing() {
-    let mut model = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(8)).unwrap();
+    let mut resnet = ResNet::new(ResNetConfig::keras_resnet50().with_width_divisor(8)).unwrap();
     WeightFile::open(common::fixture("keras_resnet50_w8/resnet50.h5"))
         .unwrap()
-        .load_into(&mut model, &LoadOptions::strict())
+        .load_into(&mut resnet, &LoadOptions::strict())
         .unwrap();
+    // Depthwise convolutions and fused inverted residual blocks, with their band workspaces.
+    let mut mobilenet = MobileNetV2::new(MobileNetV2Config::torchvision().with_width_mult(0.35)).unwrap();
+    common::randomize(&mut mobilenet, 3);
+    for model in [&resnet as &dyn Layer, &mobilenet] {
+        check_steady_state(model);
+    }
+}
+
+fn check_steady_state(model: &dyn Layer) {
     // batch 1 runs layer-parallel; batch 4 on 2 threads runs image-parallel lanes
     for (threads, batch) in [(1, 1), (2, 1), (2, 4), (3, 2)] {
         let mut fast = CompiledModel::new(
-            &model,
+            model,
             &[224, 224, 3],
             &InferenceOptions {
                 threads,

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use super::aligned::AlignedBuf;
+use super::fused::FusedBlock;
 use super::pool::{parallel, share, SendPtr, ThreadPool};
 use super::Value;
 use crate::error::{Error, Result};
@@ -89,14 +90,14 @@ impl ConvOp {
         (total.div_ceil(blocks), blocks)
     }
 
-    fn pointwise(&self) -> bool {
+    pub(crate) fn is_pointwise(&self) -> bool {
         self.geometry.window.kernel == [1, 1] && self.geometry.window.stride == [1, 1] && self.geometry.pad.is_zero()
     }
 
     /// Reads its input in place, tap by tap (no im2col). Not on the portable kernel, which
     /// multiplies whole blocks through `matrixmultiply` and gains nothing from micro-tiles.
     fn implicit(&self) -> bool {
-        !self.pointwise()
+        !self.is_pointwise()
             && self.geometry.in_channels >= IMPLICIT_MIN_CHANNELS
             && crate::kernels::packed_gemm::gemm_kernel() != crate::kernels::packed_gemm::GemmKernel::Portable
     }
@@ -114,6 +115,8 @@ impl ConvOp {
 
 pub(crate) enum Op<'m> {
     Conv(ConvOp),
+    /// An inverted residual block's convolutions in one op ([`fused`](super::fused)).
+    Fused(Box<FusedBlock>),
     /// Per-channel `y = x * scale + shift`, then the rectifier (an unfolded BatchNorm).
     Affine {
         name: String,
@@ -184,7 +187,7 @@ pub(crate) enum Op<'m> {
 
 /// Read-only views of up to two buffers and a writable view of another, distinct one.
 /// (`b` may repeat `a`; no allocation.)
-fn split(bufs: &mut [AlignedBuf], a: usize, b: usize, write: usize) -> (&[f32], &[f32], &mut [f32]) {
+pub(crate) fn split(bufs: &mut [AlignedBuf], a: usize, b: usize, write: usize) -> (&[f32], &[f32], &mut [f32]) {
     assert!(
         a != write && b != write && a < bufs.len() && b < bufs.len() && write < bufs.len(),
         "an op may not write its own input"
@@ -200,6 +203,7 @@ impl Op<'_> {
     pub fn inputs(&self) -> Vec<usize> {
         match self {
             Op::Conv(c) => [Some(c.x), c.residual].into_iter().flatten().collect(),
+            Op::Fused(f) => [Some(f.x()), f.project.residual].into_iter().flatten().collect(),
             Op::Add { a, b, .. } => vec![*a, *b],
             Op::Generic { inputs, .. } => inputs.clone(),
             Op::Affine { x, .. }
@@ -216,14 +220,20 @@ impl Op<'_> {
     /// Weights (floats) this op reads.
     pub fn weight_len(&self) -> usize {
         match self {
-            Op::Conv(c) => match &c.weights {
-                ConvWeights::Gemm(b) => b.k() * b.n(),
-                ConvWeights::Winograd(w) => w.len(),
-                ConvWeights::Grouped(bs) => bs.iter().map(|b| b.k() * b.n()).sum(),
-                ConvWeights::Depthwise(k) | ConvWeights::NarrowGroups { kernel: k, .. } => k.len(),
-            },
+            Op::Conv(c) => Op::conv_weight_len(&c.weights),
+            Op::Fused(f) => f.weight_len(),
             Op::Dense { weights, .. } => weights.k() * weights.n(),
             _ => 0,
+        }
+    }
+
+    /// Floats of a convolution's weights.
+    pub fn conv_weight_len(weights: &ConvWeights) -> usize {
+        match weights {
+            ConvWeights::Gemm(b) => b.k() * b.n(),
+            ConvWeights::Winograd(w) => w.len(),
+            ConvWeights::Grouped(bs) => bs.iter().map(|b| b.k() * b.n()).sum(),
+            ConvWeights::Depthwise(k) | ConvWeights::NarrowGroups { kernel: k, .. } => k.len(),
         }
     }
 
@@ -231,6 +241,7 @@ impl Op<'_> {
     pub fn output(&self) -> usize {
         match self {
             Op::Conv(c) => c.y,
+            Op::Fused(f) => f.project.y,
             Op::Affine { y, .. }
             | Op::Generic { y, .. }
             | Op::Unary { y, .. }
@@ -247,6 +258,7 @@ impl Op<'_> {
     pub fn name(&self) -> &str {
         match self {
             Op::Conv(c) => &c.name,
+            Op::Fused(f) => &f.name,
             Op::Affine { name, .. }
             | Op::Generic { name, .. }
             | Op::Unary { name, .. }
@@ -262,7 +274,11 @@ impl Op<'_> {
 
     /// Scratch floats a thread needs for this op at `batch`, and segments.
     pub fn workspace_len(&self, batch: usize) -> (usize, usize) {
-        let Op::Conv(c) = self else { return (0, 0) };
+        let c = match self {
+            Op::Conv(c) => c,
+            Op::Fused(f) => return (f.workspace_len(), 0),
+            _ => return (0, 0),
+        };
         match &c.weights {
             ConvWeights::Winograd(w) => {
                 let (block, _) = c.winograd_blocks(w, batch);
@@ -272,7 +288,7 @@ impl Op<'_> {
                 )
             }
             ConvWeights::Gemm(_) if c.implicit() => (c.taps() * MR * c.geometry.in_channels, c.taps()),
-            ConvWeights::Gemm(_) | ConvWeights::Grouped(_) if !c.pointwise() => {
+            ConvWeights::Gemm(_) | ConvWeights::Grouped(_) if !c.is_pointwise() => {
                 let g = ConvGeometry { batch, ..c.geometry };
                 (c.tile_rows().min(g.out_pixels()) * g.patch_len(), 0)
             }
@@ -284,6 +300,7 @@ impl Op<'_> {
         let v = |i: usize| &ctx.values[i];
         let n = ctx.batch;
         match self {
+            Op::Fused(f) => super::fused::run(f, ctx, bufs),
             Op::Conv(c) => match &c.weights {
                 ConvWeights::Winograd(w) => conv_winograd(c, w, ctx, bufs),
                 ConvWeights::Gemm(b) if c.implicit() => conv_implicit(c, b, ctx, bufs),
@@ -522,7 +539,7 @@ fn conv(c: &ConvOp, weights: &PackedB, ctx: &Ctx<'_>, bufs: &mut [AlignedBuf]) -
         ..c.geometry
     };
     let (m, k, n) = (g.out_pixels(), g.patch_len(), g.out_channels);
-    let pointwise = c.pointwise();
+    let pointwise = c.is_pointwise();
     let (tile, units) = if pointwise {
         (MR, m.div_ceil(MR))
     } else {
@@ -561,7 +578,7 @@ fn conv_grouped(c: &ConvOp, weights: &[PackedB], ctx: &Ctx<'_>, bufs: &mut [Alig
     let (m, k) = (g.out_pixels(), g.patch_len());
     let (cin, cout) = (g.in_channels, g.out_channels);
     let (x_channels, y_channels) = (cin * c.groups, cout * c.groups);
-    let pointwise = c.pointwise();
+    let pointwise = c.is_pointwise();
     let (tile, units) = if pointwise {
         (MR, m.div_ceil(MR))
     } else {

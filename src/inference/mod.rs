@@ -32,6 +32,10 @@
 //! - **No im2col for 1x1 convolutions and for the other convolutions on 16 or more channels**
 //!   (their taps are read in place); the rest (the stem's 7x7 on 3 channels) im2col a
 //!   cache-sized tile of output rows at a time, inside the thread that multiplies it.
+//! - **Inverted residual blocks in one op** (`fuse_blocks`, on by default): a MobileNetV2
+//!   block whose depthwise input is large (1 MiB an image or more) runs its 1x1 expansion,
+//!   depthwise convolution and 1x1 projection band by band of output rows, each thread on its
+//!   own rows, so the expanded activations stay in cache; the same bits as unfused.
 //! - **Buffers allocated once per batch size** and reused by liveness: a steady-state
 //!   [`CompiledModel::run_into`] allocates nothing.
 //! - **Threads** ([`InferenceOptions::threads`]): each convolution is split over output rows
@@ -45,6 +49,7 @@
 
 mod aligned;
 mod exec;
+mod fused;
 mod liveness;
 pub(crate) mod pool;
 pub(crate) mod program;
@@ -79,6 +84,10 @@ pub struct InferenceOptions {
     pub winograd: bool,
     /// How a batch is spread over the threads.
     pub schedule: BatchSchedule,
+    /// Run each large inverted residual block (MobileNetV2's 1x1 expansion, depthwise
+    /// convolution and 1x1 projection) as one op, band by band of rows, so its expanded
+    /// activations stay in cache. The results are the same either way.
+    pub fuse_blocks: bool,
 }
 
 impl Default for InferenceOptions {
@@ -89,6 +98,7 @@ impl Default for InferenceOptions {
             fold_batch_norm: true,
             winograd: true,
             schedule: BatchSchedule::Auto,
+            fuse_blocks: true,
         }
     }
 }
@@ -326,7 +336,7 @@ impl<'m> CompiledModel<'m> {
         let mut graph = Graph::lower(self.model, input_shape)?;
         let keep = taps.iter().map(|t| graph.value_named(t)).collect::<Result<Vec<ValueId>>>()?;
         passes::optimize(&mut graph, self.pass_options(), &keep)?;
-        let program = program::generate(&graph, &keep)?;
+        let program = program::generate(&graph, &keep, self.options.fuse_blocks)?;
         let (split, split_value) = schedule::lane_split(&program);
         let workspaces = (0..self.pool.threads()).map(|_| Mutex::new(exec::Workspace::default())).collect();
         if self.plans.len() >= MAX_PLANS {

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use super::exec::{ConvOp, ConvWeights, Op};
+use super::fused;
 use super::liveness;
 use super::Value;
 use crate::error::Result;
@@ -30,7 +31,8 @@ fn owned(p: &Option<Cow<'_, [f32]>>, len: usize, fill: f32) -> Vec<f32> {
 
 /// Generates the kernel calls for `graph` (already optimised); `keep` are values whose
 /// buffers must survive the run (taps).
-pub(crate) fn generate<'m>(graph: &Graph<'m>, keep: &[ValueId]) -> Result<Program<'m>> {
+/// With `fuse_blocks`, inverted residual blocks become one op each ([`fused`]).
+pub(crate) fn generate<'m>(graph: &Graph<'m>, keep: &[ValueId], fuse_blocks: bool) -> Result<Program<'m>> {
     let mut shapes: Vec<Vec<usize>> = (0..graph.value_count()).map(|v| graph.shape(ValueId(v)).to_vec()).collect();
     let mut alias: Vec<Option<usize>> = vec![None; shapes.len()];
     let mut ops = Vec::with_capacity(graph.nodes().len());
@@ -150,6 +152,11 @@ pub(crate) fn generate<'m>(graph: &Graph<'m>, keep: &[ValueId]) -> Result<Progra
     }
     let roots: Vec<usize> = (0..shapes.len()).map(|v| root(&alias, v)).collect();
     let kept: Vec<usize> = keep.iter().map(|v| roots[v.0]).chain([roots[output]]).collect();
+    let ops = if fuse_blocks {
+        fused::fuse_inverted_residuals(ops, &roots, &kept)
+    } else {
+        ops
+    };
     let (slots, slot_sizes) = liveness::assign_slots(&ops, &shapes, &roots, roots[input], &kept);
     let values = shapes
         .into_iter()

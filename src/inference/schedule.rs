@@ -67,7 +67,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        generate(&g, &[]).unwrap()
+        generate(&g, &[], true).unwrap()
     }
 
     #[test]
