@@ -361,12 +361,13 @@ mod compiled_conv {
         /// convolutions run one by one (`fuse_blocks: false`) on every thread count.
         #[test]
         fn compiled_inverted_residual_blocks_match_unfused_bit_for_bit(
-            (n, h, w, cin, extra) in (1usize..=2, 20usize..=60, 20usize..=60, 1usize..=24, 0usize..=20),
+            (n, h, w, cin, wide, extra) in (1usize..=2, 8usize..=60, 8usize..=60, 1usize..=24, 1usize..=4, 0usize..=20),
             (expand, k, s, d, cout) in (any::<bool>(), prop_oneof![Just(1usize), Just(3), Just(5)], 1usize..=2, 1usize..=2, 1usize..=32),
             (pad, seed) in (0usize..=3, any::<u64>()),
         ) {
-            // The depthwise input at least 1 MiB an image (the fusing threshold).
-            let hidden = (1usize << 18).div_ceil(h * w) + extra;
+            // The depthwise input at least 256 KiB an image (the fusing threshold), up to 4 times
+            // as wide: the rows of a thread's share in several bands of 256 KiB.
+            let hidden = (1usize << 16).div_ceil(h * w) * wide + extra;
             let cin = if expand { cin } else { hidden };
             let padding = match pad {
                 0 => Padding::Valid,

@@ -33,7 +33,7 @@
 //!   (their taps are read in place); the rest (the stem's 7x7 on 3 channels) im2col a
 //!   cache-sized tile of output rows at a time, inside the thread that multiplies it.
 //! - **Inverted residual blocks in one op** (`fuse_blocks`, on by default): a MobileNetV2
-//!   block whose depthwise input is large (1 MiB an image or more) runs its 1x1 expansion,
+//!   block whose depthwise input is not small (256 KiB an image or more) runs its 1x1 expansion,
 //!   depthwise convolution and 1x1 projection band by band of output rows, each thread on its
 //!   own rows, so the expanded activations stay in cache; the same bits as unfused.
 //! - **Buffers allocated once per batch size** and reused by liveness: a steady-state
