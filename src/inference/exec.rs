@@ -362,11 +362,23 @@ impl Op<'_> {
             Op::MaxPool { geometry, x, y, .. } | Op::AvgPool { geometry, x, y, .. } => {
                 let g = PoolGeometry { batch: n, ..*geometry };
                 let (r0, _, w) = split(bufs, v(*x).slot, v(*x).slot, v(*y).slot);
-                let (src, dst) = (&r0[..g.input_len()], &mut w[..g.output_len()]);
-                match self {
-                    Op::MaxPool { .. } => kernels::max_pool2d(src, &g, dst),
-                    _ => kernels::avg_pool2d(src, &g, dst),
-                }
+                let (src, c) = (&r0[..g.input_len()], g.channels);
+                let (out_len, out) = (w.len().min(g.output_len()), SendPtr(w.as_mut_ptr()));
+                let (max, pixels, threads) = (matches!(self, Op::MaxPool { .. }), g.output_len() / c.max(1), ctx.pool.threads());
+                // Output pixels split over the threads.
+                parallel(ctx.pool, &|t| {
+                    let mine = share(pixels, t, threads);
+                    if mine.end * c > out_len {
+                        return Err(Error::shape(
+                            self.name(),
+                            format!("an output of {} floats", mine.end * c),
+                            format!("{out_len}"),
+                        ));
+                    }
+                    // SAFETY: inside the output (checked above); threads take disjoint pixels.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(mine.start * c), mine.len() * c) };
+                    kernels::pool::pool2d_pixels(src, &g, max, mine, dst)
+                })
             }
             Op::GlobalAvgPool { x, y, .. } => {
                 let s = &v(*x).shape;

@@ -33,10 +33,12 @@ pub(crate) fn window_cells(g: &PoolGeometry, p: usize) -> (usize, std::ops::Rang
 }
 
 /// Calls `f(out_row, in_row)` for every input row under every output window, after `init`
-/// on each output row, then `finish(out_row, taps)`.
+/// on each output row, then `finish(out_row, taps)`; `output` holds the output pixels from
+/// `first` on (counted over the batch).
 fn for_each_window(
     input: &[f32],
     g: &PoolGeometry,
+    first: usize,
     output: &mut [f32],
     init: f32,
     reduce: impl Fn(&mut [f32], &[f32]),
@@ -48,7 +50,7 @@ fn for_each_window(
         return;
     }
     for (p, out) in output.chunks_exact_mut(c).enumerate() {
-        let (n, rows, cols) = window_cells(g, p);
+        let (n, rows, cols) = window_cells(g, first + p);
         let (y0, y1, x0, x1) = (rows.start, rows.end, cols.start, cols.end);
         out.fill(init);
         for iy in y0..y1 {
@@ -65,24 +67,35 @@ fn for_each_window(
 /// `f32::max` does.
 pub fn max_pool2d(input: &[f32], g: &PoolGeometry, output: &mut [f32]) -> Result<()> {
     check(g, input, output, "max_pool2d kernel")?;
+    max_pool_unchecked(input, g, 0, output);
+    Ok(())
+}
+
+fn max_pool_unchecked(input: &[f32], g: &PoolGeometry, first: usize, output: &mut [f32]) {
     for_each_window(
         input,
         g,
+        first,
         output,
         f32::NEG_INFINITY,
         |o, x| o.iter_mut().zip(x).for_each(|(o, &x)| *o = o.max(x)),
         |_, _| {},
     );
-    Ok(())
 }
 
 /// Average pooling: each window's sum divided by the number of *real* (non-padding) elements
 /// under it, as Keras' `AveragePooling2D(padding='same')` does.
 pub fn avg_pool2d(input: &[f32], g: &PoolGeometry, output: &mut [f32]) -> Result<()> {
     check(g, input, output, "avg_pool2d kernel")?;
+    avg_pool_unchecked(input, g, 0, output);
+    Ok(())
+}
+
+fn avg_pool_unchecked(input: &[f32], g: &PoolGeometry, first: usize, output: &mut [f32]) {
     for_each_window(
         input,
         g,
+        first,
         output,
         0.0,
         |o, x| o.iter_mut().zip(x).for_each(|(o, &x)| *o += x),
@@ -91,6 +104,25 @@ pub fn avg_pool2d(input: &[f32], g: &PoolGeometry, output: &mut [f32]) -> Result
             o.iter_mut().for_each(|v| *v *= inv);
         },
     );
+}
+
+/// Output pixels `pixels` (counted over the batch) of max pooling (`max`) or average pooling,
+/// written to `output` (those pixels' channels only), so that threads can split a pooling. The
+/// same values as [`max_pool2d`] and [`avg_pool2d`] give for those pixels.
+pub(crate) fn pool2d_pixels(input: &[f32], g: &PoolGeometry, max: bool, pixels: std::ops::Range<usize>, output: &mut [f32]) -> Result<()> {
+    let total = g.output_len() / g.channels.max(1);
+    if input.len() != g.input_len() || pixels.end > total || output.len() != pixels.len() * g.channels {
+        return Err(Error::shape(
+            "pooling kernel",
+            format!("an input of {} and the output pixels of {total}", g.input_len()),
+            format!("an input of {}, pixels {pixels:?} and an output of {}", input.len(), output.len()),
+        ));
+    }
+    if max {
+        max_pool_unchecked(input, g, pixels.start, output);
+    } else {
+        avg_pool_unchecked(input, g, pixels.start, output);
+    }
     Ok(())
 }
 
@@ -117,4 +149,44 @@ pub fn global_avg_pool(input: &[f32], shape: [usize; 4], output: &mut [f32]) -> 
         out.iter_mut().for_each(|v| *v *= inv);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{Padding, Window2d};
+
+    #[test]
+    fn pixel_ranges_give_the_whole_poolings_bits() {
+        let window = Window2d {
+            padding: Padding::Same,
+            ..Window2d::new([3, 3], [2, 2])
+        };
+        let g = PoolGeometry::new([2, 9, 7, 5], window).unwrap();
+        let input: Vec<f32> = (0..g.input_len()).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+        let pixels = g.output_len() / g.channels;
+        for max in [true, false] {
+            let mut whole = vec![0.0; g.output_len()];
+            if max {
+                max_pool2d(&input, &g, &mut whole).unwrap();
+            } else {
+                avg_pool2d(&input, &g, &mut whole).unwrap();
+            }
+            for parts in [1, 2, 3, 7] {
+                let mut split = vec![0.0; g.output_len()];
+                for t in 0..parts {
+                    let mine = pixels * t / parts..pixels * (t + 1) / parts;
+                    let out = &mut split[mine.start * g.channels..mine.end * g.channels];
+                    pool2d_pixels(&input, &g, max, mine, out).unwrap();
+                }
+                assert!(
+                    split.iter().zip(&whole).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "max {max}, {parts} parts"
+                );
+            }
+        }
+        let mut out = vec![0.0; 2 * g.channels];
+        assert!(pool2d_pixels(&input, &g, true, pixels - 1..pixels + 1, &mut out).is_err());
+        assert!(pool2d_pixels(&input, &g, true, 0..1, &mut out).is_err());
+    }
 }
