@@ -203,23 +203,31 @@ pub(crate) fn run(f: &FusedBlock, ctx: &Ctx<'_>, bufs: &mut [AlignedBuf]) -> Res
                             format!("{band_len}"),
                         )
                     })?;
-                    gemm_packed(
-                        &image[fresh.start * iw * cin..],
-                        cin,
-                        b,
-                        dst,
-                        hidden,
-                        0..fresh.len() * iw,
-                        0..b.panels(),
-                        e,
-                    )?;
+                    if !fresh.is_empty() {
+                        gemm_packed(
+                            &image[fresh.start * iw * cin..],
+                            cin,
+                            b,
+                            dst,
+                            hidden,
+                            0..fresh.len() * iw,
+                            0..b.panels(),
+                            e,
+                        )?;
+                    }
                     held = Some((img, need.clone()));
                     &band[..need.len() * row_len]
                 }
                 None => &image[need.start * iw * hidden..need.end * iw * hidden],
             };
             let band_g = band_geometry(&g, o0..o1, need.clone());
-            let dw_out = &mut chunk[..(o1 - o0) * ow * hidden];
+            let dw_out = chunk.get_mut(..(o1 - o0) * ow * hidden).ok_or_else(|| {
+                Error::shape(
+                    &f.name,
+                    format!("a chunk of {} floats", (o1 - o0) * ow * hidden),
+                    format!("{chunk_len}"),
+                )
+            })?;
             kernels::depthwise::depthwise_conv2d_rows(input, &band_g, dw_kernel, &dw_epilogue, 0..o1 - o0, dw_out)?;
             let pixels = (img * oh + o0) * ow..(img * oh + o1) * ow;
             // SAFETY: `y` holds `output_len` floats (checked above), and this thread alone

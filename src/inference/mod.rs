@@ -91,7 +91,7 @@ pub struct InferenceOptions {
 }
 
 impl Default for InferenceOptions {
-    /// All available cores, BatchNorm folded, Winograd on.
+    /// All available cores, BatchNorm folded, Winograd on, inverted residual blocks fused.
     fn default() -> Self {
         InferenceOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
