@@ -287,7 +287,19 @@ fn band_geometry(g: &ConvGeometry, out: Range<usize>, rows: Range<usize>) -> Con
     }
 }
 
-/// Whether a convolution is a dense 1x1 one without a residual (an expansion).
+/// The last op, taken off when it is a convolution.
+fn pop_conv(ops: &mut Vec<Op<'_>>) -> Option<ConvOp> {
+    match ops.pop() {
+        Some(Op::Conv(c)) => Some(c),
+        Some(other) => {
+            ops.push(other);
+            None
+        }
+        None => None,
+    }
+}
+
+/// The convolution, when it is a dense 1x1 one (stride 1, no padding).
 fn is_pointwise<'a>(op: &'a Op<'_>) -> Option<&'a ConvOp> {
     match op {
         Op::Conv(c) if matches!(c.weights, ConvWeights::Gemm(_)) && c.is_pointwise() && c.groups == 1 => Some(c),
@@ -305,7 +317,7 @@ fn is_depthwise<'a>(op: &'a Op<'_>) -> Option<&'a ConvOp> {
 /// Replaces each run of ops `[expand,] depthwise, project` that forms an inverted residual
 /// block (each op reading only the one before, whose value nothing else reads or keeps) with
 /// one [`FusedBlock`], where the depthwise input is at least [`FUSE_MIN_BYTES`] an image.
-/// `readers[v]` counts the ops reading storage root `v`; `kept` are roots that must be stored.
+/// `roots` maps each value to its storage root; `kept` are roots that must be stored.
 pub(crate) fn fuse_inverted_residuals<'m>(ops: Vec<Op<'m>>, roots: &[usize], kept: &[usize]) -> Vec<Op<'m>> {
     let mut readers = vec![0usize; roots.len()];
     for op in &ops {
@@ -337,22 +349,11 @@ pub(crate) fn fuse_inverted_residuals<'m>(ops: Vec<Op<'m>>, roots: &[usize], kep
             .checked_sub(3)
             .and_then(|i| is_pointwise(&out[i]))
             .is_some_and(|e| e.residual.is_none() && e.y == dw.x && private(e.y));
-        let project = match out.pop() {
-            Some(Op::Conv(c)) => c,
-            _ => unreachable!("checked above"),
+        // (Each pop below takes a convolution checked above.)
+        let (Some(project), Some(depthwise)) = (pop_conv(&mut out), pop_conv(&mut out)) else {
+            continue;
         };
-        let depthwise = match out.pop() {
-            Some(Op::Conv(c)) => c,
-            _ => unreachable!("checked above"),
-        };
-        let expand = if with_expand {
-            match out.pop() {
-                Some(Op::Conv(c)) => Some(c),
-                _ => unreachable!("checked above"),
-            }
-        } else {
-            None
-        };
+        let expand = if with_expand { pop_conv(&mut out) } else { None };
         let names: Vec<&str> = expand.iter().chain([&depthwise, &project]).map(|c| c.name.as_str()).collect();
         out.push(Op::Fused(Box::new(FusedBlock {
             name: block_name(&names),
