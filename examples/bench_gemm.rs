@@ -9,6 +9,10 @@
 //! Prints a markdown table (or, with `--json`, one JSON line per shape and kernel). Each number
 //! is the median of `R` timed repetitions (each long enough to take about 20 ms), after one
 //! untimed repetition. `matrixmultiply` runs on one thread (`MATMUL_NUM_THREADS=1`).
+//!
+//! `--cold` times single calls instead, each after writing a 64 MiB buffer so that `A`, `B`
+//! and `C` start outside the caches: the case of a network at batch 1 whose weights do not fit
+//! in them (ResNet50's last stage streams its weights from memory).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -35,14 +39,32 @@ struct Args {
     /// One JSON line per (shape, kernel) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Time each call with the caches flushed first (see the module docs).
+    #[arg(long)]
+    cold: bool,
 }
 
 fn data(len: usize, salt: usize) -> Vec<f32> {
     (0..len).map(|i| ((i * 7919 + salt) % 1000) as f32 / 1000.0 - 0.5).collect()
 }
 
-/// Median GFLOP/s of `f`, which does `flops` each call.
-fn rate(flops: f64, reps: u64, mut f: impl FnMut()) -> f64 {
+/// Median GFLOP/s of `f`, which does `flops` each call: over `reps` runs of enough calls to
+/// take about 20 ms, or with `cold` (a buffer to write between calls) over `reps` single calls,
+/// each after the buffer is written.
+fn rate(flops: f64, reps: u64, cold: Option<&mut [u8]>, mut f: impl FnMut()) -> f64 {
+    if let Some(evict) = cold {
+        f();
+        let mut rates: Vec<f64> = (0..reps)
+            .map(|i| {
+                evict.fill(i as u8);
+                let t = Instant::now();
+                f();
+                flops / t.elapsed().as_secs_f64() / 1e9
+            })
+            .collect();
+        rates.sort_by(|a, b| a.total_cmp(b));
+        return rates[rates.len() / 2];
+    }
     f();
     let t = Instant::now();
     f();
@@ -83,6 +105,7 @@ fn main() -> ExitCode {
         }
         chosen
     };
+    let mut evict = if args.cold { vec![0u8; 64 << 20] } else { Vec::new() };
     let peaks: Vec<(GemmKernel, Option<f64>)> = kernels.iter().map(|&k| (k, fma_peak_gflops(k))).collect();
     let mut out = std::io::stdout().lock();
     if !args.json {
@@ -94,7 +117,8 @@ fn main() -> ExitCode {
         let (caches, blocks) = (CacheSizes::detect(), blocking());
         let _ = writeln!(
             out,
-            "\nblocking from L1d {} KiB, L2 {} KiB: kc {}, B multiplied rows-outermost up to {} KiB\n",
+            "\n{}blocking from L1d {} KiB, L2 {} KiB: kc {}, B multiplied rows-outermost up to {} KiB\n",
+            if args.cold { "caches flushed before each call; " } else { "" },
             caches.l1d >> 10,
             caches.l2 >> 10,
             blocks.kc,
@@ -120,13 +144,13 @@ fn main() -> ExitCode {
         };
         let mut c = vec![0.0f32; s.m * s.n];
         let flops = 2.0 * (s.m * s.k * s.n) as f64;
-        let mm = rate(flops, args.reps, || {
+        let mm = rate(flops, args.reps, args.cold.then_some(&mut evict[..]), || {
             let _ = sgemm_row_major(s.m, s.k, s.n, &a, s.k, &b, s.n, 0.0, &mut c, s.n);
         });
         let mut cells = Vec::new();
         for (&(k, peak), packed) in peaks.iter().zip(&packs) {
             let mut failed = None;
-            let g = rate(flops, args.reps, || {
+            let g = rate(flops, args.reps, args.cold.then_some(&mut evict[..]), || {
                 if let Err(e) = gemm_packed_with(
                     k,
                     &a,

@@ -94,12 +94,26 @@ impl ConvOp {
         self.geometry.window.kernel == [1, 1] && self.geometry.window.stride == [1, 1] && self.geometry.pad.is_zero()
     }
 
-    /// Reads its input in place, tap by tap (no im2col). Not on the portable kernel, which
-    /// multiplies whole blocks through `matrixmultiply` and gains nothing from micro-tiles.
+    /// Reads its input in place, tap by tap (no im2col), in micro-tiles of one output row's
+    /// pixels. Not:
+    /// - on the portable kernel, which multiplies whole blocks through `matrixmultiply` and
+    ///   gains nothing from micro-tiles;
+    /// - for a strided 1x1 convolution, whose im2col is a subsampling copy and whose GEMM then
+    ///   runs in `K` blocks over tiles spanning output rows (ResNet50's projection shortcuts on
+    ///   AVX2, one thread: 2.56-2.83 ms each before, 2.16-2.48 after; AVX-512 unchanged);
+    /// - on the 6 x 16 sub-tile kernels (AVX2, NEON), for output rows narrower than `MR`
+    ///   pixels: a 7-pixel micro-tile runs as a 4-row and a 3-row pass, neither with enough
+    ///   accumulators to hide the FMA latency, where im2col's tiles span rows (ResNet50's
+    ///   last-stage 3x3 on AVX2: 2.90-2.92 ms before, 2.56-2.64 after; on AVX-512, with 7 x 32
+    ///   tiles at full speed, im2col measured 2.24-2.34 against 2.06-2.16 ms, so it stays).
     fn implicit(&self) -> bool {
+        use crate::kernels::packed_gemm::{gemm_kernel, GemmKernel};
+        let kernel = gemm_kernel();
         !self.is_pointwise()
+            && self.geometry.window.kernel != [1, 1]
             && self.geometry.in_channels >= IMPLICIT_MIN_CHANNELS
-            && crate::kernels::packed_gemm::gemm_kernel() != crate::kernels::packed_gemm::GemmKernel::Portable
+            && kernel != GemmKernel::Portable
+            && (self.geometry.out_hw[1] >= MR || kernel == GemmKernel::Avx512)
     }
 
     fn taps(&self) -> usize {

@@ -1088,11 +1088,17 @@ const SUB_ROWS: usize = 6;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const SUB_COLS: usize = 16;
 
-/// The sub-tiles of a `rows x cols` tile: `(first row, rows, first column)`.
+/// The sub-tiles of a `rows x cols` tile: `(first row, rows, first column)`, the rows in
+/// near-equal sub-tiles of at most [`SUB_ROWS`] (7 rows: 4 + 3, not 6 + 1, whose one-row pass
+/// waits on its two accumulators' FMA latency; a 7-pixel output row is every micro-tile of
+/// ResNet50's last stage). Each output is the same sum in the same order however the rows are
+/// grouped.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn sub_tiles(rows: usize, cols: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-    let (rb, cb) = (SUB_ROWS, SUB_COLS);
-    (0..cols.div_ceil(cb)).flat_map(move |h| (0..rows.div_ceil(rb)).map(move |q| (q * rb, rb.min(rows - q * rb), h * cb)))
+    let n = rows.div_ceil(SUB_ROWS);
+    let (base, extra) = (rows.checked_div(n).unwrap_or(0), rows.checked_rem(n).unwrap_or(0));
+    let first_row = move |q: usize| q * base + q.min(extra);
+    (0..cols.div_ceil(SUB_COLS)).flat_map(move |h| (0..n).map(move |q| (first_row(q), base + usize::from(q < extra), h * SUB_COLS)))
 }
 
 /// `f::<R, ...>(args)` for a sub-tile of `rows` (1 to 6) rows: `R` a constant, so the
@@ -1126,12 +1132,79 @@ macro_rules! sub_tile_entry_points {
             }
         }
 
+        /// A tile whose segments run deeper than [`SEG_CHUNK`](super::SEG_CHUNK) goes chunk by
+        /// chunk of `K`, every sub-tile through each chunk before the next, its accumulators
+        /// kept in a buffer between chunks (stored and reloaded exactly: the same sums in the
+        /// same order, so the same bits).
         pub(super) unsafe fn segments(t: &SegTile<'_>, c: *mut f32, e: &GemmEpilogue<'_>) {
+            if t.segs.iter().map(|s| s.kc).sum::<usize>() <= super::SEG_CHUNK {
+                for (r0, rows, c0) in super::sub_tiles(t.rows, t.cols) {
+                    by_sub_tile_rows!(rows, seg_kernel, t, c, e, r0, c0)
+                }
+                return;
+            }
+            let mut acc = [0.0f32; super::MR * super::NR];
+            super::seg_chunks(t.segs, |parts| {
+                for (r0, rows, c0) in super::sub_tiles(t.rows, t.cols) {
+                    by_sub_tile_rows!(rows, seg_chunk, t, parts, &mut acc, r0, c0)
+                }
+            });
+            for (r0, rows, c0) in super::sub_tiles(t.rows, t.cols) {
+                by_sub_tile_rows!(rows, seg_finish, t, &acc, c, e, r0, c0)
+            }
+        }
+
+        /// [`segments`] with every sub-tile through the whole depth at once (no chunks).
+        #[cfg(test)]
+        pub(super) unsafe fn segments_unchunked(t: &SegTile<'_>, c: *mut f32, e: &GemmEpilogue<'_>) {
             for (r0, rows, c0) in super::sub_tiles(t.rows, t.cols) {
                 by_sub_tile_rows!(rows, seg_kernel, t, c, e, r0, c0)
             }
         }
     };
+}
+
+/// The deepest stretch of `K` the 6 x 16 sub-tile kernels run before moving to the tile's next
+/// sub-tile: its `B` rows (128 x 16 floats, 8 KiB) and the tile's rows of `A` (12 x 128, 6 KiB)
+/// stay in L1 while every sub-tile reads them. Without it each sub-tile streamed the tile's
+/// whole panel (ResNet50's last-stage 3x3: 4608 x 32 floats, 576 KiB) from L2 on its own.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SEG_CHUNK: usize = 128;
+
+/// Most pieces of segments in one chunk.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SEG_PARTS: usize = 16;
+
+/// Depths `p0..p1` of segment `seg`: one piece of a chunk of `K`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SegPart {
+    seg: usize,
+    p0: usize,
+    p1: usize,
+}
+
+/// Calls `f` with the pieces of each chunk of `segs`' `K` in order: chunks of [`SEG_CHUNK`]
+/// deep (a segment cut where a chunk ends), or fewer when [`SEG_PARTS`] pieces fill first.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn seg_chunks(segs: &[Segment], mut f: impl FnMut(&[SegPart])) {
+    let mut parts = [SegPart::default(); SEG_PARTS];
+    let (mut n, mut depth) = (0, 0);
+    for (seg, s) in segs.iter().enumerate() {
+        let mut p = 0;
+        while p < s.kc {
+            let take = (SEG_CHUNK - depth).min(s.kc - p);
+            parts[n] = SegPart { seg, p0: p, p1: p + take };
+            (n, depth, p) = (n + 1, depth + take, p + take);
+            if depth == SEG_CHUNK || n == SEG_PARTS {
+                f(&parts[..n]);
+                (n, depth) = (0, 0);
+            }
+        }
+    }
+    if n > 0 {
+        f(&parts[..n]);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1333,7 +1406,7 @@ mod avx2 {
 
     use std::arch::x86_64::*;
 
-    use super::{GemmEpilogue, SegTile, Store, Tile, SUB_ROWS as RB};
+    use super::{GemmEpilogue, SegPart, SegTile, Store, Tile, MR, NR, SUB_ROWS as RB};
 
     sub_tile_entry_points!();
 
@@ -1490,6 +1563,63 @@ mod avx2 {
             },
         );
     }
+
+    /// Runs `parts` (one chunk of `K`) for one sub-tile, its accumulators loaded from and
+    /// stored back to `acc` (the tile's `MR x NR`, row-major).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn seg_chunk<const R: usize>(t: &SegTile<'_>, parts: &[SegPart], acc: &mut [f32; MR * NR], r0: usize, c0: usize) {
+        const { assert!(R <= RB) };
+        let buf = acc.as_mut_ptr().add(r0 * NR + c0);
+        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+        for r in 0..R {
+            acc0[r] = _mm256_loadu_ps(buf.add(r * NR));
+            acc1[r] = _mm256_loadu_ps(buf.add(r * NR + 8));
+        }
+        for part in parts {
+            let s = &t.segs[part.seg];
+            let lda = s.lda;
+            let a = if s.gathered { t.gathered.as_ptr() } else { t.input.as_ptr() }.add(s.a + r0 * lda);
+            let b = t.b.as_ptr().add(s.b_row * 32 + c0);
+            for p in part.p0..part.p1 {
+                let b0 = _mm256_loadu_ps(b.add(p * 32));
+                let b1 = _mm256_loadu_ps(b.add(p * 32 + 8));
+                for r in 0..R {
+                    let av = _mm256_set1_ps(*a.add(r * lda + p));
+                    acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+                    acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+                }
+            }
+        }
+        for r in 0..R {
+            _mm256_storeu_ps(buf.add(r * NR), acc0[r]);
+            _mm256_storeu_ps(buf.add(r * NR + 8), acc1[r]);
+        }
+    }
+
+    /// Writes one sub-tile's accumulators from `acc` through the epilogue.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn seg_finish<const R: usize>(t: &SegTile<'_>, acc: &[f32; MR * NR], cp: *mut f32, e: &GemmEpilogue<'_>, r0: usize, c0: usize) {
+        const { assert!(R <= RB) };
+        let buf = acc.as_ptr().add(r0 * NR + c0);
+        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+        for r in 0..R {
+            acc0[r] = _mm256_loadu_ps(buf.add(r * NR));
+            acc1[r] = _mm256_loadu_ps(buf.add(r * NR + 8));
+        }
+        store(
+            &acc0,
+            &acc1,
+            &Store {
+                c: cp,
+                c_off: t.c_off + r0 * t.ldc + c0,
+                ldc: t.ldc,
+                cols: t.cols - c0,
+                col0: t.col0 + c0,
+                first: true,
+                e: Some(e),
+            },
+        );
+    }
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -1506,7 +1636,7 @@ mod neon {
 
     use std::arch::aarch64::*;
 
-    use super::{GemmEpilogue, SegTile, Store, Tile};
+    use super::{GemmEpilogue, SegPart, SegTile, Store, Tile, MR, NR};
 
     use super::{SUB_COLS as CB, SUB_ROWS as RB};
 
@@ -1659,11 +1789,211 @@ mod neon {
             },
         );
     }
+
+    /// Runs `parts` (one chunk of `K`) for one sub-tile, its accumulators loaded from and
+    /// stored back to `acc` (the tile's `MR x NR`, row-major).
+    #[inline(never)]
+    unsafe fn seg_chunk<const R: usize>(t: &SegTile<'_>, parts: &[SegPart], acc: &mut [f32; MR * NR], r0: usize, c0: usize) {
+        const { assert!(R <= RB) };
+        let buf = acc.as_mut_ptr().add(r0 * NR + c0);
+        let mut regs = [[vdupq_n_f32(0.0); 4]; R];
+        for (r, v) in regs.iter_mut().enumerate() {
+            for (q, v) in v.iter_mut().enumerate() {
+                *v = vld1q_f32(buf.add(r * NR + 4 * q));
+            }
+        }
+        for part in parts {
+            let s = &t.segs[part.seg];
+            let lda = s.lda;
+            let a = if s.gathered { t.gathered.as_ptr() } else { t.input.as_ptr() }.add(s.a + r0 * lda);
+            let b = t.b.as_ptr().add(s.b_row * 32 + c0);
+            for p in part.p0..part.p1 {
+                let bp = b.add(p * 32);
+                let bv = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
+                for (r, acc) in regs.iter_mut().enumerate() {
+                    let av = *a.add(r * lda + p);
+                    for q in 0..4 {
+                        acc[q] = vfmaq_n_f32(acc[q], bv[q], av);
+                    }
+                }
+            }
+        }
+        for (r, v) in regs.iter().enumerate() {
+            for (q, v) in v.iter().enumerate() {
+                vst1q_f32(buf.add(r * NR + 4 * q), *v);
+            }
+        }
+    }
+
+    /// Writes one sub-tile's accumulators from `acc` through the epilogue.
+    #[inline(never)]
+    unsafe fn seg_finish<const R: usize>(t: &SegTile<'_>, acc: &[f32; MR * NR], cp: *mut f32, e: &GemmEpilogue<'_>, r0: usize, c0: usize) {
+        const { assert!(R <= RB) };
+        let buf = acc.as_ptr().add(r0 * NR + c0);
+        let mut regs = [[vdupq_n_f32(0.0); 4]; R];
+        for (r, v) in regs.iter_mut().enumerate() {
+            for (q, v) in v.iter_mut().enumerate() {
+                *v = vld1q_f32(buf.add(r * NR + 4 * q));
+            }
+        }
+        store(
+            &regs,
+            &Store {
+                c: cp,
+                c_off: t.c_off + r0 * t.ldc + c0,
+                ldc: t.ldc,
+                cols: t.cols - c0,
+                col0: t.col0 + c0,
+                first: true,
+                e: Some(e),
+            },
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn sub_tiles_cover_the_tile_once_in_near_equal_rows() {
+        for rows in 0..=MR {
+            for cols in 1..=NR {
+                let mut seen = vec![0u8; rows * cols.div_ceil(SUB_COLS)];
+                let mut heights = Vec::new();
+                for (r0, r, c0) in sub_tiles(rows, cols) {
+                    assert!((1..=SUB_ROWS).contains(&r), "{rows} x {cols}: a sub-tile of {r} rows");
+                    assert_eq!(c0 % SUB_COLS, 0);
+                    for row in r0..r0 + r {
+                        seen[row * cols.div_ceil(SUB_COLS) + c0 / SUB_COLS] += 1;
+                    }
+                    heights.push(r);
+                }
+                assert!(seen.iter().all(|&n| n == 1), "{rows} x {cols}: {seen:?}");
+                let (lo, hi) = (heights.iter().min(), heights.iter().max());
+                assert!(hi.zip(lo).is_none_or(|(h, l)| h - l <= 1), "{rows} rows: {heights:?}");
+            }
+        }
+        let rows_of_7: Vec<usize> = sub_tiles(7, 16).map(|(_, r, _)| r).collect();
+        assert_eq!(rows_of_7, [4, 3]);
+    }
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn seg_chunks_cut_the_depth_in_order() {
+        let seg = |kc| Segment {
+            a: 0,
+            lda: kc,
+            b_row: 0,
+            kc,
+            gathered: false,
+        };
+        for kcs in [vec![0], vec![5], vec![128], vec![300], vec![64; 9], vec![1; 40], vec![0, 200, 0, 77, 129]] {
+            let segs: Vec<Segment> = kcs.iter().map(|&k| seg(k)).collect();
+            let mut next = (0, 0);
+            seg_chunks(&segs, |parts| {
+                assert!(!parts.is_empty() && parts.len() <= SEG_PARTS);
+                assert!(parts.iter().map(|p| p.p1 - p.p0).sum::<usize>() <= SEG_CHUNK);
+                for p in parts {
+                    // Every piece starts where the last ended (skipping empty segments).
+                    while next.0 < p.seg {
+                        assert_eq!(next.1, segs[next.0].kc, "{kcs:?}: segment {} cut short", next.0);
+                        next = (next.0 + 1, 0);
+                    }
+                    assert_eq!((p.seg, p.p0), next, "{kcs:?}");
+                    assert!(p.p0 < p.p1 && p.p1 <= segs[p.seg].kc);
+                    next = (p.seg, p.p1);
+                }
+            });
+            let depth: usize = kcs.iter().sum();
+            let done: usize = kcs[..next.0].iter().sum::<usize>() + next.1;
+            assert_eq!(done, depth, "{kcs:?}");
+        }
+    }
+
+    /// Tiles deeper than `SEG_CHUNK` go chunk by chunk through the 6 x 16 sub-tile kernels:
+    /// the same bits as the whole depth at once, and as the AVX-512 kernel.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn chunked_segments_give_the_whole_depths_bits() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for case in 0..200 {
+            let (rows, n) = (1 + next(MR), 1 + next(2 * NR));
+            let segs: Vec<Segment> = (0..1 + next(6))
+                .scan(0, |b_row, _| {
+                    let kc = next(if case % 4 == 0 { 40 } else { 300 });
+                    let lda = kc + next(3);
+                    let s = Segment {
+                        a: next(7),
+                        lda,
+                        b_row: *b_row,
+                        kc,
+                        gathered: next(2) == 1,
+                    };
+                    *b_row += kc;
+                    Some(s)
+                })
+                .collect();
+            let k: usize = segs.iter().map(|s| s.kc).sum();
+            let src_len = 7 + MR * 303;
+            let mut data = |len: usize| (0..len).map(|_| next(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
+            let (input, gathered) = (data(src_len), data(src_len));
+            let b = PackedB::pack(&data(k * n), k, n, n).unwrap();
+            let (bias, scale, residual) = (data(n), data(n), data(rows * n));
+            let e = GemmEpilogue {
+                bias: Some(&bias),
+                scale: (case % 3 == 0).then_some(&scale[..]),
+                residual: (case % 2 == 0).then_some(&residual[..]),
+                rectifier: Rectifier::Relu,
+            };
+            let panel = next(b.panels());
+            let cols = NR.min(n - panel * NR);
+            let tile = SegTile {
+                input: &input,
+                gathered: &gathered,
+                segs: &segs,
+                rows,
+                b: b.panel(panel),
+                c_off: panel * NR,
+                ldc: n,
+                cols,
+                col0: panel * NR,
+            };
+            let run = |f: unsafe fn(&SegTile<'_>, *mut f32, &GemmEpilogue<'_>)| {
+                let mut c = vec![f32::NAN; rows * n];
+                // SAFETY: the segments lie inside `input`, `gathered` and `B`, and `c` holds the
+                // tile (rows x the panel's columns at `c_off`, leading dimension `n`).
+                unsafe { f(&tile, c.as_mut_ptr(), &e) };
+                c
+            };
+            let mut outputs = Vec::new();
+            #[cfg(target_arch = "x86_64")]
+            if GemmKernel::Avx2Fma.is_available() {
+                outputs.push(("avx2 chunked", run(avx2::segments)));
+                outputs.push(("avx2 whole", run(avx2::segments_unchunked)));
+            }
+            #[cfg(target_arch = "x86_64")]
+            if GemmKernel::Avx512.is_available() {
+                outputs.push(("avx512", run(avx512::segments)));
+            }
+            #[cfg(target_arch = "aarch64")]
+            {
+                outputs.push(("neon chunked", run(neon::segments)));
+                outputs.push(("neon whole", run(neon::segments_unchunked)));
+            }
+            for (name, c) in &outputs[1.min(outputs.len())..] {
+                let same = c.iter().zip(&outputs[0].1).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "case {case} ({rows} rows, depth {k}): {name} differs from {}", outputs[0].0);
+            }
+        }
+    }
 
     #[test]
     fn cache_sizes_parse_as_linux_writes_them() {
